@@ -158,6 +158,9 @@ class TopologyConfig:
     value towards 0 by cosine over each phase when ``restart_per_phase`` (official), else over the whole run.
     ``stop_at``: no topology updates after this fraction of training (1.0 = never stop).
     ``skip_step_on_update``: the official code skips the optimizer step on update iterations.
+    ``mask_optimizer_moments``: zero the AdamW moments of pruned and grown weights (ours, True). The
+    official code never masks AdamW's moments, so a pruned weight's momentum keeps pushing it away from
+    zero until the mask is re-applied; False reproduces that defect for the deviations ablation.
     """
 
     growth: Growth = "mixed"
@@ -168,6 +171,7 @@ class TopologyConfig:
     restart_per_phase: bool = True
     stop_at: float = 1.0
     skip_step_on_update: bool = True
+    mask_optimizer_moments: bool = True
 
     def validate(self) -> None:
         if not 0.0 <= self.mix_gradient_fraction <= 1.0:
