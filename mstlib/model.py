@@ -186,3 +186,36 @@ def load_state_dict_checked(model: GPT, state: dict, source: str) -> None:
             f"shape mismatch {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in shapes[:5]]}"
         )
     model.load_state_dict(state)
+
+
+def to_huggingface(model: GPT):
+    """A ``transformers.GPT2LMHeadModel`` holding the same weights (``transformers`` must be installed).
+
+    GPT-2's Conv1D stores (in, out) where nanoGPT's Linear stores (out, in), so those weights are
+    transposed; HF's LayerNorms have biases, set to 0; HF's default GELU is the tanh approximation, so the
+    export asks for the exact ``"gelu"``; the vocabulary stays ``vocab_size`` (50304: the 47 padding rows are
+    never produced by the tokenizer).
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    c = model.config
+    hf_cfg = GPT2Config(
+        vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
+        n_head=c.n_head, activation_function="gelu", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        layer_norm_epsilon=1e-5, tie_word_embeddings=True,
+    )
+    hf = GPT2LMHeadModel(hf_cfg)
+    ours = {k.removeprefix("_orig_mod."): v for k, v in model.state_dict().items()}
+    transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    with torch.no_grad():
+        sd = hf.state_dict()
+        for k in sd:
+            if k.endswith(".attn.bias") or k.endswith(".attn.masked_bias"):
+                continue  # HF's causal-mask buffers in older versions
+            if k.endswith(".bias"):
+                sd[k].zero_()
+                continue
+            src = ours[k]
+            sd[k].copy_(src.t() if k.endswith(transposed) else src)
+        hf.load_state_dict(sd)
+    return hf.eval()

@@ -1,0 +1,90 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mstlib.config import (
+    MODEL_SIZES, AttentionConfig, ModelConfig, RunConfig, ScheduleConfig, apply_overrides, model_size,
+    parse_override,
+)
+from mstlib.errors import ConfigError
+
+
+def test_defaults_validate_and_roundtrip():
+    cfg = RunConfig().validate()
+    again = RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg and again.run_id() == cfg.run_id()
+
+
+@pytest.mark.parametrize(
+    "d,match",
+    [
+        ({"train": {"max_iter": 3}}, "did you mean 'max_iters'"),
+        ({"sparse_schedule": "mst"}, "unknown config key 'sparse_schedule'"),  # the official code's kind of typo
+        ({"schedule": {"kind": "ramp"}}, "not one of"),
+        ({"schedule": {"s_max": 1.0}}, r"in \[0, 1\)"),
+        ({"schedule": {"s_max": -0.1}}, r"in \[0, 1\)"),
+        ({"schedule": {"warmup_end": 0.8, "restore_start": 0.5}}, "overlap"),
+        ({"schedule": {"s_end": 0.95, "s_max": 0.9}}, "must not prune"),
+        ({"schedule": {"kind": "mst", "sparsity": 0.5}}, "only read when"),
+        ({"attention": {"pattern": "local", "window": 4096}}, "larger than the context"),
+        ({"attention": {"layers": [12]}}, "outside"),
+        ({"attention": {"start": 0.2}}, "only read when"),
+        ({"train": {"max_iters": "10"}}, "must be an integer"),
+        ({"train": {"compile": 1}}, "true or false"),
+        ({"train": {"min_lr": 1e-3, "lr": 1e-4}}, "min_lr <= lr"),
+        ({"topology": {"update_interval": 0}}, ">= 1"),
+        ({"model": {"n_embd": 100, "n_head": 12}}, "divisible"),
+        ({"schedule": {"kind": "dense"}}, "growth='none'"),
+        ({"schedule": {"kind": "constant", "sparsity": 0.5}, "attention": {"pattern": "local"}}, "needs the MST"),
+        ({"model": 3}, "must be a mapping"),
+    ],
+)
+def test_bad_settings_are_clear_errors(d, match):
+    with pytest.raises(ConfigError, match=match):
+        RunConfig.from_dict(d)
+
+
+def test_literal_checked_when_built_in_python():
+    cfg = RunConfig(attention=AttentionConfig(pattern="banded"))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="banded"):
+        cfg.validate()
+
+
+def test_overrides():
+    cfg = RunConfig().replace(**{"train.max_iters": 10, "seed": 3, "attention.layers": (0, 1)})
+    assert cfg.train.max_iters == 10 and cfg.seed == 3 and cfg.attention.layers == (0, 1)
+    with pytest.raises(ConfigError, match="unknown config key 'train.max_iter'"):
+        apply_overrides(RunConfig().to_dict(), {"train.max_iter": 1})
+    assert parse_override("train.lr=0.001") == ("train.lr", 0.001)
+    assert parse_override("data.corpus=offline") == ("data.corpus", "offline")
+    assert parse_override("attention.layers=[0,2]") == ("attention.layers", [0, 2])
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("train.lr")
+
+
+def test_run_id_is_stable_and_sensitive():
+    cfg = RunConfig()
+    code = "from mstlib.config import RunConfig; print(RunConfig().run_id())"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == cfg.run_id()
+    shuffled = dict(reversed(list(cfg.to_dict().items())))
+    assert RunConfig.from_dict(shuffled).run_id() == cfg.run_id()
+    ids = {cfg.run_id()}
+    for change in ({"seed": 1}, {"train.lr": 5e-4}, {"schedule.s_max": 0.8}, {"topology.growth": "random"},
+                   {"attention.window": 64}, {"model.n_layer": 6}, {"data.corpus": "x"}):
+        ids.add(cfg.replace(**change).run_id())
+    assert len(ids) == 8
+
+
+def test_model_sizes():
+    assert model_size("paper") == ModelConfig(12, 12, 768, 1024, 50304)
+    assert set(MODEL_SIZES) >= {"paper", "mini", "smoke"}
+    with pytest.raises(ConfigError, match="choose one of"):
+        model_size("gpt2-xxl")
+
+
+def test_schedule_config_kinds():
+    ScheduleConfig(kind="constant", sparsity=0.7).validate()
+    ScheduleConfig(kind="mst", warmup_end=0.0, restore_start=1.0).validate()
