@@ -1,0 +1,297 @@
+"""Corpus preparation, verification, opening, packing, and the OpenWebText path, on tiny data made here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mstlib import corpus
+from mstlib.corpus import PrepareOptions, make_example_source, open_tokens, prepare
+from mstlib.errors import DataError
+from mstlib.tokenizer import EOT, get_encoding
+
+REAL_SOURCES = corpus.default_source_dir()
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    return make_example_source(tmp_path_factory.mktemp("src"), train_shards=2, docs_per_shard=6, val_docs=3)
+
+
+def opts(source: Path, data: Path, **kw) -> PrepareOptions:
+    base = dict(data_dir=str(data), source_dir=str(source), workers=1, progress=False)
+    base.update(kw)
+    return PrepareOptions(**base)
+
+
+def expected_docs(source: Path, split: str) -> list[str]:
+    """Every document text of a split, straight from the xz files and manifests (the reference)."""
+    import lzma
+
+    out = []
+    for part in ("wikipedia-en", "gutenberg"):
+        for d in corpus.read_manifest(source, part):
+            if d.split == split:
+                raw = lzma.open(source / part / (d.file + ".xz")).read()
+                out.append(raw[d.byte_offset:d.byte_offset + d.byte_len].decode())
+    return out
+
+
+def test_prepare_tokens_equal_the_documents(source, tmp_path):
+    meta = prepare(opts(source, tmp_path, workers=2))  # workers=2 exercises the process pool
+    enc = get_encoding()
+    for split in ("train", "val"):
+        toks = open_tokens(tmp_path, "offline", split, verify=True)
+        assert toks.dtype == np.uint16
+        texts = enc.decode(toks.tolist()).split("<|endoftext|>")
+        assert texts[-1] == ""  # the file ends with EOT
+        assert sorted(texts[:-1]) == sorted(expected_docs(source, split))
+        info = meta["splits"][split]
+        assert int((toks == EOT).sum()) == info["documents"] == len(texts) - 1
+        assert info["tokens"] == len(toks) == sum(c["tokens"] for c in info["sources"].values())
+    docs = corpus.read_documents(tmp_path, "offline")
+    assert len(docs) == meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"]
+    assert meta["tokenizer"]["checked"]["Hello world"] == [15496, 995]
+    assert set(meta["recipe"]["source_sha256"]) >= {"gutenberg/manifest.tsv", "wikipedia-en/shard-000.txt.xz"}
+
+
+def test_prepare_is_idempotent_and_force_redoes(source, tmp_path):
+    m1 = prepare(opts(source, tmp_path))
+    train = tmp_path / "offline" / "train.bin"
+    stamp = train.stat().st_mtime_ns
+    m2 = prepare(opts(source, tmp_path))
+    assert m2["provenance"] == m1["provenance"] and train.stat().st_mtime_ns == stamp
+    m3 = prepare(opts(source, tmp_path, max_docs=2))  # another recipe: prepared again
+    assert m3["splits"]["train"]["documents"] == 4
+    m4 = prepare(opts(source, tmp_path, max_docs=2, force=True))
+    assert m4["splits"]["train"]["sha256"] == m3["splits"]["train"]["sha256"]  # deterministic
+    assert not list(tmp_path.glob(".tmp-*")) and not list(tmp_path.glob(".old-*"))
+
+
+def test_a_damaged_corpus_is_prepared_again(source, tmp_path):
+    prepare(opts(source, tmp_path))
+    (tmp_path / "offline" / "val.bin").write_bytes(b"\0\0")
+    m = prepare(opts(source, tmp_path))
+    open_tokens(tmp_path, "offline", "val", verify=True)
+    assert m["splits"]["val"]["tokens"] > 1
+
+
+def test_a_failed_run_leaves_the_old_corpus_intact(source, tmp_path, monkeypatch):
+    prepare(opts(source, tmp_path))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "offline").iterdir()}
+
+    def boom(*a, **k):
+        raise RuntimeError("simulated crash after the token files were written")
+
+    monkeypatch.setattr(corpus, "_write_json", boom)
+    with pytest.raises(RuntimeError, match="simulated"):
+        prepare(opts(source, tmp_path, force=True, max_docs=1))
+    after = {p.name: p.read_bytes() for p in (tmp_path / "offline").iterdir()}
+    assert after == before
+    assert not list(tmp_path.glob(".tmp-*"))
+    monkeypatch.undo()
+    open_tokens(tmp_path, "offline", "train", verify=True)
+
+
+def test_max_tokens_is_exact_and_mixes_sources(source, tmp_path):
+    full = prepare(opts(source, tmp_path, name="full"))["splits"]["train"]
+    n = full["tokens"] // 3
+    m = prepare(opts(source, tmp_path, name="third", max_tokens=n, max_val_tokens=50))
+    t = m["splits"]["train"]
+    assert t["tokens"] == n and m["splits"]["val"]["tokens"] == 50
+    assert all(c["documents"] > 0 for c in t["sources"].values())  # both sources in a prefix
+    # the subset is a prefix of the full corpus, so a small subset and the full one agree where they overlap
+    assert np.array_equal(open_tokens(tmp_path, "third", "train"), open_tokens(tmp_path, "full", "train")[:n])
+    assert sum(c["truncated_documents"] for c in t["sources"].values()) <= 1
+
+
+def test_open_tokens_errors_say_how_to_fix(source, tmp_path):
+    with pytest.raises(DataError, match="python -m mstlib data prepare --corpus offline"):
+        open_tokens(tmp_path, "offline", "train")
+    with pytest.raises(DataError, match="Unknown corpus 'nope'.*offline.*openwebtext"):
+        open_tokens(tmp_path, "nope", "train")
+    prepare(opts(source, tmp_path))
+    with pytest.raises(DataError, match="no split 'test'"):
+        open_tokens(tmp_path, "offline", "test")
+    path = tmp_path / "offline" / "train.bin"
+    good = path.read_bytes()
+    path.write_bytes(good[:-1])  # odd size
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        open_tokens(tmp_path, "offline", "train")
+    path.write_bytes(good[:-2])  # one token short
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        open_tokens(tmp_path, "offline", "train")
+    path.write_bytes(good[:10] + bytes([good[10] ^ 1]) + good[11:])  # same size, one bit flipped
+    open_tokens(tmp_path, "offline", "train")  # the size check cannot see it ...
+    with pytest.raises(DataError, match="Checksum mismatch"):
+        open_tokens(tmp_path, "offline", "train", verify=True)  # ... the checksum does
+    (tmp_path / "offline" / "val.bin").unlink()
+    with pytest.raises(DataError, match="missing"):
+        open_tokens(tmp_path, "offline", "val")
+
+
+def test_missing_or_corrupt_sources(source, tmp_path):
+    with pytest.raises(DataError, match="Missing source.*SOURCES.md"):
+        prepare(opts(tmp_path / "nowhere", tmp_path / "d"))
+    src = tmp_path / "src"
+    shutil.copytree(source, src)
+    (src / "gutenberg" / "shard-001.txt.xz").unlink()
+    with pytest.raises(DataError, match="Missing source"):
+        prepare(opts(src, tmp_path / "d"))
+    shutil.copy(source / "gutenberg" / "shard-000.txt.xz", src / "gutenberg" / "shard-001.txt.xz")
+    with pytest.raises(DataError, match="Checksum mismatch for source"):
+        prepare(opts(src, tmp_path / "d"))
+    with pytest.raises(DataError, match="Unknown corpus 'owt'.*openwebtext"):
+        prepare(opts(source, tmp_path / "d", corpus="owt"))
+    assert not (tmp_path / "d" / "offline").exists()
+
+
+def test_pack_unpack_round_trip(source, tmp_path):
+    prepare(opts(source, tmp_path / "a", max_docs=4))
+    # a tiny transfer limit forces several transfer folders and files cut into pieces
+    man = corpus.pack_corpus(tmp_path / "a", "offline", tmp_path / "gpu", transfer_mib=0.001, preset=1,
+                             block_mib=1, with_tokenizer=False, workers=1, progress=False)
+    root = tmp_path / "gpu" / "offline"
+    assert man["transfers"] > 1
+    assert all(sum(p["bytes"] for p in man["pieces"] if p["path"].startswith(t.name + "/")) <= 0.001 * 2**20
+               for t in root.iterdir())
+    corpus.unpack_corpus(root, tmp_path / "b", progress=False)
+    for f in ("train.bin", "val.bin", "meta.json", "documents.tsv"):
+        assert (tmp_path / "b" / "offline" / f).read_bytes() == (tmp_path / "a" / "offline" / f).read_bytes()
+    corpus.unpack_corpus(root, tmp_path / "b", progress=False)  # again: verified and kept
+    # a corrupt piece and a missing transfer are caught before anything is installed
+    piece = root / man["pieces"][-1]["path"]
+    piece.write_bytes(piece.read_bytes()[:-1])
+    with pytest.raises(DataError, match="Checksum mismatch for piece"):
+        corpus.unpack_corpus(root, tmp_path / "c", progress=False)
+    shutil.rmtree(root / "t01")
+    with pytest.raises(DataError, match="incomplete.*t01"):
+        corpus.unpack_corpus(root, tmp_path / "c", progress=False)
+    assert not (tmp_path / "c" / "offline").exists()
+
+
+def test_pack_carries_the_tokenizer(source, tmp_path, monkeypatch):
+    prepare(opts(source, tmp_path / "a", max_docs=1))
+    man = corpus.pack_corpus(tmp_path / "a", "offline", tmp_path / "gpu", preset=0, workers=1, progress=False)
+    assert {e["kind"] for e in man["files"]} == {"corpus", "tokenizer"}
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "cache"))
+    corpus.unpack_corpus(tmp_path / "gpu" / "offline", tmp_path / "b", progress=False)
+    from mstlib.tokenizer import missing_files
+
+    assert missing_files(tmp_path / "cache") == []
+
+
+class FakeDataset:
+    """The few ``datasets.Dataset`` methods nanoGPT's prepare uses, over a list of rows."""
+
+    calls: list = []
+
+    def __init__(self, rows, numpy=False):
+        self.rows, self.numpy = rows, numpy
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, col):
+        vals = [r[col] for r in self.rows]
+        return [np.asarray(v) for v in vals] if self.numpy else vals
+
+    def select(self, idx):
+        return FakeDataset([self.rows[i] for i in idx])
+
+    def train_test_split(self, test_size, seed, shuffle):
+        FakeDataset.calls.append(("split", test_size, seed, shuffle))
+        order = list(range(len(self.rows)))
+        random.Random(seed).shuffle(order)
+        n_test = math.ceil(test_size * len(order))
+        return FakeDict(train=FakeDataset([self.rows[i] for i in order[n_test:]]),
+                        test=FakeDataset([self.rows[i] for i in order[:n_test]]))
+
+    def shard(self, num_shards, index, contiguous):
+        assert contiguous
+        n = len(self.rows)
+        per, extra = divmod(n, num_shards)
+        start = index * per + min(index, extra)
+        return FakeDataset(self.rows[start:start + per + (index < extra)])
+
+    def with_format(self, fmt):
+        return FakeDataset(self.rows, numpy=fmt == "numpy")
+
+
+class FakeDict(dict):
+    def map(self, fn, remove_columns, desc, num_proc):
+        return FakeDict({k: FakeDataset([{kk: vv for kk, vv in {**r, **fn(r)}.items() if kk not in remove_columns}
+                                         for r in v.rows]) for k, v in self.items()})
+
+
+def test_openwebtext_the_nanogpt_way_on_a_fake_hub(tmp_path):
+    rows = [{"text": f"Document {i}: some web text, {'very ' * (i % 7)}short."} for i in range(2100)]
+    FakeDataset.calls.clear()
+    meta = prepare(PrepareOptions(corpus="openwebtext", data_dir=str(tmp_path), workers=2, progress=False),
+                   dataset=FakeDict(train=FakeDataset(rows)))
+    assert FakeDataset.calls == [("split", 0.0005, 2357, True)]
+    assert meta["splits"]["val"]["documents"] == 2 and meta["splits"]["train"]["documents"] == 2098
+    enc = get_encoding()
+    val = open_tokens(tmp_path, "openwebtext", "val", verify=True)
+    texts = enc.decode(val.tolist()).split("<|endoftext|>")[:-1]
+    assert all(t.startswith("Document ") for t in texts) and len(texts) == 2
+    train = open_tokens(tmp_path, "openwebtext", "train", verify=True)
+    assert int((train == EOT).sum()) == 2098
+    assert meta["recipe"]["hub_id"] == "openwebtext"
+
+
+def test_openwebtext_without_datasets_or_network_is_a_clear_error(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_datasets(name, *a, **k):
+        if name == "datasets":
+            raise ImportError("No module named 'datasets'")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_datasets)
+    with pytest.raises(DataError, match="pip install datasets"):
+        prepare(PrepareOptions(corpus="openwebtext", data_dir=str(tmp_path), progress=False))
+
+
+def test_parse_count():
+    assert corpus.parse_count("40M") == 40_000_000
+    assert corpus.parse_count("1.5e6") == 1_500_000
+    assert corpus.parse_count("200k") == 200_000
+    with pytest.raises(argparse.ArgumentTypeError):
+        corpus.parse_count("lots")
+
+
+def test_cli_prepare_describe_verify(source, tmp_path, capsys):
+    p = argparse.ArgumentParser()
+    corpus.add_arguments(p)
+    run = lambda *a: corpus.main(p.parse_args(list(a)))  # noqa: E731
+    assert run("prepare", "--data-dir", str(tmp_path), "--source-dir", str(source), "--max-docs", "2",
+               "--name", "tiny", "--quiet", "--workers", "1") == 0
+    assert run("describe", "--data-dir", str(tmp_path), "--corpus", "tiny") == 0
+    assert run("verify", "--data-dir", str(tmp_path), "--sources", "--source-dir", str(source)) == 0
+    assert run("list", "--data-dir", str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "tiny ok: train" in out and "tokenizer ok" in out and "sources ok" in out
+
+
+@pytest.mark.skipif(not (REAL_SOURCES / "SOURCES.md").is_file(), reason="no shared corpus")
+def test_real_sources_table_and_a_real_tiny_prepare(tmp_path):
+    shards, manifests = corpus.read_sources_table(REAL_SOURCES)
+    assert len(shards) == 16 and len(manifests) == 2
+    assert all(len(s.sha256_xz) == 64 for s in shards.values())
+    # the table's token counts add up to the totals SOURCES.md states for the train split
+    meta = prepare(PrepareOptions(data_dir=str(tmp_path), max_docs=2, max_val_tokens=2000, progress=False))
+    t = meta["splits"]["train"]
+    assert t["documents"] == 4 and meta["splits"]["val"]["tokens"] == 2000
+    docs = corpus.read_documents(tmp_path, "offline")
+    assert "Anarchism" in set(docs["title"])  # the first Wikipedia article of the 2015 dump
