@@ -1,0 +1,278 @@
+"""Measured training speed: dense, MST in each phase, and hybrid sparse attention, side by side.
+
+Every variant is timed in the same process on the same device, one after the other, with the same model
+size, context and tokens per step, so their ratios are comparable (absolute numbers depend on the GPU).
+A variant's time per step is the median over ``repeats`` timed optimizer steps after ``warmup`` untimed
+ones (CUDA events around each step; on the CPU a wall clock). MST's topology update is timed separately
+and amortised over its interval (``update_ms / update_interval`` is added to the step).
+
+Variants:
+* ``dense``: the plain GPT step (bf16 autocast on CUDA, fused AdamW).
+* ``mst_warmup`` / ``mst_ultra`` / ``mst_restoration``: masks at the sparsity each phase has at its middle
+  (the schedule of the ``mst`` preset), gradients masked before the step and weights after it, the update
+  amortised; in the ultra phase with hybrid sparse attention (the preset's pattern, FlexAttention).
+* ``hsa_flex:<pattern>`` / ``hsa_sdpa:<pattern>``: dense weights with the attention pattern through
+  FlexAttention block masks (skips empty tiles) or the official code's dense boolean mask passed to SDPA.
+
+``predicted_ratio`` says what we expected before measuring: masks over dense storage do the same dense
+matrix products, so MST phases are predicted at 1.0 (no saving) minus nothing; the attention variants at
+``1 - f_attn * (1 - b)`` where ``b`` is the fraction of 128x128 tiles FlexAttention computes (relative to
+causal) and ``f_attn`` the share of attention in the dense step, estimated from the FLOP count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .config import MODEL_SIZES, RunConfig
+from .errors import ConfigError
+
+VARIANTS = ("dense", "mst_warmup", "mst_ultra", "mst_restoration",
+            "hsa_flex:local", "hsa_flex:local_strided", "hsa_flex:fixed", "hsa_flex:strided",
+            "hsa_sdpa:local", "hsa_sdpa:local_strided")
+
+
+def _timer(device: torch.device) -> Callable[[Callable[[], None]], float]:
+    """A function that runs ``fn`` once and returns its time in milliseconds."""
+    if device.type == "cuda":
+        def run(fn: Callable[[], None]) -> float:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            torch.cuda.synchronize()
+            return a.elapsed_time(b)
+    else:
+        def run(fn: Callable[[], None]) -> float:
+            t = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t) * 1e3
+    return run
+
+
+def _run_config(model: str, context: int, batch: int, compile_: bool) -> RunConfig:
+    from .presets import make
+
+    base = make("mini" if model != "smoke" else "smoke", "mst")
+    mc = MODEL_SIZES[model]
+    return base.replace(**{
+        "model.n_layer": mc.n_layer, "model.n_head": mc.n_head, "model.n_embd": mc.n_embd,
+        "model.block_size": context, "train.batch_size": batch, "train.grad_accum": 1,
+        "train.compile": compile_,
+        "attention.window": min(base.attention.window, context), "attention.stride": min(base.attention.stride, context),
+    })
+
+
+def _phase_sparsity(run: RunConfig, phase: str) -> float:
+    from . import schedule as sched
+
+    ph = {p.name: p for p in sched.phases(run.schedule)}[phase]
+    return sched.target_sparsity((ph.start + ph.end) / 2, run.schedule)
+
+
+def attention_share(run: RunConfig) -> float:
+    """Share of attention products (12*L*d*T) in nanoGPT's dense FLOPs per token (6N + 12*L*d*T)."""
+    m = run.model
+    with torch.device("meta"):
+        from .model import GPT
+
+        n = GPT(m).num_params()
+    attn = 12 * m.n_layer * m.n_embd * m.block_size
+    return attn / (6 * n + attn)
+
+
+def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: int, warmup: int) -> dict[str, Any]:
+    """Median time of one optimizer step of ``variant`` (see the module docstring)."""
+    from .attention import block_density, build_attention
+    from .train import autocast_dtype, build_model, build_optimizer
+
+    kind, _, pattern = variant.partition(":")
+    model = build_model(run, device)
+    opt = build_optimizer(model, run, device)
+    sparsifier = None
+    density = 1.0
+    attn_cfg = None
+    if kind.startswith("mst_"):
+        from .topology import Sparsifier
+
+        phase = kind.removeprefix("mst_")
+        sparsifier = Sparsifier(model, run, opt)
+        sparsifier.masks.init(_phase_sparsity(run, phase), run.seed, "random")
+        density = sparsifier.density()
+        if phase == "ultra" and run.attention.pattern != "dense":
+            attn_cfg = run.attention.__class__(**{**run.attention.__dict__, "backend": "auto"})
+    elif kind in ("hsa_flex", "hsa_sdpa"):
+        attn_cfg = run.attention.__class__(**{**run.attention.__dict__, "pattern": pattern,
+                                              "backend": "flex" if kind == "hsa_flex" else "sdpa_mask"})
+    if attn_cfg is not None:
+        model.set_attention(build_attention(attn_cfg, run.model.block_size, device), attn_cfg.layers)
+    fwd = torch.compile(model) if run.train.compile else model
+    dtype = autocast_dtype(run, device)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    B, T = run.train.batch_size, run.model.block_size
+    x = torch.randint(0, run.model.vocab_size, (B, T), generator=g).to(device)
+    y = torch.randint(0, run.model.vocab_size, (B, T), generator=g).to(device)
+
+    def fwd_bwd() -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            _, loss = fwd(x, y)
+        loss.backward()
+
+    def step() -> None:
+        fwd_bwd()
+        if sparsifier is not None:
+            sparsifier.mask_grads_()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), run.train.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if sparsifier is not None:
+            sparsifier.apply_()
+
+    timer = _timer(device)
+    for _ in range(warmup):
+        step()
+    times = [timer(step) for _ in range(repeats)]
+    update_ms = 0.0
+    if sparsifier is not None:
+        fwd_bwd()  # dense gradients for the update, as on a real update step
+        ph = {"warmup": 0.0, "ultra": 0.5, "restoration": 1.0}[kind.removeprefix("mst_")]
+        upd_step = max(run.topology.update_interval, int(ph * run.train.max_iters) // run.topology.update_interval * run.topology.update_interval)
+        upd_step = min(upd_step, run.train.max_iters - 1)
+        update_ms = statistics.median(timer(lambda: sparsifier.update(upd_step)) for _ in range(3))
+        opt.zero_grad(set_to_none=True)
+    ms = statistics.median(times) + update_ms / run.topology.update_interval
+    tokens = B * T
+    row: dict[str, Any] = {
+        "variant": variant, "density": density, "ms_per_step_median": ms,
+        "ms_p10": _quantile(times, 0.1), "ms_p90": _quantile(times, 0.9), "update_ms": update_ms,
+        "tokens_per_s": tokens / (ms / 1e3), "tokens_per_step": tokens,
+    }
+    if attn_cfg is not None:
+        p = attn_cfg.pattern
+        row["attn_block_density"] = block_density(p, T, attn_cfg.window, attn_cfg.stride) / block_density("dense", T, attn_cfg.window, attn_cfg.stride)
+    del model, opt, fwd, sparsifier
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def _quantile(xs: Sequence[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, int(round(q * (len(s) - 1)))))]
+
+
+def run_benchmark(models: Sequence[str] = ("mini", "paper"), contexts: Sequence[int] = (1024, 4096),
+                  variants: Sequence[str] = VARIANTS, device: str = "auto", repeats: int = 20, warmup: int = 5,
+                  tokens_per_step: int = 32 * 1024, compile_: bool = False, progress: bool = True) -> list[dict[str, Any]]:
+    """Time every variant for every (model, context); rows as described in the module docstring, with
+    ``ratio_to_dense`` (dense step time / variant step time: above 1 is faster than dense),
+    ``predicted_ratio`` and ``tflops_achieved`` (the variant's counted training FLOPs per step / time)."""
+    from tqdm.auto import tqdm
+
+    from . import provenance
+    from .train import resolve_device
+
+    dev = resolve_device(device)
+    for v in variants:
+        if v not in VARIANTS:
+            raise ConfigError(f"unknown benchmark variant {v!r}; choose from {list(VARIANTS)}")
+    if dev.type != "cuda":
+        # FlexAttention has no CPU backward (torch 2.13): time those variants on a GPU only
+        variants = [v for v in variants if not v.startswith("hsa_flex")]
+    prov = provenance.collect(0, dev, 1)
+    prov_cols = {"device_name": prov["device_name"], "torch": prov["packages"].get("torch"),
+                 "git_commit": prov["git"].get("commit"), "git_dirty": prov["git"].get("dirty")}
+    rows: list[dict[str, Any]] = []
+    jobs = [(m, c) for m in models for c in contexts]
+    bar = tqdm(total=len(jobs) * len(variants), disable=not progress, desc="benchmark")
+    for model, context in jobs:
+        if model not in MODEL_SIZES:
+            raise ConfigError(f"unknown model size {model!r}; choose from {sorted(MODEL_SIZES)}")
+        batch = max(1, tokens_per_step // context)
+        run = _run_config(model, context, batch, compile_)
+        share = attention_share(run)
+        dense_ms = None
+        for v in variants:
+            row = time_variant(run, v, dev, repeats, warmup)
+            bar.update()
+            if v == "dense":
+                dense_ms = row["ms_per_step_median"]
+            row.update(model=model, context=context, batch=batch, compile=compile_, attn_share_flops=share)
+            b = row.get("attn_block_density")
+            row["predicted_ratio"] = 1.0 / (1.0 - share * (1.0 - b)) if b is not None and not v.startswith("mst") else 1.0
+            row["backend"] = v.split(":")[0]
+            row["flops_per_step"] = _step_flops(run, row)
+            row["tflops_achieved"] = row["flops_per_step"] / (row["ms_per_step_median"] / 1e3) / 1e12
+            row.update(prov_cols)
+            rows.append(row)
+        for r in rows:
+            if r["model"] == model and r["context"] == context and dense_ms:
+                r["ratio_to_dense"] = dense_ms / r["ms_per_step_median"]
+    bar.close()
+    return rows
+
+
+def _step_flops(run: RunConfig, row: dict[str, Any]) -> float:
+    """Training FLOPs the variant *counts* per step: nanoGPT's 6N per token at the variant's weight density
+    (embeddings and LayerNorms left as nanoGPT counts them) plus the attention term at its pattern density."""
+    m = run.model
+    with torch.device("meta"):
+        from .model import GPT
+
+        n = GPT(m).num_params()
+    attn = 12 * m.n_layer * m.n_embd * m.block_size
+    from .attention import pattern_density
+
+    variant = row["variant"]
+    ad = 1.0
+    if ":" in variant:
+        ad = pattern_density(variant.split(":")[1], m.block_size, run.attention.window, run.attention.stride)
+    elif variant == "mst_ultra" and run.attention.pattern != "dense":
+        ad = pattern_density(run.attention.pattern, m.block_size, run.attention.window, run.attention.stride)
+    return (6 * n * row["density"] + attn * ad) * row["tokens_per_step"]
+
+
+def load_benchmarks(results_dir: str | Path = "results") -> "pd.DataFrame":
+    """Every stored benchmark row (``<results_dir>/bench/*.json``) as one table."""
+    import pandas as pd
+
+    rows = []
+    for f in sorted(Path(results_dir, "bench").glob("*.json")):
+        for r in json.loads(f.read_text()):
+            r["file"] = f.name
+            rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", nargs="+", default=["mini", "paper"], help="model sizes (config.MODEL_SIZES)")
+    parser.add_argument("--contexts", nargs="+", type=int, default=[1024, 4096], help="tokens per sequence")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help="variants to time")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--repeats", type=int, default=20, help="timed steps per variant (median reported)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--tokens-per-step", type=int, default=32 * 1024)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (slow to start)")
+    parser.add_argument("--out", default=None, help="write the rows as JSON here (atomically)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from .results import atomic_write_json
+
+    rows = run_benchmark(args.models, args.contexts, args.variants, args.device, args.repeats, args.warmup,
+                         args.tokens_per_step, args.compile)
+    if args.out:
+        atomic_write_json(args.out, rows)
+    print(f"{'model':6} {'T':>5} {'variant':24} {'ms/step':>9} {'tok/s':>10} {'vs dense':>8} {'pred':>6}")
+    for r in rows:
+        print(f"{r['model']:6} {r['context']:5d} {r['variant']:24} {r['ms_per_step_median']:9.2f} "
+              f"{r['tokens_per_s']:10.0f} {r.get('ratio_to_dense', math.nan):8.3f} {r['predicted_ratio']:6.3f}")
+    return 0
