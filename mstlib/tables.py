@@ -189,6 +189,8 @@ PAPER_DOCUMENTED: dict[str, str] = {
     "train.beta2": "Table 4",
     "train.weight_decay": "Table 4",
     "train.grad_clip": "Table 4",
+    "train.dtype": "setup: bfloat16",
+    "data.corpus": "setup: OpenWebText",
     "derived.sequences_per_step": "setup: 480 x 1024 tokens per step",
     "derived.tokens_per_step": "setup: 480 x 1024 tokens per step",
 }

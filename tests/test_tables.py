@@ -119,7 +119,7 @@ def test_paper_column_shows_documented_values_only():
     assert p.loc["model.n_embd", "paper (Table 4)"] == "768"
     assert p.loc["derived.sequences_per_step", "paper (Table 4)"] == "480"
     # not documented: the paper's own values are unknown, never guessed
-    for key in ("schedule.s_max", "topology.update_interval", "train.batch_size", "train.dtype"):
+    for key in ("schedule.s_max", "topology.update_interval", "train.batch_size", "train.compile"):
         assert p.loc[key, "paper (Table 4)"] == tables.NOT_AVAILABLE
         assert p.loc[key, "documented in"] == ""
     # the value is rendered from the config given, not typed in
@@ -167,3 +167,4 @@ def test_paper_preset_agrees_with_the_documented_values():
         assert (t.lr, t.min_lr, t.warmup_iters, t.max_iters) == (6e-4, 6e-5, 2000, 600_000)
         assert (t.beta1, t.beta2, t.weight_decay, t.grad_clip) == (0.9, 0.95, 0.1, 1.0)
         assert t.batch_size * t.grad_accum == 480
+        assert t.dtype == "bfloat16" and run.data.corpus == "openwebtext"
