@@ -1,0 +1,265 @@
+"""The book and its notebooks: jupytext pairs in sync, the census notebook under papermill (with a
+parameter override, and failing clearly on a bad one), the offline book build, and tools/reproduce.py.
+
+The papermill and book-build tests start a Jupyter kernel or Sphinx and take seconds each (marked slow);
+they are part of the default run and of CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+CENSUS = NOTEBOOKS / "00_census.ipynb"
+sys.path.insert(0, str(ROOT / "tools"))
+
+import check_pairs  # noqa: E402  (tools/ is not a package)
+
+papermill = pytest.importorskip("papermill")
+
+
+def glued(nb_path: Path) -> dict[str, object]:
+    """The values a notebook glued with myst_nb.glue, parsed from their text/plain records."""
+    nb = nbformat.read(nb_path, as_version=4)
+    out = {}
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            name = o.get("metadata", {}).get("scrapbook", {}).get("name")
+            if name:
+                text = o["data"].get("application/papermill.record/text/plain") or o["data"]["text/plain"]
+                out[name] = json.loads(text.replace("'", '"')) if text[0] in "'\"" else float(text) if "." in text else int(text)
+    return out
+
+
+def nanogpt_flops_per_token(n_layer: int, n_embd: int, block_size: int, vocab_size: int) -> int:
+    """6N + 12*L*d*T by hand: N = tied embedding + blocks (4 matrices, 2 LayerNorms) + final LayerNorm."""
+    n = vocab_size * n_embd + n_layer * (12 * n_embd * n_embd + 2 * n_embd) + n_embd
+    return 6 * n + 12 * n_layer * n_embd * block_size
+
+
+# ---------------------------------------------------------------------------------- jupytext pairs
+
+
+def test_every_notebook_pair_is_in_sync() -> None:
+    assert sorted(NOTEBOOKS.glob("*.py")), "no notebooks found"
+    assert check_pairs.check_folder(NOTEBOOKS) == []
+
+
+def test_check_pairs_finds_drift_missing_pair_and_kernel(tmp_path: Path) -> None:
+    shutil.copy(NOTEBOOKS / "00_census.py", tmp_path / "a.py")
+    shutil.copy(CENSUS, tmp_path / "a.ipynb")
+    assert check_pairs.check_folder(tmp_path) == []
+    # an edit to the source that the .ipynb does not have
+    (tmp_path / "a.py").write_text((tmp_path / "a.py").read_text().replace('model_size = "paper"', 'model_size = "mini"'))
+    assert any("differ" in p for p in check_pairs.check_folder(tmp_path))
+    # a notebook without kernelspec: papermill would stop with "No language found"
+    nb = nbformat.read(CENSUS, as_version=4)
+    del nb.metadata["kernelspec"]
+    nbformat.write(nb, tmp_path / "a.ipynb")
+    assert any("kernelspec" in p for p in check_pairs.check_folder(tmp_path))
+    # a source without its pair
+    (tmp_path / "a.ipynb").unlink()
+    assert any("has no pair" in p for p in check_pairs.check_folder(tmp_path))
+
+
+def test_papermill_injected_parameters_cell_is_not_a_drift(tmp_path: Path) -> None:
+    shutil.copy(NOTEBOOKS / "00_census.py", tmp_path / "a.py")
+    nb = nbformat.read(CENSUS, as_version=4)
+    i = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    nb.cells.insert(i + 1, nbformat.v4.new_code_cell('model_size = "mini"', metadata={"tags": ["injected-parameters"]}))
+    nbformat.write(nb, tmp_path / "a.ipynb")
+    assert check_pairs.check_folder(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------- census notebook
+
+
+def test_published_census_counts_the_paper_model() -> None:
+    """The committed notebook (what the book shows) is the paper's GPT-2 124M: nanoGPT's 854,770,176."""
+    values = glued(CENSUS)
+    assert values["n_layer"] == 12 and values["n_embd"] == 768
+    assert values["flops_per_token"] == nanogpt_flops_per_token(12, 768, 1024, 50304) == 854_770_176
+    assert values["N_nanogpt"] == 123_587_328
+
+
+@pytest.mark.slow
+def test_census_executes_with_a_parameter_override(tmp_path: Path, kernel_env: dict[str, str]) -> None:
+    from mstlib.config import MODEL_SIZES
+
+    out = tmp_path / "census_mini.ipynb"
+    papermill.execute_notebook(
+        str(CENSUS), str(out), parameters={"model_size": "mini"}, cwd=str(NOTEBOOKS), progress_bar=False
+    )
+    nb = nbformat.read(out, as_version=4)
+    assert nb.metadata.papermill.parameters == {"model_size": "mini"}
+    cfg = MODEL_SIZES["mini"]
+    values = glued(out)
+    assert values["n_layer"] == cfg.n_layer and values["n_embd"] == cfg.n_embd
+    assert values["flops_per_token"] == nanogpt_flops_per_token(cfg.n_layer, cfg.n_embd, cfg.block_size, cfg.vocab_size)
+    # the figure and the tables were made
+    kinds = {k for c in nb.cells for o in c.get("outputs", []) for k in o.get("data", {})}
+    assert {"image/png", "text/html"} <= kinds
+
+
+@pytest.mark.slow
+def test_census_rejects_an_unknown_model_size_at_the_validation_cell(tmp_path: Path, kernel_env: dict[str, str]) -> None:
+    with pytest.raises(papermill.PapermillExecutionError) as info:
+        papermill.execute_notebook(
+            str(CENSUS),
+            str(tmp_path / "bad.ipynb"),
+            parameters={"model_size": "gpt2-huge"},
+            cwd=str(NOTEBOOKS),
+            progress_bar=False,
+        )
+    err = info.value
+    assert err.ename == "ConfigError"
+    assert "gpt2-huge" in err.evalue
+    for valid in ("mini", "paper", "smoke"):  # the message lists what to use instead
+        assert valid in err.evalue
+    # it failed in the cell right after the parameters, before any work was done
+    assert "lookup_model_size(model_size)" in err.source
+    nb = nbformat.read(tmp_path / "bad.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    tags = [c.metadata.get("tags", []) for c in code]
+    first_error = next(i for i, c in enumerate(code) if any(o.output_type == "error" for o in c.get("outputs", [])))
+    assert "injected-parameters" in tags[first_error - 1]
+
+
+# -------------------------------------------------------------------------------------- the book
+
+
+def toc_files(toc: dict) -> list[str]:
+    """Every page of a jb-book table of contents: the root and each `file:` entry, depth first."""
+    files = [toc["root"]]
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if "file" in node:
+                files.append(node["file"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk({k: v for k, v in toc.items() if k != "root"})
+    return files
+
+
+REMOTE_SCRIPT = re.compile(r"<script\b[^>]*\bsrc\s*=\s*[\"']?\s*(?:https?:)?//", re.IGNORECASE)
+
+
+def test_remote_script_pattern() -> None:
+    assert REMOTE_SCRIPT.search('<script defer src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js">')
+    assert REMOTE_SCRIPT.search("<script src=//unpkg.com/x.js>")
+    assert not REMOTE_SCRIPT.search('<script src="../_static/vendor/mathjax/es5/tex-svg.js">')
+
+
+@pytest.mark.slow
+def test_book_builds_offline_with_a_page_per_toc_entry(tmp_path: Path) -> None:
+    mathjax = ROOT / "book/_static/vendor/mathjax/es5/tex-svg.js"
+    if not mathjax.exists():  # `make test` fetches it first; a bare `pytest` may not have
+        subprocess.run([sys.executable, str(ROOT / "tools/fetch_mathjax.py")], check=True)
+    env = dict(os.environ)
+    # any attempt to reach the internet during the build goes to a closed local port and fails
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        env[var] = "http://127.0.0.1:9"
+    env.pop("no_proxy", None), env.pop("NO_PROXY", None)
+    jb = Path(sys.executable).with_name("jupyter-book")
+    result = subprocess.run(
+        [str(jb), "build", str(ROOT), "--config", str(ROOT / "_config.yml"), "--toc", str(ROOT / "book/_toc.yml"),
+         "--path-output", str(tmp_path), "-W", "--keep-going"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    html = tmp_path / "_build" / "html"
+    assert (html / "index.html").is_file()
+    toc = yaml.safe_load((ROOT / "book/_toc.yml").read_text())
+    pages = toc_files(toc)
+    assert "notebooks/00_census" in pages
+    for page in pages:
+        assert (html / f"{page}.html").is_file(), f"no page for TOC entry {page}"
+    for page in html.rglob("*.html"):
+        if "_static" in page.parts:  # theme templates, not pages
+            continue
+        text = page.read_text(errors="replace")
+        match = REMOTE_SCRIPT.search(text)
+        assert match is None, f"{page.relative_to(html)} loads a script from the internet: {match.group(0)}"
+    # math is typeset by the vendored MathJax, which is in the built site
+    census = (html / "notebooks/00_census.html").read_text()
+    assert "_static/vendor/mathjax/es5/tex-svg.js" in census
+    assert (html / "_static/vendor/mathjax/es5/tex-svg.js").is_file()
+    # glued numbers made it into the prose (execution is off: they come from the stored outputs)
+    assert "854,770,176" in census
+
+
+# --------------------------------------------------------------------------------- make reproduce
+
+
+def test_reproduce_refuses_a_gpu_preset_without_cuda() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools/reproduce.py"), "--preset", "mini"], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "CUDA" in result.stderr and "PRESET=smoke" in result.stderr
+
+
+@pytest.mark.slow
+def test_reproduce_smoke_writes_outside_the_published_notebooks(tmp_path: Path) -> None:
+    before = CENSUS.read_bytes()
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools/reproduce.py"), "--preset", "smoke", "--only", "00_census",
+         "--output-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "00_census.ipynb").is_file()
+    assert CENSUS.read_bytes() == before
+
+
+def test_reproduce_smoke_never_targets_the_published_notebooks() -> None:
+    import reproduce
+
+    assert reproduce.default_output_dir("smoke").resolve() != NOTEBOOKS.resolve()
+    assert reproduce.default_output_dir("mini").resolve() == NOTEBOOKS.resolve()
+
+
+@pytest.mark.slow
+def test_reproduce_keeps_going_past_a_failing_notebook_and_fails_at_the_end(tmp_path: Path) -> None:
+    src, out = tmp_path / "nb", tmp_path / "out"
+    src.mkdir()
+    kernel = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    params = nbformat.v4.new_code_cell("preset = 'x'", metadata={"tags": ["parameters"]})
+    nbformat.write(nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell("1 / 0")], metadata=kernel), src / "01_bad.ipynb")
+    nbformat.write(nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell("assert preset == 'smoke'")], metadata=kernel), src / "02_good.ipynb")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools/reproduce.py"), "--preset", "smoke", "--notebooks-dir", str(src), "--output-dir", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 1
+    assert "1 of 2 notebooks ran" in result.stdout and "FAILED 01_bad.ipynb: ZeroDivisionError" in result.stdout
+    assert (out / "01_bad.ipynb").is_file() and (out / "02_good.ipynb").is_file()  # the failing one kept too
+
+
+def test_make_help_lists_every_target() -> None:
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    out = subprocess.run([make, "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for target in ("venv", "book", "test", "sync", "reproduce", "clean"):
+        assert re.search(rf"make {target}\s+\S", out), f"`make help` does not describe {target}"
