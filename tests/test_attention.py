@@ -1,0 +1,228 @@
+"""Hybrid sparse attention: masks against hand-written examples, densities against hand-counted pairs,
+and every backend against a float64 reference, forward and backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mstlib import attention as A
+from mstlib.config import AttentionConfig, ModelConfig
+from mstlib.errors import ConfigError
+from mstlib.model import GPT
+
+
+def rows(mask: torch.Tensor) -> list[str]:
+    return ["".join("x" if v else "." for v in r) for r in mask.tolist()]
+
+
+# ------------------------------------------------------------------------------------ masks by hand
+
+
+def test_local_mask_by_hand():
+    # 0 <= i - j < 3
+    assert rows(A.pattern_mask("local", 6, window=3, stride=3)) == [
+        "x.....",
+        "xx....",
+        "xxx...",
+        ".xxx..",
+        "..xxx.",
+        "...xxx",
+    ]
+
+
+def test_strided_mask_by_hand():
+    # (i - j) % 3 == 0, j <= i
+    assert rows(A.pattern_mask("strided", 7, window=2, stride=3)) == [
+        "x......",
+        ".x.....",
+        "..x....",
+        "x..x...",
+        ".x..x..",
+        "..x..x.",
+        "x..x..x",
+    ]
+
+
+def test_local_strided_is_union_by_hand():
+    assert rows(A.pattern_mask("local_strided", 7, window=2, stride=3)) == [
+        "x......",
+        "xx.....",
+        ".xx....",
+        "x.xx...",
+        ".x.xx..",
+        "..x.xx.",
+        "x..x.xx",
+    ]
+
+
+def test_fixed_mask_by_hand():
+    # blocks of 3: [0,1,2] [3,4,5] [6,7]; own block (causal) plus the last position of every earlier block
+    assert rows(A.pattern_mask("fixed", 8, window=3, stride=3)) == [
+        "x.......",
+        "xx......",
+        "xxx.....",
+        "..xx....",
+        "..xxx...",
+        "..xxxx..",
+        "..x..xx.",
+        "..x..xxx",
+    ]
+
+
+def test_fixed_matches_official_construction():
+    """The official code: block-diagonal ones, columns i*L-1 set for i in 1..n/L-1, AND causal."""
+    n, L = 32, 8
+    a_d = torch.block_diag(*[torch.ones(L, L)] * (n // L))
+    for i in range(1, n // L):
+        a_d[:, i * L - 1] = 1
+    official = torch.logical_and(a_d, torch.tril(torch.ones(n, n)))
+    assert torch.equal(A.pattern_mask("fixed", n, window=L, stride=L), official)
+
+
+def test_local_matches_official_construction():
+    n, w = 20, 6
+    a = torch.tril(torch.ones(n, n))
+    official = torch.triu(a, -min(n - 1, w - 1)).bool()
+    assert torch.equal(A.pattern_mask("local", n, window=w, stride=w), official)
+
+
+def test_dense_is_causal_and_prefix_consistent():
+    assert torch.equal(A.pattern_mask("dense", 9), torch.tril(torch.ones(9, 9, dtype=torch.bool)))
+    for name in A.PATTERNS:
+        big = A.pattern_mask(name, 40, window=5, stride=7)
+        assert torch.equal(big[:23, :23], A.pattern_mask(name, 23, window=5, stride=7)), name
+
+
+def test_unknown_pattern_and_bad_sizes():
+    with pytest.raises(ConfigError, match="local_strided"):
+        A.pattern_mask("sparse", 8)
+    with pytest.raises(ConfigError):
+        A.pattern_mask("local", 8, window=0)
+
+
+# -------------------------------------------------------------------------------------- densities
+
+
+def test_density_counts_by_hand_at_paper_scale():
+    T, w = 1024, 128
+    causal = T * (T + 1) // 2  # 524,800
+    local = w * (w + 1) // 2 + (T - w) * w  # rows 0..127 see i+1 keys, the rest 128
+    strided = sum(i // w + 1 for i in range(T))  # j = i, i - 128, ...
+    extra = sum(i // w for i in range(T))  # strided pairs outside the band (i - j >= 128)
+    assert A.pattern_pairs("local", T, w, w) == local == 122_944
+    assert A.pattern_pairs("strided", T, w, w) == strided
+    assert A.pattern_pairs("local_strided", T, w, w) == local + extra == 126_528
+    assert A.pattern_density("local_strided", T, w, w) == pytest.approx((local + extra) / causal)
+    assert A.pattern_density("dense", T) == 1.0
+    # fixed: own block (8 blocks x 128*129/2) + one summary column per earlier block for every later row
+    fixed = 8 * (w * 129 // 2) + sum(w * b for b in range(8))
+    assert A.pattern_pairs("fixed", T, w, w) == fixed
+
+
+def test_block_density():
+    # causal at T=1024: 36 of 64 tiles; local-128: the diagonal and the one below, 8 + 7 of 64
+    assert A.block_density("dense", 1024) == 36 / 64
+    assert A.block_density("local", 1024, 128, 128) == 15 / 64
+    # a stride equal to the tile size puts a strided pair in every lower tile: no tile skipped
+    assert A.block_density("local_strided", 1024, 128, 128) == 36 / 64
+    assert A.block_density("local", 200, 16, 16, block=128) == 3 / 4  # ragged last tile counts
+
+
+# -------------------------------------------------------------------------------------- backends
+
+
+def _qkv(T: int, seed: int = 0, B: int = 2, H: int = 3, D: int = 8):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, H, T, D, generator=g, dtype=torch.float64) for _ in range(3)]
+
+
+@pytest.mark.parametrize("name", ["local", "strided", "local_strided", "fixed"])
+def test_sdpa_mask_equals_float64_reference_fwd_bwd(name):
+    T, w, s = 48, 8, 6
+    q64, k64, v64 = (t.requires_grad_() for t in _qkv(T))
+    ref = A.reference_attention(q64, k64, v64, A.pattern_mask(name, T, w, s))
+    g = torch.randn_like(ref)
+    ref.backward(g)
+    q, k, v = (t.detach().float().requires_grad_() for t in (q64, k64, v64))
+    y = A.sdpa_mask_attention(name, T, w, s, "cpu")(q, k, v)
+    y.backward(g.float())
+    torch.testing.assert_close(y.double(), ref, atol=2e-6, rtol=1e-5)
+    for ours, theirs in ((q, q64), (k, k64), (v, v64)):
+        torch.testing.assert_close(ours.grad.double(), theirs.grad, atol=2e-5, rtol=1e-4)
+
+
+def test_sdpa_mask_shorter_sequence_uses_corner():
+    T = 32
+    q, k, v = _qkv(T)
+    fn = A.sdpa_mask_attention("local_strided", T, 4, 5, "cpu")
+    y = fn(q[:, :, :20], k[:, :, :20], v[:, :, :20])
+    ref = A.reference_attention(q[:, :, :20], k[:, :, :20], v[:, :, :20], A.pattern_mask("local_strided", 20, 4, 5))
+    torch.testing.assert_close(y, ref)
+    with pytest.raises(ConfigError, match="rebuild"):
+        fn(*_qkv(40))
+
+
+@pytest.mark.skipif(not A.flex_available(), reason="torch.nn.attention.flex_attention not in this torch")
+@pytest.mark.parametrize("name", ["local", "local_strided", "fixed"])
+def test_flex_forward_equals_sdpa_on_cpu(name):
+    """FlexAttention's forward runs eagerly on CPU (torch 2.13); its backward does not (see next test)."""
+    T, w = 64, 16
+    q, k, v = (t.float() for t in _qkv(T, seed=1))
+    y_flex = A.flex_pattern_attention(name, T, w, w, "cpu")(q, k, v)
+    y_sdpa = A.sdpa_mask_attention(name, T, w, w, "cpu")(q, k, v)
+    torch.testing.assert_close(y_flex, y_sdpa, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=(
+    "FlexAttention has no backward on CPU (torch 2.13: NotImplementedError 'FlexAttention does not support "
+    "backward on CPU'); this test runs on the GPU machine"))
+@pytest.mark.parametrize("name", ["local", "strided", "local_strided", "fixed"])
+def test_flex_equals_sdpa_and_reference_fwd_bwd_cuda(name):
+    T, w = 1024, 128
+    q64, k64, v64 = (t.cuda().requires_grad_() for t in _qkv(T, B=2, H=4, D=64))
+    ref = A.reference_attention(q64, k64, v64, A.pattern_mask(name, T, w, w, device="cuda"))
+    g = torch.randn_like(ref)
+    ref.backward(g)
+    outs = {}
+    for backend in ("flex", "sdpa_mask"):
+        q, k, v = (t.detach().float().requires_grad_() for t in (q64, k64, v64))
+        fn = A.build_attention(AttentionConfig(pattern=name, window=w, stride=w, backend=backend), T, "cuda")
+        y = fn(q, k, v)
+        y.backward(g.float())
+        outs[backend] = (y, q.grad, k.grad, v.grad)
+        # TF32 may be on for matmuls on the GPU: tolerances for float32 with reduced-precision products
+        torch.testing.assert_close(y.double(), ref, atol=2e-3, rtol=2e-3)
+        for ours, theirs in zip((q.grad, k.grad, v.grad), (q64.grad, k64.grad, v64.grad)):
+            torch.testing.assert_close(ours.double(), theirs, atol=5e-3, rtol=5e-3)
+    for a, b in zip(outs["flex"], outs["sdpa_mask"]):
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3)
+
+
+def test_build_attention_choices():
+    assert A.build_attention(AttentionConfig(pattern="dense"), 64, "cpu") is None
+    assert A.resolve_backend("auto", "cpu") == "sdpa_mask"
+    assert A.resolve_backend("sdpa_mask", "cpu") == "sdpa_mask"
+    with pytest.raises(ConfigError, match="larger than the context"):
+        A.build_attention(AttentionConfig(pattern="local", window=128, stride=128), 64, "cpu")
+    with pytest.raises(ConfigError, match="backend"):
+        A.resolve_backend("xformers", "cpu")
+
+
+def test_model_with_full_band_pattern_equals_causal_model():
+    """A local band as wide as the context is causal attention: the model's logits must not change."""
+    cfg = ModelConfig(n_layer=2, n_head=2, n_embd=16, block_size=32, vocab_size=64)
+    torch.manual_seed(0)
+    model = GPT(cfg).eval()
+    idx = torch.randint(0, 64, (2, 32))
+    with torch.no_grad():
+        base, _ = model(idx)
+        fn = A.build_attention(AttentionConfig(pattern="local", window=32, stride=32, backend="sdpa_mask"), 32, "cpu")
+        model.set_attention(fn)
+        same, _ = model(idx)
+        model.set_attention(A.build_attention(AttentionConfig(pattern="local", window=4, stride=4), 32, "cpu"))
+        other, _ = model(idx)
+    torch.testing.assert_close(same, base, atol=1e-5, rtol=1e-5)
+    # the first 4 positions see the same keys under both; later ones must differ
+    torch.testing.assert_close(other[:, :4], base[:, :4], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(other[:, 8:], base[:, 8:], atol=1e-4)
