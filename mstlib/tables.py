@@ -297,20 +297,32 @@ def config_table(
     return table
 
 
-def with_paper_column(table: pd.DataFrame, paper: RunConfig, label: str) -> pd.DataFrame:
+def with_paper_column(
+    table: pd.DataFrame,
+    paper: RunConfig,
+    label: str,
+    documented: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
     """``table`` (from :func:`config_table`) with two columns after ``unit``: ``"paper (<label>)"``, the
-    value of each setting the paper documents (``PAPER_DOCUMENTED``) rendered from ``paper`` (our
-    ``paper`` preset's config), else ``NOT_AVAILABLE``; and ``"documented in"``, where the paper gives it
-    (empty when it does not)."""
+    value of each setting the paper documents rendered from ``paper`` (our ``paper`` preset's config),
+    else ``NOT_AVAILABLE``; and ``"documented in"``, where the paper gives it (empty when it does not).
+
+    ``documented`` maps dotted keys to their source (default ``PAPER_DOCUMENTED``, which describes the
+    Dense GPT-2 small run of Table 4). Pass ``{}`` for a table whose values the paper does not give, e.g.
+    Tiny's smaller model (Table 8), so GPT-2 small's documented sizes are not shown as Tiny's."""
     if not isinstance(paper, RunConfig):
         raise ConfigError(f"with_paper_column: paper must be a RunConfig, got {type(paper).__name__}")
+    documented = PAPER_DOCUMENTED if documented is None else documented
+    unknown = [k for k in documented if k not in FIELDS and k not in DERIVED]
+    if unknown:
+        raise ConfigError(f"with_paper_column: documented keys {unknown} are not table rows")
     derived = {k: fn for k, (_s, _l, _u, fn) in DERIVED.items()}
     values, sources = [], []
     for key in table.index:
-        if key in PAPER_DOCUMENTED:
+        if key in documented:
             v = derived[key](paper) if key in derived else _get(paper, key)
             values.append(format_value(key, v))
-            sources.append(PAPER_DOCUMENTED[key])
+            sources.append(documented[key])
         else:
             values.append(NOT_AVAILABLE)
             sources.append("")

@@ -129,6 +129,15 @@ def test_paper_column_shows_documented_values_only():
     assert p.loc["model.n_embd", "ours"] == "384"
 
 
+def test_paper_column_with_nothing_documented():
+    t = tables.config_table({"ours": RunConfig()}, ["model"])
+    p = tables.with_paper_column(t, RunConfig(), "Table 8", documented={})
+    assert (p["paper (Table 8)"] == tables.NOT_AVAILABLE).all()
+    assert (p["documented in"] == "").all()
+    with pytest.raises(ConfigError, match="not table rows"):
+        tables.with_paper_column(t, RunConfig(), "x", documented={"train.lrr": "Table 4"})
+
+
 def test_display_index():
     d = tables.display(tables.config_table({"x": RunConfig()}, ["model"]))
     assert d.index.names == ["section", "setting"]
