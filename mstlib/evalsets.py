@@ -48,7 +48,7 @@ import os
 import re
 import tarfile
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Optional
 
@@ -228,9 +228,13 @@ class DetokRule:
     repl: str
     why: str
     example: tuple[str, str]
+    _regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_regex", re.compile(self.pattern))  # compiled once, applied per line
 
     def apply(self, line: str) -> str:
-        return re.sub(self.pattern, self.repl, line)
+        return self._regex.sub(self.repl, line)
 
 
 _CONTRACTION = DetokRule(
