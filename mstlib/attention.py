@@ -189,11 +189,14 @@ def _mask_mod(name: str, window: int, stride: int, summary: int):
 
 
 @functools.lru_cache(maxsize=64)
-def _block_mask(name: str, T: int, window: int, stride: int, summary: int, device: str):
-    """FlexAttention ``BlockMask`` for (pattern, T, device), built once and shared by all layers/steps."""
+def _block_mask(name: str, T: int, window: int, stride: int, summary: int, device: str, block: int = FLEX_BLOCK):
+    """FlexAttention ``BlockMask`` for (pattern, T, device, tile size), built once and shared by all layers
+    and steps."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    return create_block_mask(_mask_mod(name, window, stride, summary), None, None, T, T, device=device)
+    return create_block_mask(
+        _mask_mod(name, window, stride, summary), None, None, T, T, device=device, BLOCK_SIZE=block
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -238,22 +241,32 @@ def sdpa_mask_attention(name: str, T: int, window: int, stride: int, device, *, 
 
 
 def flex_pattern_attention(
-    name: str, T: int, window: int, stride: int, device, *, summary: int = FIXED_SUMMARY, compile: Optional[bool] = None
+    name: str,
+    T: int,
+    window: int,
+    stride: int,
+    device,
+    *,
+    summary: int = FIXED_SUMMARY,
+    compile: Optional[bool] = None,
+    block: int = FLEX_BLOCK,
 ) -> AttentionFn:
     """FlexAttention with the pattern's ``BlockMask`` (built once per (pattern, T, device)). ``compile``:
-    default True on CUDA, False elsewhere (CPU: forward only, see the module docstring)."""
+    default True on CUDA, False elsewhere (CPU: forward only, see the module docstring). ``block``: the
+    block mask's tile edge in tokens (128 default; with ``stride = 128`` only smaller tiles let the strided
+    patterns skip work, see :func:`block_density`; for benchmarks, the kernel must support the size)."""
     _check(name, window, stride, summary)
     resolve_backend("flex", device)
     dev = _device_key(device)
     use_compile = torch.device(dev).type == "cuda" if compile is None else compile
     fn = _compiled_flex() if use_compile else _eager_flex()
-    full = _block_mask(name, T, window, stride, summary, dev)
+    full = _block_mask(name, T, window, stride, summary, dev, block)
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         t = q.size(-2)
         if t > T:
             raise ConfigError(f"attention built for T={T} tokens got a sequence of {t}; rebuild it for {t}")
-        bm = full if t == T else _block_mask(name, t, window, stride, summary, dev)
+        bm = full if t == T else _block_mask(name, t, window, stride, summary, dev, block)
         if not use_compile:
             with warnings.catch_warnings():
                 # eager FlexAttention warns that it is slow; on CPU that is expected and documented above

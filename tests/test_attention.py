@@ -226,3 +226,14 @@ def test_model_with_full_band_pattern_equals_causal_model():
     # the first 4 positions see the same keys under both; later ones must differ
     torch.testing.assert_close(other[:, :4], base[:, :4], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(other[:, 8:], base[:, 8:], atol=1e-4)
+
+
+@pytest.mark.skipif(not A.flex_available(), reason="torch.nn.attention.flex_attention not in this torch")
+def test_flex_smaller_tiles_same_result_on_cpu():
+    """Smaller block-mask tiles (which let strided patterns skip tiles) compute the same attention."""
+    T, w = 128, 32
+    q, k, v = (t.float() for t in _qkv(T, seed=2))
+    y = A.flex_pattern_attention("local_strided", T, w, w, "cpu", block=32)(q, k, v)
+    ref = A.reference_attention(q, k, v, A.pattern_mask("local_strided", T, w, w))
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    assert A.block_density("local_strided", 1024, 128, 128, block=64) < A.block_density("dense", 1024, block=64)
