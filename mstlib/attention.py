@@ -140,10 +140,10 @@ def block_density(
     """
     _check(name, window, stride, summary)
     n = -(-T // block)
-    m = pattern_mask(name, T, window, stride, summary=summary)
+    m = pattern_mask(name, T, window, stride, summary=summary).to(torch.uint8)  # padding bools varies by version
     pad = n * block - T
     m = F.pad(m, (0, pad, 0, pad))
-    tiles = m.view(n, block, n, block).any(dim=3).any(dim=1)
+    tiles = m.view(n, block, n, block).amax(dim=3).amax(dim=1)
     return float(tiles.sum()) / (n * n)
 
 
