@@ -1,0 +1,269 @@
+"""Sparse set, exact per-layer nonzeros (ER with dense-capping, uniform), MaskSet and the ``masks`` CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mstlib import cli
+from mstlib.config import MODEL_SIZES, ModelConfig
+from mstlib.errors import CheckpointError, ConfigError
+from mstlib.masks import (
+    MaskSet,
+    derive_seed,
+    layer_nnz,
+    make_generator,
+    sparse_parameter_names,
+    sparse_shapes,
+)
+from mstlib.model import GPT
+
+TINY = ModelConfig(n_layer=2, n_head=2, n_embd=16, block_size=16, vocab_size=64)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is ~40x faster than two on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_model(seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(TINY)
+
+
+# ------------------------------------------------------------------------------------ sparse set
+
+
+def test_sparse_set_names_and_shapes_match_the_model():
+    model = tiny_model()
+    params = dict(model.named_parameters())
+    names = sparse_parameter_names(TINY, "all")
+    assert len(names) == 4 * TINY.n_layer + 1 and names[-1] == "lm_head.weight"
+    assert names[:4] == [f"transformer.h.0.{m}.weight" for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
+    for n, shape in sparse_shapes(TINY, "all").items():
+        assert tuple(model.get_parameter(n).shape) == shape
+    # the tied output layer is the embedding: one tensor
+    assert model.get_parameter("lm_head.weight") is params["transformer.wte.weight"]
+    blocks = sparse_parameter_names(TINY, "blocks")
+    assert blocks == names[:-1]  # same layer indices for the blocks under both sets
+    with pytest.raises(ConfigError):
+        sparse_parameter_names(TINY, "everything")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------- exact nonzeros
+
+
+def test_er_hand_computed_with_capping():
+    # A (10x10): raw 0.2; B (100x100): raw 0.02. s=0.5: target 5050, eps=5050/220 -> A density 4.6 > 1, so
+    # A is dense (100) and B gets the rest, 4950 (density 0.495).
+    shapes = {"A": (10, 10), "B": (100, 100)}
+    assert layer_nnz(shapes, 0.5, "er") == {"A": 100, "B": 4950}
+    # uniform: 0.5 of each
+    assert layer_nnz(shapes, 0.5, "uniform") == {"A": 50, "B": 5000}
+    # sparsity 0: everything dense under both
+    assert layer_nnz(shapes, 0.0, "er") == {"A": 100, "B": 10000}
+
+
+def _official_er_densities(shapes: dict[str, tuple[int, int]], sparsity: float) -> list[float]:
+    """The official ``DST/scheduler.py::sparse_set`` ER loop (float arithmetic, one layer capped per pass)."""
+    sizes = [a * b for a, b in shapes.values()]
+    raw_all = [(a + b) / (a * b) for a, b in shapes.values()]
+    dense: set[int] = set()
+    while True:
+        rhs, divisor, raw = 0.0, 0.0, {}
+        for i, n in enumerate(sizes):
+            if i in dense:
+                rhs -= n * sparsity
+            else:
+                rhs += n * (1 - sparsity)
+                raw[i] = raw_all[i]
+                divisor += raw[i] * n
+        eps = rhs / divisor
+        top = max(raw.values())
+        if top * eps > 1:
+            dense |= {i for i, r in raw.items() if r == top}
+        else:
+            break
+    return [1.0 if i in dense else raw_all[i] * eps for i in range(len(sizes))]
+
+
+@pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.9, 0.98])
+def test_er_matches_the_official_formula_at_paper_scale(sparsity):
+    shapes = sparse_shapes(MODEL_SIZES["paper"], "all")
+    nnz = layer_nnz(shapes, sparsity, "er")
+    official = _official_er_densities(shapes, sparsity)
+    for (name, (a, b)), d in zip(shapes.items(), official):
+        assert abs(nnz[name] - d * a * b) < 1.0 + 1e-6 * a * b, name  # equal up to integer rounding
+
+
+shape_lists = st.lists(
+    st.tuples(st.integers(1, 40), st.integers(1, 40)), min_size=1, max_size=8
+).map(lambda l: {f"m{i}": s for i, s in enumerate(l)})
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes=shape_lists, sparsity=st.floats(0.0, 0.999), distribution=st.sampled_from(["er", "uniform"]))
+def test_layer_nnz_invariants(shapes, sparsity, distribution):
+    nnz = layer_nnz(shapes, sparsity, distribution)
+    sizes = {n: a * b for n, (a, b) in shapes.items()}
+    total = sum(sizes.values())
+    assert sum(nnz.values()) == round((1 - sparsity) * total) or abs(
+        sum(nnz.values()) - (1 - sparsity) * total
+    ) <= 0.5 + 1e-9 * total  # exact rational rounding vs float product
+    assert all(0 <= nnz[n] <= sizes[n] for n in shapes)
+    dens = {n: nnz[n] / sizes[n] for n in shapes}
+    if distribution == "uniform":
+        for n in shapes:
+            assert abs(nnz[n] - (1 - sparsity) * sizes[n]) < 1.0 + 1e-9
+    else:
+        # uncapped layers share one eps: nnz / (n_in + n_out) equal up to one nonzero of rounding
+        free = [n for n in shapes if nnz[n] < sizes[n]]
+        ratios = [nnz[n] / sum(shapes[n]) for n in free]
+        if len(ratios) > 1:
+            spread = max(ratios) - min(ratios)
+            assert spread <= 2.0 / min(sum(shapes[n]) for n in free) + 1e-12
+        # a capped (dense) layer has the largest raw ER density of all
+        raw = {n: sum(shapes[n]) / sizes[n] for n in shapes}
+        if free and len(free) < len(shapes):
+            assert min(raw[n] for n in shapes if n not in free) >= max(raw[n] for n in free) - 1e-12 or any(
+                dens[n] == 1.0 for n in free
+            )
+
+
+def test_layer_nnz_sum_is_exact_at_paper_scale():
+    shapes = sparse_shapes(MODEL_SIZES["paper"], "all")
+    total = sum(a * b for a, b in shapes.values())
+    for s in (0.0, 0.25, 0.5, 0.75, 0.9, 0.95):
+        for dist in ("er", "uniform"):
+            assert sum(layer_nnz(shapes, s, dist).values()) == round((1 - s) * total)
+    with pytest.raises(ConfigError):
+        layer_nnz(shapes, 1.0)
+
+
+# ---------------------------------------------------------------------------------- randomness
+
+
+def test_derive_seed_is_stable_and_separates_streams():
+    assert derive_seed(0, "init", -1, 3) == derive_seed(0, "init", -1, 3)
+    seeds = {derive_seed(s, t, step, l) for s in (0, 1) for t in ("init", "grow") for step in (0, 100) for l in (0, 1)}
+    assert len(seeds) == 16 and all(0 <= x < 2**63 for x in seeds)
+    a = torch.rand(5, generator=make_generator(0, "grow", 100, 2, torch.device("cpu")))
+    b = torch.rand(5, generator=make_generator(0, "grow", 100, 2, torch.device("cpu")))
+    assert torch.equal(a, b)
+
+
+# -------------------------------------------------------------------------------------- MaskSet
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    sparsity=st.floats(0.0, 0.97),
+    distribution=st.sampled_from(["er", "uniform"]),
+    method=st.sampled_from(["random", "magnitude"]),
+    sparse_set=st.sampled_from(["all", "blocks"]),
+)
+def test_init_exact_counts_and_zero_weights(sparsity, distribution, method, sparse_set):
+    model = tiny_model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    before["lm_head.weight"] = before["transformer.wte.weight"]
+    ms = MaskSet(model, sparse_set, distribution)
+    targets = ms.init(sparsity, seed=1, method=method)
+    assert targets == layer_nnz(ms.shapes, sparsity, distribution)
+    for n, p in zip(ms.names, ms.params):
+        m = ms.bool_mask(n)
+        assert int(torch.count_nonzero(m)) == targets[n] == ms.nnz_host[n]
+        assert int(torch.count_nonzero(p[~m])) == 0
+        assert torch.equal(p[m], before[n][m])  # active weights untouched
+        assert ms.masks[n].dtype == p.dtype and ms.masks[n].device == p.device
+        if method == "magnitude" and 0 < targets[n] < p.numel():
+            assert before[n][m].abs().min() >= before[n][~m].abs().max()
+    # dense parameters untouched
+    for n, p in model.named_parameters():
+        if n not in ms.names and n != "transformer.wte.weight":
+            assert torch.equal(p, before[n])
+
+
+def test_random_init_depends_on_seed_only():
+    a, b, c = MaskSet(tiny_model(0)), MaskSet(tiny_model(1)), MaskSet(tiny_model(0))
+    a.init(0.8, seed=5)
+    b.init(0.8, seed=5)  # different weights, same seed: same random masks
+    c.init(0.8, seed=6)
+    assert all(torch.equal(a.masks[n], b.masks[n]) for n in a.names)
+    assert not all(torch.equal(a.masks[n], c.masks[n]) for n in a.names)
+
+
+def test_apply_mask_grads_and_optimizer_state():
+    model = tiny_model()
+    ms = MaskSet(model)
+    ms.init(0.7, seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x = torch.randint(0, TINY.vocab_size, (2, 8))
+    model(x, x)[1].backward()
+    opt.step()  # gradients not masked: moments and weights become dense
+    ms.mask_grads_()
+    for n, p in zip(ms.names, ms.params):
+        assert int(torch.count_nonzero(p.grad[~ms.bool_mask(n)])) == 0
+    ms.apply_()
+    assert all(int(torch.count_nonzero(p[~ms.bool_mask(n)])) == 0 for n, p in zip(ms.names, ms.params))
+    where = {n: ~ms.bool_mask(n) for n in ms.names}
+    ms.zero_optimizer_state_(opt, where)
+    for n, p in zip(ms.names, ms.params):
+        st_ = opt.state[p]
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert int(torch.count_nonzero(st_[key][where[n]])) == 0
+            assert int(torch.count_nonzero(st_[key][~where[n]])) > 0  # the rest untouched
+    assert ms.nnz() == sum(layer_nnz(ms.shapes, 0.7).values())
+    assert ms.density() == pytest.approx(0.3, abs=1e-3)
+    rows = ms.per_layer()
+    assert [r["name"] for r in rows] == ms.names and sum(r["nnz"] for r in rows) == ms.nnz()
+
+
+def test_state_dict_round_trip():
+    a = MaskSet(tiny_model(0))
+    a.init(0.85, seed=3)
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b = MaskSet(tiny_model(1))
+    b.load_state_dict(torch.load(buf))
+    for n, p in zip(b.names, b.params):
+        assert torch.equal(a.masks[n], b.masks[n]) and b.nnz_host[n] == a.nnz_host[n]
+        assert int(torch.count_nonzero(p[~b.bool_mask(n)])) == 0
+    with pytest.raises(CheckpointError):
+        MaskSet(tiny_model(), "blocks").load_state_dict(a.state_dict())
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_json(capsys):
+    assert cli.main(["masks", "--preset", "smoke", "--sparsity", "0.9", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    model_cfg = MODEL_SIZES["smoke"]
+    shapes = sparse_shapes(model_cfg, out["sparse_set"])
+    assert [m["name"] for m in out["matrices"]] == list(shapes)
+    for m in out["matrices"]:
+        assert set(m) >= {"name", "shape", "nnz", "density"}
+        assert tuple(m["shape"]) == shapes[m["name"]]
+        assert m["density"] == pytest.approx(m["nnz"] / np.prod(m["shape"]))
+    total = sum(a * b for a, b in shapes.values())
+    assert out["nnz"] == sum(m["nnz"] for m in out["matrices"]) == round(0.1 * total)
+
+
+def test_cli_table_and_errors(capsys):
+    assert cli.main(["masks", "--preset", "smoke", "--sparsity", "0.5", "--distribution", "uniform",
+                     "--sparse-set", "blocks"]) == 0
+    text = capsys.readouterr().out
+    assert "transformer.h.1.mlp.c_proj.weight" in text and "lm_head" not in text and "total" in text
+    assert cli.main(["masks", "--preset", "smoke", "--sparsity", "1.0"]) == 2
+    assert "sparsity" in capsys.readouterr().err

@@ -1,0 +1,396 @@
+"""Topology evolution invariants: exact nonzeros, zeros stay zero (weights, gradients, AdamW moments), grown
+weights born at zero, prune == grow at constant sparsity, identical masks across ranks (simulated and a
+real 2-process gloo group), sparsity 0 == dense bit for bit, checkpoint round trip."""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mstlib import schedule as S
+from mstlib.config import ModelConfig, RunConfig, ScheduleConfig, SparsityConfig, TopologyConfig, TrainConfig
+from mstlib.errors import CheckpointError, MstError
+from mstlib.masks import layer_nnz
+from mstlib.model import GPT
+from mstlib.topology import Sparsifier
+
+TINY = ModelConfig(n_layer=2, n_head=2, n_embd=16, block_size=16, vocab_size=64)
+MST = ScheduleConfig(kind="mst", s_max=0.9, s_end=0.5, warmup_end=0.25, restore_start=0.75)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is ~40x faster than two on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_run(schedule: ScheduleConfig = MST, max_iters: int = 40, seed: int = 0, sparsity=None, **topo) -> RunConfig:
+    return RunConfig(
+        seed=seed,
+        model=TINY,
+        schedule=schedule,
+        sparsity=sparsity or SparsityConfig(),
+        topology=TopologyConfig(**{"update_interval": 4, "skip_step_on_update": False, **topo}),
+        train=TrainConfig(max_iters=max_iters, warmup_iters=2),
+    ).validate()
+
+
+def make_model(seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(TINY)
+
+
+def batch(step: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1000 * seed + step)
+    return torch.randint(0, TINY.vocab_size, (2, 12), generator=g)
+
+
+def sparse_step(model, opt, sp: Sparsifier | None, step: int, run: RunConfig, on_update=None):
+    """One training step the way the trainer does it."""
+    x = batch(step)
+    model(x, x)[1].backward()
+    skip = False
+    if sp is not None and sp.is_update_step(step):
+        old = {n: sp.masks.bool_mask(n).clone() for n in sp.masks.names}
+        stats = sp.update(step)
+        if on_update is not None:
+            on_update(step, old, stats)
+        skip = run.topology.skip_step_on_update
+    if sp is not None:
+        sp.mask_grads_()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    if not skip:
+        for group in opt.param_groups:
+            group["lr"] = S.lr_at(step, run.train) or 1e-3
+        opt.step()
+    if sp is not None:
+        sp.apply_()
+    opt.zero_grad(set_to_none=True)
+
+
+def assert_masked_zero(sp: Sparsifier, opt=None, grads: bool = False):
+    for n, p in zip(sp.masks.names, sp.masks.params):
+        off = ~sp.masks.bool_mask(n)
+        assert int(torch.count_nonzero(p[off])) == 0, n
+        if grads and p.grad is not None:
+            assert int(torch.count_nonzero(p.grad[off])) == 0, n
+        if opt is not None and opt.state.get(p):
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert int(torch.count_nonzero(opt.state[p][key][off])) == 0, (n, key)
+
+
+def assert_exact_counts(sp: Sparsifier, sparsity: float):
+    targets = layer_nnz(sp.masks.shapes, sparsity, sp.run.sparsity.distribution)
+    for n, p in zip(sp.masks.names, sp.masks.params):
+        assert int(torch.count_nonzero(sp.masks.masks[n])) == targets[n] == sp.masks.nnz_host[n], n
+        assert int(torch.count_nonzero(p)) <= targets[n]
+
+
+# --------------------------------------------------------------------------------- a whole run
+
+
+@pytest.mark.parametrize("growth", ["mixed", "gradient", "random", "none"])
+def test_mst_run_invariants(growth):
+    run = make_run(growth=growth, skip_step_on_update=(growth == "mixed"))
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    sp = Sparsifier(model, run, opt)
+    assert sp.density() == 1.0  # MST starts dense
+    seen = []
+
+    def check(step, old, stats):
+        seen.append(step)
+        target = S.target_sparsity(step / run.train.max_iters, run.schedule)
+        assert stats["target_sparsity"] == target
+        assert_exact_counts(sp, target)
+        assert_masked_zero(sp, opt, grads=True)
+        for row in stats["layers"]:
+            n = row["name"]
+            new = sp.masks.bool_mask(n)
+            born, died = new & ~old[n], old[n] & ~new
+            p = sp.masks.model.get_parameter(n)
+            assert int(torch.count_nonzero(p[born])) == 0  # grown weights start at zero
+            for key in ("exp_avg", "exp_avg_sq"):
+                if opt.state.get(p):
+                    assert int(torch.count_nonzero(opt.state[p][key][born | died])) == 0
+            assert row["switched_on"] == int(born.sum()) and row["switched_off"] == int(died.sum())
+            assert row["pruned"] - row["grown"] == int(old[n].sum()) - int(new.sum())
+            if growth == "none":
+                assert row["pruned"] == 0 or row["grown"] == 0  # only the net change moves weights
+
+    for step in range(run.train.max_iters):
+        sparse_step(model, opt, sp, step, run, check)
+        assert_masked_zero(sp, opt)
+    assert seen == S.update_steps(run)
+    assert sp.density() == pytest.approx(1 - S.sparsity_in_force(run.train.max_iters - 1, run), abs=1e-3)
+
+
+def test_constant_sparsity_prunes_as_many_as_it_grows():
+    run = make_run(ScheduleConfig(kind="constant", sparsity=0.8), growth="mixed", drop_fraction=0.3)
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sp = Sparsifier(model, run, opt)
+    assert_exact_counts(sp, 0.8)
+    exchanged = []
+
+    def check(step, old, stats):
+        assert_exact_counts(sp, 0.8)
+        for row in stats["layers"]:
+            assert row["pruned"] == row["grown"] and row["switched_on"] == row["switched_off"]
+        exchanged.append(stats["switched_on"])
+
+    for step in range(20):
+        sparse_step(model, opt, sp, step, run, check)
+    assert len(exchanged) == 4 and sum(exchanged) > 0  # the topology really moved
+
+
+def test_sparsity_change_is_net_prune_then_net_grow():
+    run = make_run(growth="gradient")
+    model = make_model()
+    sp = Sparsifier(model, run)
+    x = batch(0)
+    model(x, x)[1].backward()
+    up = sp.update(4)  # warm-up: the target rises
+    assert up["pruned"] > up["grown"] and up["density"] < 1.0
+    down = sp.update(36)  # restoration: the target falls
+    assert down["grown"] > down["pruned"]
+    assert_exact_counts(sp, S.target_sparsity(36 / 40, MST))
+
+
+def test_drop_smallest_magnitude_and_grow_largest_gradient():
+    run = make_run(ScheduleConfig(kind="constant", sparsity=0.5), growth="gradient", drop_anneal="constant",
+                   drop_fraction=0.1)
+    model = make_model()
+    sp = Sparsifier(model, run)
+    name = "transformer.h.0.mlp.c_fc.weight"
+    p = model.get_parameter(name)
+    mask = sp.masks.bool_mask(name)
+    with torch.no_grad():
+        on, off = mask.nonzero()[:1], (~mask).nonzero()[:1]
+        smallest, hot = tuple(on[0].tolist()), tuple(off[0].tolist())
+        p[smallest] = 1e-12  # the smallest active weight: must be dropped
+        for q in sp.masks.params:
+            q.grad = torch.ones_like(q)
+        p.grad[smallest] = 0.0  # so it cannot be regrown (every other candidate has gradient 1)
+        p.grad[hot] = 1e3  # the largest gradient among the inactive: must be grown
+    sp.update(4)
+    new = sp.masks.bool_mask(name)
+    assert not new[smallest] and new[hot]
+    assert p[hot] == 0.0
+
+
+def test_masks_identical_across_simulated_ranks():
+    run = make_run(ScheduleConfig(kind="constant", sparsity=0.7), growth="mixed")
+    a = make_model()
+    b = copy.deepcopy(a)
+    sa, sb = Sparsifier(a, run), Sparsifier(b, run)
+    for step in (4, 8, 12):
+        x = batch(step)
+        a(x, x)[1].backward()
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            pb.grad = pa.grad.clone()  # what DDP's averaging gives every rank
+        sa.update(step), sb.update(step)
+        for n in sa.masks.names:
+            assert torch.equal(sa.masks.masks[n], sb.masks.masks[n])
+        a.zero_grad(), b.zero_grad()
+    # and the random stream is really used: another seed gives other masks
+    c = Sparsifier(copy.deepcopy(a), run.replace(seed=1))
+    assert not all(torch.equal(sa.masks.masks[n], c.masks.masks[n]) for n in sa.masks.names)
+
+
+def test_sparsity_zero_is_dense_bit_for_bit():
+    run = make_run(ScheduleConfig(kind="constant", sparsity=0.0), growth="mixed", update_interval=2,
+                   drop_anneal="constant", drop_fraction=0.5, skip_step_on_update=False)
+    dense = make_model()
+    sparse = copy.deepcopy(dense)
+    opt_d = torch.optim.AdamW(dense.parameters(), lr=1e-2, weight_decay=0.1)
+    opt_s = torch.optim.AdamW(sparse.parameters(), lr=1e-2, weight_decay=0.1)
+    sp = Sparsifier(sparse, run, opt_s)
+    updates = []
+    for step in range(8):
+        sparse_step(dense, opt_d, None, step, run)
+        sparse_step(sparse, opt_s, sp, step, run, lambda s, o, st_: updates.append(st_["pruned"]))
+    assert len(updates) == 3 and all(u > 0 for u in updates)  # drops happened and were all regrown
+    for (n, pd), ps in zip(dense.named_parameters(), sparse.parameters()):
+        assert torch.equal(pd, ps), n
+    for pd, ps in zip(dense.parameters(), sparse.parameters()):
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(opt_d.state[pd][key], opt_s.state[ps][key])
+
+
+def test_official_moment_behaviour_switch():
+    """mask_optimizer_moments=False (the official code) leaves stale AdamW moments at pruned weights."""
+    run = make_run(ScheduleConfig(kind="constant", sparsity=0.6), growth="random", drop_fraction=0.3)
+    results = {}
+    for flag in (True, False):
+        model = make_model()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        sp = Sparsifier(model, run, opt, mask_optimizer_moments=flag)
+        for step in range(5):
+            sparse_step(model, opt, sp, step, run)
+        results[flag] = sum(
+            int(torch.count_nonzero(opt.state[p]["exp_avg"][~sp.masks.bool_mask(n)]))
+            for n, p in zip(sp.masks.names, sp.masks.params)
+        )
+    assert results[True] == 0 and results[False] > 0
+
+
+def test_gradient_growth_needs_gradients():
+    sp = Sparsifier(make_model(), make_run(ScheduleConfig(kind="constant", sparsity=0.5), growth="gradient"))
+    with pytest.raises(MstError, match="no .grad"):
+        sp.update(4)
+
+
+def test_state_dict_round_trip():
+    run = make_run(ScheduleConfig(kind="constant", sparsity=0.75), growth="mixed")
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sp = Sparsifier(model, run, opt)
+    for step in range(9):
+        sparse_step(model, opt, sp, step, run)
+    buf = io.BytesIO()
+    torch.save(sp.state_dict(), buf)
+    buf.seek(0)
+    other = make_model(seed=3)
+    other.load_state_dict(model.state_dict())
+    sp2 = Sparsifier(other, run.replace(seed=9))  # draws different masks first
+    sp2.load_state_dict(torch.load(buf))
+    for n in sp.masks.names:
+        assert torch.equal(sp.masks.masks[n], sp2.masks.masks[n])
+    assert sp2.last_update_step == 8 and sp2.target == sp.target and sp2.nnz() == sp.nnz()
+    with pytest.raises(CheckpointError):
+        sp2.load_state_dict({"version": 0})
+
+
+# ------------------------------------------------------------------------- property-based update
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    s_init=st.floats(0.0, 0.95),
+    s_next=st.floats(0.0, 0.95),
+    f=st.floats(0.0, 0.9),
+    growth=st.sampled_from(["gradient", "random", "mixed", "none"]),
+    distribution=st.sampled_from(["er", "uniform"]),
+    sparse_set=st.sampled_from(["all", "blocks"]),
+    step=st.integers(1, 9).map(lambda k: 4 * k),
+)
+def test_update_invariants(s_init, s_next, f, growth, distribution, sparse_set, step):
+    run = make_run(
+        ScheduleConfig(kind="constant", sparsity=s_next),
+        sparsity=SparsityConfig(sparse_set=sparse_set, distribution=distribution),
+        growth=growth, drop_anneal="constant", drop_fraction=f,
+    )
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sp = Sparsifier(model, run, opt)
+    sp.masks.init(s_init, seed=2)  # start elsewhere, so the update changes the density
+    x = batch(step)
+    model(x, x)[1].backward()
+    sp.mask_grads_()
+    opt.step()
+    sp.apply_()
+    model(x, x)[1].backward()
+    old = {n: sp.masks.bool_mask(n).clone() for n in sp.masks.names}
+    stats = sp.update(step)
+    assert_exact_counts(sp, s_next)
+    assert_masked_zero(sp, opt, grads=True)
+    effective_f = 0.0 if growth == "none" else f
+    for row in stats["layers"]:
+        n = row["name"]
+        new = sp.masks.bool_mask(n)
+        born = new & ~old[n]
+        assert int(torch.count_nonzero(model.get_parameter(n)[born])) == 0
+        n_active = int(old[n].sum())
+        surplus = n_active - row["target_nnz"]
+        assert row["pruned"] == min(max(int(effective_f * n_active), surplus), n_active)
+        assert row["grown"] == row["pruned"] - surplus
+
+
+# ------------------------------------------------------------------------------ real 2-process gloo
+
+
+def _gloo_worker(rank: int, port: int, out: str) -> None:
+    """One rank: its own data, gradients averaged over the group (what DDP does), the trainer's step."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        run = make_run(update_interval=2, growth="mixed", skip_step_on_update=True, max_iters=12)
+        model = make_model()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        sp = Sparsifier(model, run, opt)
+        for step in range(run.train.max_iters):
+            x = batch(step, seed=1 + rank)  # every rank sees different data
+            model(x, x)[1].backward()
+            for p in model.parameters():  # DDP's all-reduce mean (DDP itself imports torch._dynamo: 5 s)
+                dist.all_reduce(p.grad)
+                p.grad /= 2
+            skip = sp.is_update_step(step)
+            if skip:
+                sp.update(step)
+            sp.mask_grads_()
+            if not skip:
+                opt.step()
+            sp.apply_()
+            opt.zero_grad(set_to_none=True)
+        torch.save({n: sp.masks.bool_mask(n) for n in sp.masks.names}, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_masks_identical_across_real_gloo_ranks(tmp_path: Path):
+    import multiprocessing as mp
+
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    # fork: the children inherit the imported torch (a fresh interpreter costs seconds per rank)
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    port = _free_port()
+    procs = [ctx.Process(target=_gloo_worker, args=(r, port, str(tmp_path))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            pytest.fail("gloo worker timed out")
+    assert [p.exitcode for p in procs] == [0, 0]
+    m0, m1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert list(m0) == list(m1)
+    for n in m0:
+        assert torch.equal(m0[n], m1[n]), n
+    # the masks did evolve (not just the dense start), and rank-local gradients would have differed
+    assert sum(int(m.sum()) for m in m0.values()) < sum(m.numel() for m in m0.values())
+
+
+def test_unwraps_compiled_and_ddp_wrappers():
+    class Wrapped(torch.nn.Module):  # what torch.compile returns exposes the module as _orig_mod
+        def __init__(self, inner):
+            super().__init__()
+            self._orig_mod = inner
+
+    model = make_model()
+    sp = Sparsifier(Wrapped(model), make_run(ScheduleConfig(kind="constant", sparsity=0.5), growth="random"))
+    assert sp.masks.model is model
