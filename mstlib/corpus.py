@@ -434,7 +434,9 @@ def _git_info() -> dict[str, Any]:
         return subprocess.run(["git", *a], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
 
     try:
-        return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+        # dirty: a tracked file differs from the commit, or mstlib/ has files the commit lacks
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no") or git("status", "--porcelain", "--", "mstlib"))
+        return {"commit": git("rev-parse", "HEAD") or None, "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
 
@@ -493,7 +495,7 @@ def _plan_shards(opts: PrepareOptions, spec: CorpusSpec, source_dir: Path) -> tu
 
 def _verify_sources(source_dir: Path, sources: dict[str, str], progress: bool) -> None:
     """sha256 of every source file used (the .xz shards and manifests) against SOURCES.md."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     for rel, digest in tqdm(sources.items(), desc="checking sources", unit="file", disable=not progress):
         path = source_dir / rel
@@ -508,7 +510,7 @@ def _verify_sources(source_dir: Path, sources: dict[str, str], progress: bool) -
 def _build_shards(tmp: Path, opts: PrepareOptions, spec: CorpusSpec, source_dir: Path,
                   plan: dict[str, list[tuple[Doc, int]]], shards: dict[str, ShardInfo], workers: int) -> dict[str, Any]:
     """Tokenize in parallel into part files, then assemble train.bin / val.bin in plan order."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     parts_dir = tmp / "parts"
     parts_dir.mkdir()
@@ -609,7 +611,7 @@ def _build_openwebtext(tmp: Path, opts: PrepareOptions, workers: int, dataset: A
     ``dataset`` is the loaded ``DatasetDict`` (tests inject a small fake); by default it is
     ``datasets.load_dataset(opts.hub_id, num_proc=workers)``, which needs internet (about 54 GB of cache).
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     if dataset is None:
         try:
@@ -839,7 +841,7 @@ def pack_corpus(
     multi-stream .xz) and the stream is cut into pieces at the transfer limits. With ``with_tokenizer`` the
     GPT-2 BPE files travel too, so the GPU machine can tokenize offline. Returns the pack manifest.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     meta = verify_corpus(data_dir, name, checksum=True)
     folder = _corpus_dir(data_dir, name)
@@ -991,7 +993,7 @@ def unpack_corpus(
 
 
 def _decompress_pieces(src: Path, manifest: dict[str, Any], entry: dict[str, Any], out: Path, progress: bool) -> None:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     pieces = sorted((p for p in manifest["pieces"] if p["file"] == entry["file"]), key=lambda p: p["index"])
     xz_h, raw_h, raw_n = hashlib.sha256(), hashlib.sha256(), 0
