@@ -29,8 +29,8 @@ Choices (documented for the book's deviations page):
   optimizer state (RigL's default ``reinit_when_same=False``): for it nothing changed. This is also what
   makes sparsity 0 exactly dense: everything dropped is regrown. ``stats["pruned"]``/``["grown"]`` are the
   nominal counts of steps 2-3; ``["switched_off"]``/``["switched_on"]`` the positions that really changed.
-* **Optimizer moments are masked** (``mask_optimizer_moments=True``, a constructor argument, not a config
-  field). The official code only masks SGD momentum, so with AdamW a pruned weight's stale moments keep
+* **Optimizer moments are masked** (``topology.mask_optimizer_moments=True``; the constructor argument of
+  the same name overrides the config). The official code only masks SGD momentum, so with AdamW a pruned weight's stale moments keep
   pushing it (the weight is re-zeroed after each step) and a regrown weight inherits them.
   ``mask_optimizer_moments=False`` reproduces that for the deviations ablation. With the moments zeroed and
   the gradients masked, AdamW leaves masked weights exactly 0 by itself (decoupled weight decay of 0 is 0),
@@ -68,8 +68,9 @@ class Sparsifier:
         run_cfg: the validated run config (schedule, topology, sparsity, seed, max_iters).
         optimizer: the optimizer whose per-weight state is zeroed at changed positions; may be set later
             through the ``optimizer`` attribute (it must be set before the first update once it has state).
-        mask_optimizer_moments: zero optimizer moments at pruned and grown positions (default, correct);
-            False reproduces the official code's AdamW behaviour for the deviations ablation.
+        mask_optimizer_moments: zero optimizer moments at pruned and grown positions (correct); False
+            reproduces the official code's AdamW behaviour for the deviations ablation. None (default)
+            reads ``run_cfg.topology.mask_optimizer_moments``.
     """
 
     def __init__(
@@ -78,11 +79,13 @@ class Sparsifier:
         run_cfg: RunConfig,
         optimizer: Optional[torch.optim.Optimizer] = None,
         *,
-        mask_optimizer_moments: bool = True,
+        mask_optimizer_moments: Optional[bool] = None,
     ) -> None:
         self.run = run_cfg
         self.optimizer = optimizer
-        self.mask_optimizer_moments = mask_optimizer_moments
+        if mask_optimizer_moments is None:
+            mask_optimizer_moments = getattr(run_cfg.topology, "mask_optimizer_moments", True)
+        self.mask_optimizer_moments = bool(mask_optimizer_moments)
         self.masks = MaskSet.from_config(model, run_cfg.sparsity)
         self.target = sched.sparsity_in_force(0, run_cfg)
         self.last_update_step: Optional[int] = None

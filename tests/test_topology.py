@@ -236,7 +236,8 @@ def test_official_moment_behaviour_switch():
     for flag in (True, False):
         model = make_model()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        sp = Sparsifier(model, run, opt, mask_optimizer_moments=flag)
+        sp = Sparsifier(model, run.replace(**{"topology.mask_optimizer_moments": flag}), opt)
+        assert sp.mask_optimizer_moments is flag
         for step in range(5):
             sparse_step(model, opt, sp, step, run)
         results[flag] = sum(
@@ -244,6 +245,7 @@ def test_official_moment_behaviour_switch():
             for n, p in zip(sp.masks.names, sp.masks.params)
         )
     assert results[True] == 0 and results[False] > 0
+    assert not Sparsifier(make_model(), run, mask_optimizer_moments=False).mask_optimizer_moments  # override
 
 
 def test_gradient_growth_needs_gradients():
@@ -394,3 +396,21 @@ def test_unwraps_compiled_and_ddp_wrappers():
     model = make_model()
     sp = Sparsifier(Wrapped(model), make_run(ScheduleConfig(kind="constant", sparsity=0.5), growth="random"))
     assert sp.masks.model is model
+
+
+def test_masked_weights_stay_zero_without_apply():
+    """With masked gradients and zeroed moments AdamW itself keeps masked weights at exactly 0 (so apply_()
+    after the optimizer step is only a safety net), weight decay included."""
+    run = make_run(ScheduleConfig(kind="constant", sparsity=0.7), growth="mixed", update_interval=3)
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    sp = Sparsifier(model, run, opt)
+    for step in range(10):
+        x = batch(step)
+        model(x, x)[1].backward()
+        if sp.is_update_step(step):
+            sp.update(step)
+        sp.mask_grads_()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        assert_masked_zero(sp, opt)
