@@ -1,0 +1,305 @@
+"""The trainer: log columns, exact resume (bitwise on CPU, across processes), the finite-loss guard, DDP
+against one process with the same global batch, and loading a trained model.
+
+Runs use a tiny GPT (2 x 32, context 32, vocabulary 512) on a synthetic token file made here, so the whole
+file takes seconds on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mstlib import corpus, presets
+from mstlib.errors import CheckpointError, ConfigError, TrainingError
+from mstlib.results import RunStore
+from mstlib import train as T
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def make_corpus(root: Path, name: str = "tiny", n_train: int = 20_000, n_val: int = 4_000) -> Path:
+    """A prepared corpus in mstlib's format: a noisy repeating sequence over 500 token ids (learnable)."""
+    d = root / name
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split, n in (("train", n_train), ("val", n_val)):
+        base = np.tile(np.arange(97), n // 97 + 1)[:n]
+        toks = np.where(rng.random(n) < 0.1, rng.integers(0, 500, n), base).astype(np.uint16)
+        f = d / f"{split}.bin"
+        toks.tofile(f)
+        splits[split] = {"file": f.name, "tokens": n, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
+    (d / "meta.json").write_text(json.dumps({"format": corpus.FORMAT, "splits": splits}))
+    return root
+
+
+def tiny_run(data_dir: Path, method: str = "dense", **overrides):
+    """A smoke-preset run shrunk further: 12 steps of 2 micro-batches of 2 x 32 tokens; MST updates at steps
+    4 and 8, hybrid sparse attention (window 8) during the ultra phase [3, 9)."""
+    o = {
+        "model.vocab_size": 512, "model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32, "model.block_size": 32,
+        "train.max_iters": 12, "train.batch_size": 2, "train.grad_accum": 2, "train.warmup_iters": 2,
+        "train.eval_interval": 4, "train.eval_iters": 2, "train.log_interval": 3, "train.checkpoint_interval": 0,
+        "topology.update_interval": 4, "attention.window": 8, "attention.stride": 8,
+        "data.data_dir": str(data_dir), "data.corpus": "tiny",
+    }
+    o.update(overrides)
+    return presets.make("smoke", method, overrides=o)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return make_corpus(tmp_path_factory.mktemp("data"))
+
+
+def deterministic_log(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path).drop(columns=list(T.TIMING_COLUMNS))
+
+
+def assert_same_state(a: dict, b: dict, where: str = "") -> None:
+    """Recursive bitwise equality of checkpoint pieces (tensors by torch.equal)."""
+    if torch.is_tensor(a):
+        assert torch.is_tensor(b) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b), f"tensors differ at {where}"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same_state(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), f"{where}: {a!r} != {b!r}"
+
+
+def assert_same_checkpoint(pa: Path, pb: Path) -> None:
+    a, b = T.load_checkpoint(pa), T.load_checkpoint(pb)
+    assert a["step"] == b["step"]
+    for key in ("model", "optimizer", "sparsifier", "config", "attention_active"):
+        assert_same_state(a[key], b[key], key)
+
+
+# ---------------------------------------------------------------------------------------------- tests
+
+
+def test_log_columns_metrics_and_reuse(data_dir, tmp_path):
+    run = tiny_run(data_dir, "mst")
+    store = RunStore(tmp_path / "results")
+    res = T.train(run, store, device="cpu", progress=False)
+    assert res.done and store.is_done(run)
+    log = pd.read_csv(res.path / "log.csv")
+    assert tuple(log.columns) == T.LOG_COLUMNS
+    assert log["step"].tolist() == list(range(12))
+    assert log["tokens"].iloc[-1] == 12 * run.tokens_per_step() == res.metrics["tokens"]
+    # FLOPs so far: increasing, ending at the FLOP count's total
+    assert (np.diff(log["flops"]) > 0).all()
+    assert log["flops"].iloc[-1] == pytest.approx(res.metrics["flops_total"], rel=1e-12)
+    assert res.metrics["flops_ratio_to_dense"] < 1.0
+    # validation loss exactly on evaluation steps (every 4 steps and the last)
+    assert log.loc[log["val_loss"].notna(), "step"].tolist() == [3, 7, 11]
+    assert res.metrics["final_val_loss"] == log["val_loss"].iloc[-1]
+    # updates at 4 and 8, attention pattern during the ultra phase [3, 9), phases in order
+    assert log.loc[log["update"] == 1, "step"].tolist() == [4, 8]
+    assert log.loc[log["attn_density"] < 1, "step"].tolist() == list(range(3, 9))
+    assert log["phase"].drop_duplicates().tolist() == ["warmup", "ultra", "restoration"]
+    assert log["density"].iloc[0] == 1.0 and log["density"].min() < 0.2
+    assert np.isfinite(log["loss"]).all() and (log["tokens_per_s"] > 0).all()
+    for key in ("final_train_loss", "tokens_per_s_median", "wall_time_s", "peak_memory_bytes"):
+        assert res.metrics[key] is not None
+    prov = json.loads((res.path / "provenance.json").read_text())
+    assert prov["seed"] == run.seed and prov["world_size"] == 1 and prov["packages"]["torch"]
+    assert "end_utc" in prov and prov["wall_time_s"] > 0
+    assert os.uname().nodename not in json.dumps(prov)  # hostname-free
+    # a done run is reused, not retrained
+    before = (res.path / "log.csv").stat().st_mtime_ns
+    again = T.train(run, store, device="cpu", progress=False)
+    assert again.metrics == res.metrics and (res.path / "log.csv").stat().st_mtime_ns == before
+
+
+def test_resume_is_bitwise_in_process(data_dir, tmp_path):
+    """Dense: 12 steps straight == 6 + checkpoint + 6 in a fresh train() call (global RNGs scrambled)."""
+    run = tiny_run(data_dir, "dense")
+    a, b = RunStore(tmp_path / "a"), RunStore(tmp_path / "b")
+    T.train(run, a, device="cpu", progress=False)
+    half = T.train(run, b, device="cpu", progress=False, stop_after=6)
+    assert not half.done and T.load_checkpoint(b.checkpoint_path(run))["step"] == 6
+    torch.manual_seed(1234), np.random.seed(99)  # a resume must restore, not rely on, the global streams
+    T.train(run, b, device="cpu", progress=False)
+    assert_same_checkpoint(a.checkpoint_path(run), b.checkpoint_path(run))
+    pd.testing.assert_frame_equal(deterministic_log(a.run_dir(run) / "log.csv"),
+                                  deterministic_log(b.run_dir(run) / "log.csv"))
+
+
+def test_resume_is_bitwise_across_processes_with_topology_updates(data_dir, tmp_path):
+    """MST with an update, a sparsity change and an attention switch in each half: the second half runs in
+    a fresh process through the command line; model, AdamW state, masks and log are bitwise equal."""
+    run = tiny_run(data_dir, "mst")
+    a, b = RunStore(tmp_path / "a"), RunStore(tmp_path / "b")
+    T.train(run, a, device="cpu", progress=False)
+    # the first half also stops after a crash-like extra step whose log rows must be discarded on resume
+    T.train(run, b, device="cpu", progress=False, stop_after=6)
+    with open(b.run_dir(run) / "log.csv", "a") as f:
+        f.write("6,garbage\n")
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps(run.to_dict()))
+    out = subprocess.run(
+        [sys.executable, "-m", "mstlib", "train", "--config", str(cfg), "--results", str(b.root),
+         "--checkpoints", str(b.checkpoints), "--device", "cpu", "--no-progress"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        # same thread count as this process: CPU kernels may sum in another order with other counts
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads())},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == str(b.run_dir(run))  # the CLI prints the run folder
+    assert_same_checkpoint(a.checkpoint_path(run), b.checkpoint_path(run))
+    la, lb = deterministic_log(a.run_dir(run) / "log.csv"), deterministic_log(b.run_dir(run) / "log.csv")
+    pd.testing.assert_frame_equal(la, lb)
+    assert la["update"].sum() == 2
+    prov = json.loads((b.run_dir(run) / "provenance.json").read_text())
+    assert [s["start_step"] for s in prov["sessions"]] == [0, 6]
+
+
+def _poisoning_builder(at_forward: int):
+    """build_model that sets a weight to NaN right before the ``at_forward``-th training forward."""
+    original = T.build_model
+
+    def build(run, device):
+        model = original(run, device)
+        calls = {"n": 0}
+
+        def hook(module, args):
+            if module.training:
+                calls["n"] += 1
+                if calls["n"] == at_forward:
+                    with torch.no_grad():
+                        module.transformer.h[0].mlp.c_fc.weight.fill_(float("nan"))
+
+        model.register_forward_pre_hook(hook)
+        return model
+
+    return build
+
+
+def test_nan_loss_stops_before_the_step_and_keeps_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+    run = tiny_run(data_dir, "mst", **{"train.checkpoint_interval": 3})
+    store = RunStore(tmp_path / "r")
+    # step 7's first micro-step (2 micro-steps per step): checkpoints were written after steps 3 and 6
+    monkeypatch.setattr(T, "build_model", _poisoning_builder(at_forward=2 * 7 + 1))
+    with pytest.raises(TrainingError) as err:
+        T.train(run, store, device="cpu", progress=False)
+    msg = str(err.value)
+    assert "step 7" in msg and str(store.checkpoint_path(run)) in msg and "nan" in msg.lower()
+    assert not store.is_done(run)
+    ck = T.load_checkpoint(store.checkpoint_path(run))
+    assert ck["step"] == 6
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+    # and it is exactly the state a clean run has after 6 steps
+    monkeypatch.undo()
+    clean = RunStore(tmp_path / "clean")
+    T.train(run, clean, device="cpu", progress=False, stop_after=6)
+    assert_same_checkpoint(clean.checkpoint_path(run), store.checkpoint_path(run))
+
+
+def test_nan_without_checkpoint_says_so(data_dir, tmp_path, monkeypatch):
+    run = tiny_run(data_dir, "dense", **{"train.max_iters": 4})
+    monkeypatch.setattr(T, "build_model", _poisoning_builder(at_forward=3))
+    with pytest.raises(TrainingError, match="step 1.*no checkpoint was written"):
+        T.train(run, RunStore(tmp_path / "r"), device="cpu", progress=False)
+
+
+def test_load_model_and_mismatch(data_dir, tmp_path):
+    run = tiny_run(data_dir, "mst", **{"train.max_iters": 4})
+    store = RunStore(tmp_path / "results")
+    res = T.train(run, store, device="cpu", progress=False)
+    model = T.load_model(res.path)  # run folder -> its checkpoint in the default place
+    ck = T.load_checkpoint(store.checkpoint_path(run))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ck["model"][k])
+    assert not model.training
+    assert T.load_model(store.checkpoint_path(run)).config == run.model
+    # a run folder whose config does not match the checkpoint
+    cfg = json.loads((res.path / "config.json").read_text())
+    cfg["train"]["lr"] = 0.5
+    (res.path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="different config"):
+        T.load_model(res.path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        T.load_model(tmp_path / "nope.pt")
+    # a checkpoint of another config is not resumed silently
+    other = store.checkpoint_path(run.replace(seed=5))
+    other.parent.mkdir(parents=True)
+    other.write_bytes(store.checkpoint_path(run).read_bytes())
+    with pytest.raises(CheckpointError, match="another config"):
+        T.train(run.replace(seed=5), store, device="cpu", progress=False)
+
+
+def test_batches_are_a_function_of_the_key(data_dir):
+    toks = corpus.open_tokens(data_dir, "tiny", "train")
+    b = T.Batches(toks, 32, 2, seed=0, tag=0, device=torch.device("cpu"))
+    x1, y1 = b.get(5, 1)
+    x2, y2 = b.get(5, 1)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2) and x1.dtype == torch.int64
+    assert torch.equal(x1[:, 1:], y1[:, :-1])  # y is x shifted by one token
+    assert not torch.equal(b.get(5, 0)[0], x1) and not torch.equal(b.get(6, 1)[0], x1)
+
+
+# ------------------------------------------------------------------------------------------------ DDP
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, run_json: str, root: str) -> None:
+    from mstlib.config import RunConfig
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    run = RunConfig.from_dict(json.loads(run_json))
+    T.train(run, RunStore(root), device="cpu", progress=False)
+
+
+def test_ddp_two_processes_match_one_process(data_dir, tmp_path):
+    """2 gloo processes x 1 micro-step == 1 process x 2 micro-steps: same global batch (the same sequences),
+    same loss curve up to float32 summation order, same final masks."""
+    import torch.multiprocessing as mp
+
+    run = tiny_run(data_dir, "mst")
+    one = RunStore(tmp_path / "one")
+    T.train(run, one, device="cpu", progress=False)
+    two = RunStore(tmp_path / "two")
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), json.dumps(run.to_dict()), str(two.root)),
+                       nprocs=2, join=True, start_method="spawn")
+    assert two.is_done(run)
+    l1, l2 = pd.read_csv(one.run_dir(run) / "log.csv"), pd.read_csv(two.run_dir(run) / "log.csv")
+    np.testing.assert_allclose(l2["loss"], l1["loss"], rtol=1e-5)
+    np.testing.assert_allclose(l2["val_loss"].dropna(), l1["val_loss"].dropna(), rtol=1e-5)
+    assert json.loads((two.run_dir(run) / "provenance.json").read_text())["world_size"] == 2
+    m1 = T.load_checkpoint(one.checkpoint_path(run))["sparsifier"]["masks"]["masks"]
+    m2 = T.load_checkpoint(two.checkpoint_path(run))["sparsifier"]["masks"]["masks"]
+    assert all(torch.equal(m1[k], m2[k]) for k in m1)
+
+
+def test_grad_accum_must_divide_among_ranks(data_dir, tmp_path):
+    run = tiny_run(data_dir, "dense", **{"train.grad_accum": 3})
+    with pytest.raises(ConfigError, match="not divisible"):
+        T._train(run, RunStore(tmp_path), T.Dist(rank=0, world_size=2), torch.device("cpu"), True, None, False)
