@@ -37,9 +37,8 @@ book: $(STAMP) $(MATHJAX) ## build the book into _build/html (offline, notebooks
 test: $(STAMP) $(MATHJAX) ## run the test suite (library, notebooks under papermill, offline book build)
 	$(BIN)/python -m pytest
 
-sync: $(STAMP) ## bring every notebooks/*.py and its .ipynb pair in sync (jupytext), then check them
-	$(BIN)/jupytext --sync notebooks/[0-9]*.py
-	$(BIN)/python tools/check_pairs.py
+sync: $(STAMP) ## bring every notebooks/*.py and its .ipynb pair in sync (newer file wins), then check them
+	$(BIN)/python tools/check_pairs.py --sync
 
 check-pairs: $(STAMP) ## check that every notebook pair is in sync and has a kernelspec
 	$(BIN)/python tools/check_pairs.py

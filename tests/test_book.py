@@ -82,6 +82,32 @@ def test_papermill_injected_parameters_cell_is_not_a_drift(tmp_path: Path) -> No
     assert check_pairs.check_folder(tmp_path) == []
 
 
+def test_sync_takes_the_newer_file_and_keeps_papermill_out_of_the_source(tmp_path: Path) -> None:
+    py, ipynb = tmp_path / "a.py", tmp_path / "a.ipynb"
+    shutil.copy(NOTEBOOKS / "00_census.py", py)
+    nb = nbformat.read(CENSUS, as_version=4)
+    i = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    nb.cells.insert(i + 1, nbformat.v4.new_code_cell('model_size = "mini"', metadata={"tags": ["injected-parameters"]}))
+    nb.cells[0].source += "\n\nEdited in JupyterLab."
+    nb.cells[0].metadata["papermill"] = {"status": "completed"}
+    nbformat.write(nb, ipynb)
+    os.utime(py, (1_000_000_000, 1_000_000_000))  # the .ipynb is newer: it is the source
+    assert check_pairs.sync_pair(py) == "rewrote a.py from a.ipynb"
+    text = py.read_text()
+    assert "Edited in JupyterLab." in text
+    assert "injected-parameters" not in text and "papermill" not in text
+    assert check_pairs.check_folder(tmp_path) == []
+    assert check_pairs.sync_pair(py) is None  # in sync: nothing to do
+
+    py.write_text(text.replace("Edited in JupyterLab.", "Edited in an editor."))
+    os.utime(ipynb, (1_000_000_000, 1_000_000_000))  # now the .py is newer
+    assert check_pairs.sync_pair(py) == "updated a.ipynb from a.py (outputs of changed cells dropped)"
+    synced = nbformat.read(ipynb, as_version=4)
+    assert "Edited in an editor." in synced.cells[0].source
+    assert any(c.get("outputs") for c in synced.cells), "outputs of unchanged cells must survive"
+    assert check_pairs.check_folder(tmp_path) == []
+
+
 # --------------------------------------------------------------------------------- census notebook
 
 
