@@ -52,14 +52,19 @@ Protocol, every choice stated (the data side, detokenizers and word counts, is i
   *training* label, scored on the same dev examples), chance (1 / number of labels), the share of each
   predicted label, and how many demonstrations were used on average. MRPC uses GLUE's tokenized text by
   default (what HF ``glue/mrpc`` gives; ``mrpc_variant="msi"`` for Microsoft's untokenized text).
-* **Numerics and speed.** ``torch.inference_mode``; on CUDA the forward runs under bf16 autocast, on CPU
-  in float32; log-softmax is always taken in float32. Windows of equal length are stacked into batches of
+* **Numerics and speed.** ``torch.inference_mode``; on CUDA the forward runs under bf16 autocast (so the
+  logits themselves are bf16-rounded; ``cuda_bf16=False`` / ``--fp32`` gives float32 there), on CPU in
+  float32; log-softmax is always taken in float32 and NLL sums in float64. Windows of equal length are stacked into batches of
   ``batch_size``; LAMBADA and GLUE prompts are sorted by length and right-padded (causal attention means
   padding after a sequence cannot change it); identical inputs (the two label words of one prompt) are run
   once.
 
 Results are a JSON-ready dict: ``{"tasks": {name: metrics + n + time_s}, "protocol": ..., "model": ...,
-"env": ..., "time_s": ...}``; :func:`write_results` stores it atomically as ``<run_dir>/eval.json``.
+"env": ..., "time_s": ...}``; ``n`` is the number of scored examples, for perplexity sets the number of
+benchmark words. :func:`write_results` stores it atomically as ``<run_dir>/eval.json``, where the run store
+(:mod:`mstlib.results`) reads it back. The model comes from :func:`mstlib.train.load_model` (a checkpoint
+file or a finished run folder; a checkpoint of another config is a CheckpointError) and is evaluated as
+loaded, i.e. with the attention it has by default (causal, dense).
 """
 
 from __future__ import annotations
@@ -123,6 +128,7 @@ class EvalSettings:
     source: Literal["local", "hub"] = "local"
     eval_dir: Optional[str] = None  # None: $MST_EVAL_DIR, else <shared>/data/eval
     progress: bool = True  # tqdm bars
+    cuda_bf16: bool = True  # bf16 autocast on CUDA (False: float32 there too); CPU is always float32
 
 
 def parse_tasks(spec: str | Sequence[str]) -> list[str]:
@@ -154,16 +160,17 @@ def _encoding() -> Any:
 class _Runner:
     """Calls the model: right device, autocast, and float32 logits over the tokenizer's vocabulary."""
 
-    def __init__(self, model: nn.Module, n_vocab: int) -> None:
+    def __init__(self, model: nn.Module, n_vocab: int, bf16: bool = True) -> None:
         self.model = model
         self.n_vocab = n_vocab
+        self.bf16 = bf16
         try:
             self.device = next(model.parameters()).device
         except StopIteration:
             self.device = torch.device("cpu")
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and self.bf16:
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -226,6 +233,7 @@ def sliding_window_nll(
     n_vocab: int = 50257,
     progress: bool = False,
     desc: str = "perplexity",
+    bf16: bool = True,
 ) -> tuple[float, int, int]:
     """Total NLL (nats) of ``ids[1:]`` given what precedes them, by sliding windows (see
     :func:`window_plan`). Returns ``(nll, n_scored_tokens, n_windows)``."""
@@ -235,7 +243,7 @@ def sliding_window_nll(
         raise MstError("nothing to score: the token stream has fewer than 2 tokens")
     plan = window_plan(n_targets, context, stride)
     length = min(context, n_targets)
-    runner = _Runner(model, n_vocab)
+    runner = _Runner(model, n_vocab, bf16)
     nll = torch.zeros((), dtype=torch.float64)
     n_scored = 0
     bar = tqdm(total=n_targets, desc=desc, unit="tok", disable=not progress, leave=False)
@@ -270,6 +278,7 @@ def evaluate_perplexity(
     max_tokens: Optional[int] = None,
     encoding: Any = None,
     progress: bool = True,
+    bf16: bool = True,
 ) -> dict[str, Any]:
     """Per-word and per-token perplexity of a text set (detokenized; see the module docstring)."""
     t0 = time.perf_counter()
@@ -295,7 +304,7 @@ def evaluate_perplexity(
     ids = [EOT] + enc.encode_ordinary(text)
     n_words = sum(len(line.split()) + 1 for line in originals)
     nll, n_tokens, n_windows = sliding_window_nll(
-        model, ids, context, stride, batch_size, enc.n_vocab, progress, desc=text_set.name
+        model, ids, context, stride, batch_size, enc.n_vocab, progress, desc=text_set.name, bf16=bf16
     )
     return {
         "ppl_word": math.exp(nll / n_words),
@@ -325,6 +334,7 @@ def score_continuations(
     n_vocab: int = 50257,
     progress: bool = False,
     desc: str = "scoring",
+    bf16: bool = True,
 ) -> list[tuple[float, bool]]:
     """For each ``(context_ids, continuation_ids)``: the summed log-probability (nats) of the continuation
     after the context, and whether greedy decoding reproduces every continuation token.
@@ -345,7 +355,7 @@ def score_continuations(
     for i, (row, _, _) in enumerate(plan):
         by_row.setdefault(row, []).append(i)
     order = sorted(range(len(inputs)), key=lambda r: -len(inputs[r]))  # long first: a slow start, a true ETA
-    runner = _Runner(model, n_vocab)
+    runner = _Runner(model, n_vocab, bf16)
     out: list[tuple[float, bool]] = [(0.0, False)] * len(plan)
     bar = tqdm(total=len(plan), desc=desc, unit="ex", disable=not progress, leave=False)
     with _eval_mode(model):
@@ -387,6 +397,7 @@ def evaluate_lambada(
     batch_size: int = 8,
     encoding: Any = None,
     progress: bool = True,
+    bf16: bool = True,
 ) -> dict[str, Any]:
     """Last-word accuracy (all BPE tokens greedy-correct) and last-word perplexity (see module docstring)."""
     t0 = time.perf_counter()
@@ -397,7 +408,7 @@ def evaluate_lambada(
         requests.append(([EOT] + enc.encode_ordinary(ctx), enc.encode_ordinary(word)))
     scores = score_continuations(
         model, requests, context=context, batch_size=batch_size, n_vocab=enc.n_vocab, progress=progress,
-        desc="lambada",
+        desc="lambada", bf16=bf16,
     )
     n = len(scores)
     correct = sum(g for _, g in scores)
@@ -486,6 +497,7 @@ def evaluate_fewshot(
     batch_size: int = 8,
     encoding: Any = None,
     progress: bool = True,
+    bf16: bool = True,
 ) -> dict[str, Any]:
     """k-shot accuracy on ``dev`` by comparing the log-likelihood of the label words."""
     t0 = time.perf_counter()
@@ -502,7 +514,8 @@ def evaluate_fewshot(
         n_cut += cut
         requests.extend((ids, answers[lab]) for lab in labels)
     scores = score_continuations(
-        model, requests, context=context, batch_size=batch_size, n_vocab=enc.n_vocab, progress=progress, desc=task
+        model, requests, context=context, batch_size=batch_size, n_vocab=enc.n_vocab, progress=progress, desc=task,
+        bf16=bf16,
     )
     predictions = []
     for i in range(len(dev)):
@@ -581,13 +594,13 @@ def evaluate_model(
             ts = evalsets.load_text(name, split, edir, source=src)
             out[name] = evaluate_perplexity(
                 model, ts, context=context, stride=stride, batch_size=settings.batch_size,
-                max_tokens=settings.max_tokens, encoding=enc, progress=settings.progress,
+                max_tokens=settings.max_tokens, encoding=enc, progress=settings.progress, bf16=settings.cuda_bf16,
             )
         elif kind == "lambada":
             texts = cap(evalsets.load_lambada(edir, source=src))
             out[name] = evaluate_lambada(
                 model, texts, context=context, batch_size=settings.batch_size, encoding=enc,
-                progress=settings.progress,
+                progress=settings.progress, bf16=settings.cuda_bf16,
             )
         else:
             variant = settings.mrpc_variant if name == "mrpc" else "glue"
@@ -595,9 +608,9 @@ def evaluate_model(
             dev = cap(evalsets.load_glue(name, "dev", edir, source=src, variant=variant))
             out[name] = evaluate_fewshot(
                 model, name, train, dev, k=settings.k_shot, seed=settings.seed, context=context,
-                batch_size=settings.batch_size, encoding=enc, progress=settings.progress,
+                batch_size=settings.batch_size, encoding=enc, progress=settings.progress, bf16=settings.cuda_bf16,
             )
-    runner = _Runner(model, enc.n_vocab)
+    runner = _Runner(model, enc.n_vocab, settings.cuda_bf16)
     protocol = dataclasses.asdict(settings)
     protocol.update(context=context, stride=stride, n_vocab=enc.n_vocab, bos_token=EOT)
     if src == "local":
@@ -609,7 +622,7 @@ def evaluate_model(
         "env": {
             "device": str(runner.device),
             "device_name": torch.cuda.get_device_name(runner.device) if runner.device.type == "cuda" else platform.processor() or platform.machine(),
-            "dtype": "bfloat16 autocast" if runner.device.type == "cuda" else "float32",
+            "dtype": "bfloat16 autocast" if runner.device.type == "cuda" and settings.cuda_bf16 else "float32",
             "torch": torch.__version__,
             "python": platform.python_version(),
         },
@@ -639,88 +652,34 @@ def write_results(run_dir: str | os.PathLike[str], results: dict[str, Any], name
 
 
 # ----------------------------------------------------------------------------------- checkpoints
-CHECKPOINT_NAMES = ("ckpt.pt", "checkpoint.pt", "model.pt", "final.pt")
-RUN_CONFIG_NAMES = ("config.json", "run.json", "run_config.json")
-
-
-def find_checkpoint(run_dir: str | os.PathLike[str]) -> Path:
-    """The checkpoint of a run folder: one of :data:`CHECKPOINT_NAMES` in it, else the only ``*.pt`` in it,
-    else the same under ``<repo>/checkpoints/<run folder name>/`` (where the run store keeps weights)."""
-    run_dir = Path(run_dir)
-    candidates = [run_dir, Path(__file__).resolve().parent.parent / "checkpoints" / run_dir.name]
-    for folder in candidates:
-        for n in CHECKPOINT_NAMES:
-            if (folder / n).is_file():
-                return folder / n
-        pts = sorted(folder.glob("*.pt")) if folder.is_dir() else []
-        if len(pts) == 1:
-            return pts[0]
-    raise CheckpointError(
-        f"no checkpoint found for run {run_dir}: looked for {', '.join(CHECKPOINT_NAMES)} or a single *.pt in "
-        f"{' and '.join(map(str, candidates))}. Pass --checkpoint PATH."
-    )
-
-
-def _expected_model_config(run_dir: Path) -> Optional[dict[str, Any]]:
-    """The model section of the run's stored config, if the run folder has one."""
-    for n in RUN_CONFIG_NAMES:
-        path = run_dir / n
-        if path.is_file():
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as e:
-                raise CheckpointError(f"{path} is not valid JSON ({e})") from e
-            for node in (data, data.get("config", {}) if isinstance(data, dict) else {}):
-                if isinstance(node, dict) and isinstance(node.get("model"), dict):
-                    return node["model"]
-    return None
-
-
-def check_model_config(model: nn.Module, expected: dict[str, Any], source: str) -> None:
-    """CheckpointError naming each field where ``model.config`` differs from ``expected``."""
-    cfg = getattr(model, "config", None)
-    have = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type) else {}
-    diffs = {k: (have[k], v) for k, v in expected.items() if k in have and have[k] != v}
-    if diffs:
-        detail = ", ".join(f"{k}: checkpoint {a!r} vs run config {b!r}" for k, (a, b) in diffs.items())
-        raise CheckpointError(
-            f"the checkpoint does not match the model config of {source} ({detail}); evaluate the checkpoint "
-            "that belongs to this run, or pass --checkpoint alone"
-        )
-
-
 def load_for_eval(
     checkpoint: str | os.PathLike[str] | None = None,
     run_dir: str | os.PathLike[str] | None = None,
     device: str = "cpu",
 ) -> nn.Module:
-    """The model of a checkpoint (or of a run folder's checkpoint), checked against the run's model config
-    when the run folder stores one; CheckpointError on any mismatch."""
-    if checkpoint is None and run_dir is None:
-        raise CheckpointError("give a checkpoint (--checkpoint PATH) or a run folder (--run-dir DIR)")
-    path = Path(checkpoint) if checkpoint is not None else find_checkpoint(run_dir)  # type: ignore[arg-type]
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:  # the trainer's loader knows its own format (masks, compiled names); fall back to the model's
-        from .train import load_model  # type: ignore[attr-defined]
-    except ImportError:
-        from .model import GPT
+    """The trained model of a checkpoint file or of a run folder, through :func:`mstlib.train.load_model`
+    (one loader for the whole project). It raises CheckpointError when the checkpoint is missing or
+    unreadable, when its weights do not fit its model config, and, for a run folder, when the checkpoint
+    was written for another config than the folder's ``config.json``."""
+    if (checkpoint is None) == (run_dir is None):
+        raise CheckpointError("give exactly one of a checkpoint (--checkpoint PATH) or a run folder (--run-dir DIR)")
+    from .train import load_model
 
-        model = GPT.from_checkpoint(path, map_location="cpu")
-    else:
-        model = load_model(path)
-    if run_dir is not None:
-        expected = _expected_model_config(Path(run_dir))
-        if expected is not None:
-            check_model_config(model, expected, str(run_dir))
-    return model.to(device)
+    return load_model(checkpoint if checkpoint is not None else run_dir, map_location=device)
+
+
+def _run_is_done(run_dir: Path) -> bool:
+    from .results import DONE
+
+    return (run_dir / DONE).is_file()
 
 
 # -------------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``python -m mstlib eval``."""
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run-dir", help="run folder: its checkpoint is evaluated and eval.json written into it")
+    src.add_argument("--run-dir", help="finished run folder (results/<preset>/<method>/<run_id>): its checkpoint "
+                     "is evaluated and eval.json written into it")
     src.add_argument("--checkpoint", help="a checkpoint file (results go to --out, else beside it)")
     parser.add_argument("--tasks", default="all", help=f"comma-separated, or 'all' ({','.join(DEFAULT_TASKS)}); "
                         f"valid: {','.join(TASKS)}")
@@ -740,6 +699,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
     parser.add_argument("--out", default=None, help="results file (default: <run-dir>/eval.json)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--fp32", action="store_true", help="float32 on CUDA too (default there: bf16 autocast)")
 
 
 def _summary(results: dict[str, Any]) -> str:
@@ -762,14 +722,20 @@ def main(args: argparse.Namespace) -> int:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     tasks = parse_tasks(args.tasks)  # fail on a bad name before loading anything
+    if args.run_dir and not args.out and not _run_is_done(Path(args.run_dir)):
+        raise MstError(
+            f"run {args.run_dir} has not finished training (no 'done' marker), so its eval.json would describe "
+            "an intermediate model; finish the run, or evaluate its checkpoint with --checkpoint PATH --out FILE"
+        )
     model = load_for_eval(checkpoint=args.checkpoint, run_dir=args.run_dir, device=device)
     settings = EvalSettings(
         context=args.context, stride=args.stride, batch_size=args.batch_size, k_shot=args.k_shot, seed=args.seed,
         split=args.split, max_examples=args.max_examples, max_tokens=args.max_tokens,
         mrpc_variant=args.mrpc_variant, source=args.source, eval_dir=args.eval_dir, progress=not args.no_progress,
+        cuda_bf16=not args.fp32,
     )
     results = evaluate_model(model, tasks, settings)
-    results["checkpoint"] = str(args.checkpoint or find_checkpoint(args.run_dir))
+    results["source"] = str(args.checkpoint or args.run_dir)
     if args.out:
         out = Path(args.out)
         path = write_results(out.parent, results, out.name)

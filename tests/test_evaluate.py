@@ -16,7 +16,7 @@ import torch.nn as nn
 from mstlib import evalsets
 from mstlib import evaluate as ev
 from mstlib.config import ModelConfig
-from mstlib.errors import CheckpointError, ConfigError
+from mstlib.errors import CheckpointError, ConfigError, MstError
 from mstlib.evalsets import PairExample
 from mstlib.model import GPT
 from mstlib.tokenizer import get_encoding
@@ -308,8 +308,25 @@ def test_write_results_is_atomic_and_overwrites(tmp_path):
     assert sorted(x.name for x in (tmp_path / "run").iterdir()) == ["eval.json"]  # no temporary left
 
 
-def _save_checkpoint(path: Path, model: GPT) -> None:
-    torch.save({"model_config": dataclasses.asdict(model.config), "model": model.state_dict()}, path)
+def _stored_run(tmp_path: Path, seed: int = 0, ckpt_seed: int | None = None, done: bool = True) -> Path:
+    """A run folder of the real run store holding an untrained smoke GPT (checkpoint as mstlib.train writes
+    it); ``ckpt_seed`` writes the checkpoint of another config under this run's id."""
+    from mstlib import presets
+    from mstlib.results import RunStore, atomic_write_json
+    from mstlib.train import save_checkpoint
+
+    run = presets.make("smoke", "dense", seed=seed)
+    other = presets.make("smoke", "dense", seed=seed if ckpt_seed is None else ckpt_seed)
+    store = RunStore(tmp_path / "results")  # checkpoints where the store puts them by default
+    d = store.run_dir(run)
+    atomic_write_json(d / "config.json", run.to_dict())
+    if done:
+        atomic_write_json(d / "done", {})
+    torch.manual_seed(seed)
+    model = GPT(run.model)
+    save_checkpoint(store.checkpoint_path(run), {"config": other.to_dict(), "model_config": dataclasses.asdict(run.model),
+                                                 "model": model.state_dict()})
+    return d
 
 
 def _cli_args(**kw) -> argparse.Namespace:
@@ -323,29 +340,29 @@ def _cli_args(**kw) -> argparse.Namespace:
 
 @needs_data
 def test_cli_writes_eval_json_into_the_run_dir(tmp_path, capsys):
-    run = tmp_path / "run"
-    run.mkdir()
-    _save_checkpoint(run / "ckpt.pt", small_gpt(5))
-    (run / "config.json").write_text(json.dumps({"model": dataclasses.asdict(SMALL)}))
+    run = _stored_run(tmp_path)
     args = _cli_args(run_dir=run, tasks="rte,lambada", max_examples=3, k_shot=1, no_progress=True, device="cpu")
     assert ev.main(args) == 0
     r = json.loads((run / "eval.json").read_text())
-    assert set(r["tasks"]) == {"rte", "lambada"} and r["checkpoint"].endswith("ckpt.pt")
+    assert set(r["tasks"]) == {"rte", "lambada"} and r["source"] == str(run)
     assert "rte" in capsys.readouterr().out
+    from mstlib.results import load_run_dir
+
+    assert load_run_dir(run).eval == r  # the run store reads it back
 
 
-def test_checkpoint_mismatch_raises(tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    _save_checkpoint(run / "ckpt.pt", small_gpt(6))
-    (run / "config.json").write_text(json.dumps({"model": dict(dataclasses.asdict(SMALL), n_layer=4)}))
-    with pytest.raises(CheckpointError, match="n_layer"):
+def test_unfinished_run_and_checkpoint_mismatch_raise(tmp_path):
+    run = _stored_run(tmp_path / "a", done=False)
+    with pytest.raises(MstError, match="not finished"):
+        ev.main(_cli_args(run_dir=run, tasks="ptb", device="cpu"))
+    run = _stored_run(tmp_path / "b", ckpt_seed=1)  # checkpoint written for another config
+    with pytest.raises(CheckpointError, match="different config"):
         ev.load_for_eval(run_dir=run)
-    # weights that do not fit the config stored in the checkpoint itself
-    bad = small_gpt(6).state_dict()
+    # weights that do not fit the model config stored in the checkpoint itself
+    bad = GPT(SMALL).state_dict()
     bad["transformer.wpe.weight"] = torch.zeros(32, SMALL.n_embd)
     torch.save({"model_config": dataclasses.asdict(SMALL), "model": bad}, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="wpe"):
         ev.load_for_eval(checkpoint=tmp_path / "bad.pt")
-    with pytest.raises(CheckpointError, match="no checkpoint"):
-        ev.load_for_eval(run_dir=tmp_path / "empty")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        ev.load_for_eval(checkpoint=tmp_path / "missing.pt")
