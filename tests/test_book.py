@@ -183,6 +183,20 @@ def toc_files(toc: dict) -> list[str]:
     return files
 
 
+def test_every_notebook_in_the_toc_is_executed_without_errors() -> None:
+    """The book does not execute notebooks, so what it shows must have been executed (by papermill)."""
+    toc = yaml.safe_load((ROOT / "book/_toc.yml").read_text())
+    notebooks = [ROOT / f"{page}.ipynb" for page in toc_files(toc) if (ROOT / f"{page}.ipynb").exists()]
+    assert notebooks, "the table of contents lists no notebook"
+    for path in notebooks:
+        nb = nbformat.read(path, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
+        not_run = [i for i, c in enumerate(code) if c.get("execution_count") is None]
+        errors = [o.get("ename") for c in code for o in c.get("outputs", []) if o.output_type == "error"]
+        assert not not_run, f"{path.name}: code cells {not_run} were never executed (make reproduce)"
+        assert not errors, f"{path.name} shows errors {errors}"
+
+
 REMOTE_SCRIPT = re.compile(r"<script\b[^>]*\bsrc\s*=\s*[\"']?\s*(?:https?:)?//", re.IGNORECASE)
 
 
