@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: -papermill,-execution,-ExecuteTime,-trusted
 #     formats: ipynb,py:percent
 #     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
 #     text_representation:
@@ -47,6 +48,8 @@ if preset not in presets.PRESETS:
     raise ConfigError(f"preset={preset!r} is not one of {list(presets.PRESETS)}")
 if not isinstance(seeds, (list, tuple)) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
     raise ConfigError(f"seeds={seeds!r} must be a non-empty list of integers >= 0, e.g. [0, 1, 2]")
+if not isinstance(methods, (list, tuple)):
+    raise ConfigError(f"methods={methods!r} must be a list of method names, e.g. ['dense', 'mst']")
 bad = [m for m in methods if m not in presets.METHODS]
 if bad or "dense" not in methods:
     raise ConfigError(

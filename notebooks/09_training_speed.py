@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: -papermill,-execution,-ExecuteTime,-trusted
 #     formats: ipynb,py:percent
 #     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
 #     text_representation:
@@ -61,6 +62,8 @@ if not isinstance(seeds, (list, tuple)) or not seeds or not all(isinstance(s, in
     raise ConfigError(f"seeds={seeds!r} must be a non-empty list of integers >= 0, e.g. [0, 1, 2]")
 if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
     raise ConfigError(f"device={device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+if not isinstance(bench_variants, (list, tuple)):
+    raise ConfigError(f"bench_variants={bench_variants!r} must be a list of variant names, e.g. ['dense', 'mst_ultra']")
 bad = [v for v in bench_variants if v not in benchmark.VARIANTS]
 if bad or "dense" not in bench_variants:
     raise ConfigError(
