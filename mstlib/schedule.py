@@ -177,7 +177,11 @@ def last_update_step(step: int, run: RunConfig) -> int | None:
 def sparsity_in_force(step: int, run: RunConfig) -> float:
     """The global sparsity of the masks during ``step``: the target at the last update step ``<= step``
     (the masks change inside that step, before its optimizer step), ``target_sparsity(0)`` before the
-    first update. Piecewise constant between update steps."""
+    first update. Piecewise constant between update steps.
+
+    The forward and backward of an update step ``t`` still run on the previous masks (the update needs
+    their dense gradient), so the density of step ``t``'s *compute* is ``sparsity_in_force(t - 1)``; this is
+    what :mod:`mstlib.flops` integrates."""
     s = last_update_step(step, run)
     return target_sparsity(progress(s or 0, run.train.max_iters), run.schedule)
 
