@@ -214,7 +214,7 @@ def build_sparsifier(model: GPT, run: RunConfig, optimizer: torch.optim.Optimize
         return None
     from .topology import Sparsifier
 
-    return Sparsifier(model, run, optimizer, mask_optimizer_moments=run.topology.mask_optimizer_moments)
+    return Sparsifier(model, run, optimizer)  # reads topology.mask_optimizer_moments itself
 
 
 def attention_density(run: RunConfig, active: bool) -> float:

@@ -1,0 +1,429 @@
+"""Train a list of runs, one process per visible GPU, skipping done ones; pack the results for the trip home.
+
+A sweep is a list of :class:`~mstlib.config.RunConfig` (from ``--runs FILE``, a JSON list of configs; from
+``--experiment NAME``, :func:`mstlib.experiments.runs_for`; or from ``--methods`` x ``--seeds`` of a preset).
+Runs already done in the store are skipped. The others go through a simple queue to worker slots: one slot
+per GPU (the child sees only its GPU through ``CUDA_VISIBLE_DEVICES``), or ``--workers`` CPU slots without
+a GPU. Each run is its own ``python -m mstlib train --config ...`` process, so one failing run (a NaN, a bad
+config, a crash) costs only itself: the others go on, the failures are listed at the end and the exit code is
+1. Each run's output goes to ``<run folder>/train.log``. Interrupt and start the same sweep again: done runs
+are skipped and unfinished ones resume from their checkpoints.
+
+``--pack out.tar.gz`` writes everything the store holds for the sweep's runs (config, provenance, metrics,
+log, eval, train.log; never checkpoints) into one archive, and ``--unpack out.tar.gz`` merges such an archive
+into a store: only regular files at ``<preset>/<method>/<run_id>/<file>`` are accepted, each run is checked
+(its config must hash to its folder name) and moved into place whole; a run that is already done here with
+different contents is kept and reported as a conflict (``--overwrite`` replaces it).
+
+Examples::
+
+    python -m mstlib sweep --experiment main --preset mini --seeds 0 1 2 --pack results-main.tar.gz
+    python -m mstlib sweep --preset mini --methods dense mst --seeds 0 1 --set train.max_iters=300
+    python -m mstlib sweep --runs runs.json --workers 2 --device cpu
+    python -m mstlib sweep --unpack results-main.tar.gz
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Sequence
+
+from .config import RunConfig, parse_override
+from .errors import ConfigError, MstError
+from .provenance import REPO_ROOT, git_state, utc_now
+from .results import CONFIG, DONE, RunStore, atomic_write_bytes, load_run_dir
+
+#: The per-run output file a sweep writes into each run folder.
+RUN_LOG = "train.log"
+#: Files that may travel in a pack (checkpoints never do).
+PACKABLE = ("config.json", "provenance.json", "metrics.json", "log.csv", "eval.json", "done", RUN_LOG)
+MANIFEST = "MANIFEST.json"
+
+
+# ------------------------------------------------------------------------------------------ the runs
+
+
+def load_runs_file(path: str | os.PathLike[str]) -> list[RunConfig]:
+    """A JSON list of RunConfig dicts (each validated; unknown keys are errors)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read the runs file {path}: {e}") from e
+    if not isinstance(data, list):
+        raise ConfigError(f"{path} must hold a JSON list of run configs, got {type(data).__name__}")
+    return [RunConfig.from_dict(d) for d in data]
+
+
+def write_runs_file(runs: Sequence[RunConfig], path: str | os.PathLike[str]) -> None:
+    atomic_write_bytes(path, (json.dumps([r.to_dict() for r in runs], indent=1) + "\n").encode())
+
+
+def unique(runs: Sequence[RunConfig]) -> list[RunConfig]:
+    """Runs with duplicate ids removed (first kept), order preserved."""
+    seen: dict[str, RunConfig] = {}
+    for r in runs:
+        seen.setdefault(r.run_id(), r)
+    return list(seen.values())
+
+
+# ------------------------------------------------------------------------------------------ the queue
+
+
+@dataclass
+class Outcome:
+    """What happened to one run of a sweep."""
+
+    run: RunConfig
+    status: str  # "skipped" (already done), "ok", "failed"
+    seconds: float = 0.0
+    returncode: int | None = None
+    log: Path | None = None
+    tail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run.run_id(), "preset": self.run.preset, "method": self.run.method,
+                "seed": self.run.seed, "status": self.status, "seconds": round(self.seconds, 1),
+                "returncode": self.returncode}
+
+
+@dataclass
+class _Job:
+    run: RunConfig
+    slot: str
+    proc: subprocess.Popen
+    log: Path
+    logf: Any
+    t0: float = field(default_factory=time.perf_counter)
+
+
+def visible_gpus() -> list[str]:
+    """The GPU ids this process may hand out (``CUDA_VISIBLE_DEVICES`` entries, else ``0..count-1``)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # no torch CUDA: no GPUs
+        return []
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        lines = path.read_text(errors="replace").replace("\r", "\n").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(line for line in lines[-n:] if line.strip())
+
+
+def run_sweep(
+    runs: Sequence[RunConfig],
+    store: RunStore,
+    *,
+    device: str = "auto",
+    gpus: int | None = None,
+    workers: int = 1,
+    poll_s: float = 0.5,
+    echo: Callable[[str], None] = print,
+) -> list[Outcome]:
+    """Train the missing ``runs`` in child processes and return one :class:`Outcome` per run (in order).
+
+    ``device="auto"``: one slot per visible GPU (at most ``gpus``) when there are GPUs, else ``workers``
+    CPU slots. ``device="cpu"``: ``workers`` CPU slots. Children get ``CUDA_VISIBLE_DEVICES`` set to their
+    GPU (or empty on CPU) and ``OMP_NUM_THREADS`` = cores / slots, so they do not fight over the CPU."""
+    runs = unique(runs)
+    gpu_ids = visible_gpus() if device != "cpu" else []
+    if gpus is not None:
+        if gpus > len(gpu_ids):
+            raise ConfigError(f"--gpus {gpus} but only {len(gpu_ids)} GPU(s) are visible ({gpu_ids})")
+        gpu_ids = gpu_ids[:gpus]
+    if device.startswith("cuda") and not gpu_ids:
+        raise ConfigError("device cuda requested but no GPU is visible; use --device cpu")
+    slots = gpu_ids if gpu_ids else [f"cpu{i}" for i in range(max(1, workers))]
+    threads = max(1, (os.cpu_count() or 1) // len(slots))
+
+    outcomes: dict[str, Outcome] = {}
+    queue: deque[RunConfig] = deque()
+    for r in runs:
+        if store.is_done(r):
+            outcomes[r.run_id()] = Outcome(r, "skipped")
+        else:
+            queue.append(r)
+    echo(f"sweep: {len(runs)} runs, {len(runs) - len(queue)} already done, {len(queue)} to train on "
+         f"{len(slots)} slot(s): {', '.join('GPU ' + s if s.isdigit() else s for s in slots)}")
+
+    tmp = tempfile.TemporaryDirectory(prefix="mstlib-sweep-")
+    free = list(slots)
+    running: list[_Job] = []
+    try:
+        while queue or running:
+            while queue and free:
+                run = queue.popleft()
+                slot = free.pop(0)
+                running.append(_start(run, slot, store, Path(tmp.name), threads))
+                echo(f"  start {run.preset}/{run.method} seed {run.seed} {run.run_id()} on "
+                     f"{'GPU ' + slot if slot.isdigit() else slot}")
+            time.sleep(poll_s)
+            for job in list(running):
+                rc = job.proc.poll()
+                if rc is None:
+                    continue
+                job.logf.close()
+                running.remove(job)
+                free.append(job.slot)
+                dt = time.perf_counter() - job.t0
+                ok = rc == 0 and store.is_done(job.run)
+                out = Outcome(job.run, "ok" if ok else "failed", dt, rc, job.log, "" if ok else _tail(job.log))
+                outcomes[job.run.run_id()] = out
+                echo(f"  {'done' if ok else 'FAILED'} {job.run.preset}/{job.run.method} seed {job.run.seed} "
+                     f"{job.run.run_id()} in {dt / 60:.1f} min (exit {rc})")
+    except KeyboardInterrupt:
+        for job in running:  # stop our own children only; their checkpoints let the sweep resume
+            job.proc.terminate()
+        for job in running:
+            job.proc.wait(timeout=60)
+            job.logf.close()
+        raise
+    finally:
+        tmp.cleanup()
+    return [outcomes[r.run_id()] for r in runs]
+
+
+def _start(run: RunConfig, slot: str, store: RunStore, tmp: Path, threads: int) -> _Job:
+    cfg = tmp / f"{run.run_id()}.json"
+    cfg.write_text(json.dumps(run.to_dict()))
+    run_dir = store.run_dir(run)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir / RUN_LOG
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = str(threads)
+    env["PYTHONUNBUFFERED"] = "1"
+    # the child must import this very mstlib, wherever the sweep was started from
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    if slot.isdigit():
+        env["CUDA_VISIBLE_DEVICES"] = slot
+        device = "cuda"
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        device = "cpu"
+    cmd = [sys.executable, "-m", "mstlib", "train", "--config", str(cfg), "--results", str(store.root),
+           "--checkpoints", str(store.checkpoints), "--device", device]
+    logf = open(log, "a")
+    logf.write(f"# {utc_now()} {' '.join(cmd[1:])} (slot {slot})\n")
+    logf.flush()
+    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+    return _Job(run, slot, proc, log, logf)
+
+
+def report(outcomes: Sequence[Outcome], store: RunStore) -> str:
+    """A short table: one line per run with status, minutes, final validation loss and tokens/s."""
+    lines = [f"{'run':<34} {'status':<8} {'min':>6} {'val loss':>9} {'tok/s':>12}"]
+    for o in outcomes:
+        m: dict[str, Any] = {}
+        if o.status != "failed" and store.is_done(o.run):
+            m = load_run_dir(store.run_dir(o.run)).metrics
+        val = m.get("final_val_loss")
+        tok = m.get("tokens_per_s_median")
+        name = f"{o.run.preset}/{o.run.method}/s{o.run.seed} {o.run.run_id()}"
+        lines.append(f"{name:<34} {o.status:<8} {o.seconds / 60:>6.1f} "
+                     f"{'' if val is None else f'{val:.4f}':>9} {'' if tok is None else f'{tok:,.0f}':>12}")
+    for o in outcomes:
+        if o.status == "failed":
+            lines.append(f"\n--- {o.run.run_id()} failed (exit {o.returncode}); log {o.log}; last lines:\n{o.tail}")
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------- pack/unpack
+
+
+def pack(runs: Sequence[RunConfig], store: RunStore, out: str | os.PathLike[str],
+         outcomes: Sequence[Outcome] = ()) -> dict[str, Any]:
+    """Write the stored files of ``runs`` (never checkpoints) into one ``.tar.gz`` at ``out`` (atomically),
+    with a ``MANIFEST.json`` listing every run and its status. Returns the manifest."""
+    out = Path(out)
+    manifest: dict[str, Any] = {"format": "mstlib-results-pack/1", "created_utc": utc_now(), "git": git_state(),
+                                "runs": [], "outcomes": [o.as_dict() for o in outcomes]}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for run in unique(runs):
+            d = store.run_dir(run)
+            files = [d / n for n in PACKABLE if (d / n).is_file()]
+            manifest["runs"].append({"run_id": run.run_id(), "path": f"{run.preset}/{run.method}/{run.run_id()}",
+                                     "done": (d / DONE).is_file(), "files": [f.name for f in files]})
+            for f in files:
+                tar.add(f, arcname=f"{run.preset}/{run.method}/{run.run_id()}/{f.name}", recursive=False)
+        data = json.dumps(manifest, indent=1).encode()
+        info = tarfile.TarInfo(MANIFEST)
+        info.size, info.mtime = len(data), int(time.time())
+        tar.addfile(info, io.BytesIO(data))
+    atomic_write_bytes(out, buf.getvalue())
+    return manifest
+
+
+def _member_path(name: str) -> tuple[str, str, str, str] | None:
+    """``(preset, method, run_id, file)`` for an acceptable member name, else None."""
+    p = PurePosixPath(name)
+    if p.is_absolute() or any(part in ("", ".", "..") for part in p.parts) or len(p.parts) != 4:
+        return None
+    preset, method, run_id, fname = p.parts
+    if fname not in PACKABLE or "\\" in name:
+        return None
+    return preset, method, run_id, fname
+
+
+def unpack(archive: str | os.PathLike[str], store: RunStore, overwrite: bool = False) -> dict[str, list[str]]:
+    """Merge a pack into ``store``; returns run ids by outcome: ``added``, ``replaced``, ``same``,
+    ``conflict`` (done here with different files: kept), ``rejected`` (members that are not plain files at
+    ``<preset>/<method>/<run_id>/<known file>``, or runs whose config does not hash to their id)."""
+    result: dict[str, list[str]] = {k: [] for k in ("added", "replaced", "same", "conflict", "rejected")}
+    runs: dict[tuple[str, str, str], dict[str, bytes]] = {}
+    with tarfile.open(archive, mode="r:gz") as tar:
+        for m in tar.getmembers():
+            if m.name == MANIFEST:
+                continue
+            key = _member_path(m.name)
+            if key is None or not m.isfile():  # links, devices, folders, odd paths: never extracted
+                result["rejected"].append(m.name)
+                continue
+            f = tar.extractfile(m)
+            assert f is not None
+            runs.setdefault(key[:3], {})[key[3]] = f.read()
+
+    store.root.mkdir(parents=True, exist_ok=True)
+    for (preset, method, run_id), files in sorted(runs.items()):
+        try:
+            raw = json.loads(files[CONFIG])
+            run = RunConfig.from_dict(raw)
+            # the hash of the config as stored (equal to run.run_id() while the config schema is unchanged)
+            canonical = json.dumps(raw, sort_keys=True, separators=(",", ":")).encode()
+            valid = hashlib.sha256(canonical).hexdigest()[:12] == run_id and (run.preset, run.method) == (preset, method)
+        except (KeyError, ValueError):  # ConfigError is a ValueError, as is a JSON error
+            valid = False
+        if not valid:
+            result["rejected"].append(f"{preset}/{method}/{run_id}")
+            continue
+        dest = store.root / preset / method / run_id
+        incoming_done = DONE in files
+        if dest.exists():
+            same = all((dest / n).is_file() and (dest / n).read_bytes() == b for n, b in files.items())
+            local_done = (dest / DONE).is_file()
+            if same:
+                result["same"].append(run_id)
+                continue
+            if local_done and not overwrite:
+                result["conflict"].append(run_id)
+                continue
+            if not incoming_done and local_done:
+                result["conflict"].append(run_id)
+                continue
+        # stage the whole run beside its destination, then move it into place in one rename
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{run_id}.", dir=dest.parent))
+        for n, b in files.items():
+            (stage / n).write_bytes(b)
+        if dest.exists():
+            old = dest.with_name(f".{run_id}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dest, old)
+            os.replace(stage, dest)
+            shutil.rmtree(old, ignore_errors=True)
+            result["replaced"].append(run_id)
+        else:
+            os.replace(stage, dest)
+            result["added"].append(run_id)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``python -m mstlib sweep``."""
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--runs", metavar="FILE", help="a JSON list of run configs")
+    src.add_argument("--experiment", metavar="NAME", help="the runs of a notebook (mstlib.experiments), or 'all'")
+    src.add_argument("--methods", nargs="+", metavar="METHOD", help="these methods of --preset, every seed")
+    parser.add_argument("--preset", default="mini", help="preset for --experiment/--methods (default: mini)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (default: 0)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a field of every run (for --methods, before FLOP matching)")
+    parser.add_argument("--device", default="auto", help="auto (GPUs if any, else CPU) | cuda | cpu")
+    parser.add_argument("--gpus", type=int, default=None, help="use the first N visible GPUs (default: all)")
+    parser.add_argument("--workers", type=int, default=1, help="parallel CPU runs when there is no GPU (default: 1)")
+    parser.add_argument("--results", default="results", help="run store root (default: results)")
+    parser.add_argument("--checkpoints", default=None, help="checkpoint root (default: checkpoints/<results folder name> beside it)")
+    parser.add_argument("--pack", metavar="OUT.tar.gz", help="pack the runs' results into one archive at the end")
+    parser.add_argument("--pack-only", action="store_true", help="pack what is stored; train nothing")
+    parser.add_argument("--unpack", metavar="ARCHIVE", help="merge a pack into --results (no training)")
+    parser.add_argument("--overwrite", action="store_true", help="with --unpack: replace runs done here")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and whether they are done")
+    parser.add_argument("--write-runs", metavar="FILE", help="write the run list as JSON (for --runs) and stop")
+
+
+def runs_from_args(args: argparse.Namespace) -> list[RunConfig]:
+    overrides = dict(parse_override(s) for s in args.set)
+    if args.runs:
+        runs = load_runs_file(args.runs)
+    elif args.experiment:
+        try:
+            from .experiments import runs_for
+        except ImportError as e:
+            raise ConfigError(f"--experiment needs mstlib.experiments ({e}); use --runs FILE") from e
+        runs = runs_for(args.experiment, args.preset, list(args.seeds))
+    elif args.methods:
+        from .presets import make
+
+        return unique([make(args.preset, m, seed=s, overrides=overrides or None)
+                       for m in args.methods for s in args.seeds])
+    else:
+        raise ConfigError("say which runs: --runs FILE, --experiment NAME or --methods M [M ...]")
+    return unique([r.replace(**overrides) for r in runs] if overrides else runs)
+
+
+def main(args: argparse.Namespace) -> int:
+    store = RunStore(args.results, args.checkpoints)
+    if args.unpack:
+        res = unpack(args.unpack, store, overwrite=args.overwrite)
+        for k, v in res.items():
+            print(f"{k:>9}: {len(v)}" + (f"  {' '.join(v[:8])}{' ...' if len(v) > 8 else ''}" if v else ""))
+        if res["conflict"]:
+            print("conflicts were kept as they are here; --overwrite replaces them", file=sys.stderr)
+        return 1 if res["rejected"] else 0
+    runs = runs_from_args(args)
+    if args.write_runs:
+        write_runs_file(runs, args.write_runs)
+        print(f"{len(runs)} runs written to {args.write_runs}")
+        return 0
+    if args.dry_run:
+        for r in runs:
+            print(f"{'done' if store.is_done(r) else 'todo'}  {r.preset}/{r.method}/seed{r.seed} {r.run_id()}")
+        return 0
+    outcomes: list[Outcome] = []
+    if not args.pack_only:
+        t0 = time.perf_counter()
+        outcomes = run_sweep(runs, store, device=args.device, gpus=args.gpus, workers=args.workers)
+        print(report(outcomes, store))
+        print(f"sweep wall time {(time.perf_counter() - t0) / 60:.1f} min")
+    if args.pack:
+        man = pack(runs, store, args.pack, outcomes)
+        n_done = sum(r["done"] for r in man["runs"])
+        print(f"packed {len(man['runs'])} runs ({n_done} done) into {args.pack}")
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        print(f"{len(failed)} run(s) failed: {' '.join(o.run.run_id() for o in failed)}", file=sys.stderr)
+        return 1
+    return 0
