@@ -229,28 +229,41 @@ def ratio_text(variant: str) -> str:
 
 mst = bench[bench["variant"].astype(str).str.startswith("mst_")]
 if mst.empty:
-    glue("mst_range", "not measured here", display=False)
-    glue("mst_overhead_max", "not measured here", display=False)
+    mst_summary = "were not measured here"
 else:
-    glue("mst_range", f"{mst['ratio_to_dense'].min():.2f} to {mst['ratio_to_dense'].max():.2f}", display=False)
-    # overhead in % of a dense step: time / dense time - 1, the worst phase and setting
-    glue("mst_overhead_max", f"{100.0 * (1.0 / mst['ratio_to_dense'].min() - 1.0):+.1f}%", display=False)
+    lo, hi = mst["ratio_to_dense"].min(), mst["ratio_to_dense"].max()
+    if hi > 1.05:
+        # masks leave every product dense, so a clear speed-up over dense can only be timing noise
+        mst_summary = (
+            f"ran at {lo:.2f} to {hi:.2f} times dense speed over its phases and settings. A ratio clearly "
+            "above 1 cannot come from masks, which leave every product dense: these timings are dominated by "
+            "noise on this device (with the smoke preset on a shared CPU they are), so they say nothing "
+            "about speed"
+        )
+    else:
+        mst_summary = (
+            f"ran at {lo:.2f} to {hi:.2f} times dense speed over its phases and settings, an overhead of up "
+            f"to {100.0 * (1.0 / lo - 1.0):.1f}% of a dense step for masking gradients and weights every step "
+            "and the amortised topology update (the target of the training-speed issue is at most 3%)"
+        )
+glue("mst_summary", mst_summary, display=False)
 flex_best = bench[bench["variant"].astype(str).str.startswith("hsa_flex")]
 glue("flex_best", "not measured here (FlexAttention has no CPU backward)" if flex_best.empty else
      f"{flex_best['ratio_to_dense'].max():.2f}x ({variant_name(str(flex_best.loc[flex_best['ratio_to_dense'].idxmax(), 'variant']))}, "
      f"{flex_best.loc[flex_best['ratio_to_dense'].idxmax(), 'setting']})", display=False)
-glue("sdpa_local_strided", ratio_text("hsa_sdpa:local_strided"), display=False)
+sdpa = bench[bench["variant"] == "hsa_sdpa:local_strided"]
+sdpa_verdict = "" if sdpa.empty else (
+    ", slower than dense" if sdpa["ratio_to_dense"].min() < 0.97 else ", not measurably slower on this device"
+)
+glue("sdpa_local_strided", ratio_text("hsa_sdpa:local_strided") + sdpa_verdict, display=False)
 glue("flex_local_strided", ratio_text("hsa_flex:local_strided"), display=False)
 
 # %% [markdown]
 # ## What it shows
 #
-# * **Weight sparsity through masks saves no time.** MST's steps ran at {glue:text}`mst_range` times dense
-#   speed over its phases and settings, although the FLOP count of its ultra phase is a fraction of dense
-#   (last column of the table). The masks change which numbers are zero, not how many are multiplied; what
-#   remains is their overhead (masking gradients and weights every step, and the topology update every
-#   `update_interval` steps), at worst {glue:text}`mst_overhead_max` of a dense step here. The speed target
-#   of the training-speed issue is an overhead of at most 3%.
+# * **Weight sparsity through masks saves no time.** MST's steps {glue:text}`mst_summary`. Its ultra
+#   phase counts a fraction of dense's FLOPs (last column of the table), but masks change which numbers are
+#   zero, not how many are multiplied: what a masked step can add is overhead, never a saving.
 # * **FlexAttention skips the empty tiles.** With a sparse attention pattern as FlexAttention block masks,
 #   the best measured speed was {glue:text}`flex_best`; for the `local_strided` pattern MST uses,
 #   {glue:text}`flex_local_strided`. The gain is bounded by attention's share of the step, which grows with
