@@ -15,8 +15,9 @@ Sets (``name``: splits, file under the evaluation folder):
 =================  ==================  ===================================================================
 
 Where the files are: the ``eval_dir`` argument, else the ``MST_EVAL_DIR`` environment variable, else
-``$MST_SHARED_DIR/data/eval``, else ``<repo>/../shared/data/eval``. Before a file is used its sha256 is compared with the one listed for it in
-that folder's ``SOURCES.md`` (the table is parsed at run time, so no hash is typed twice); a file that is
+``$MST_SHARED_DIR/data/eval``, else ``<repo>/../shared/data/eval``. Before a file is used its sha256 is
+compared with the one listed for it in that folder's ``SOURCES.md`` (the table is parsed at run time, so no
+hash is typed twice); a file that is
 missing, unlisted or different raises :class:`~mstlib.errors.DataError` saying which file, the expected
 and actual hash, and how to fix it. A verified file is remembered per process (keyed by path, size and
 modification time), so the ~17 MB are hashed once.

@@ -291,3 +291,15 @@ def test_1bw_download_streams_the_shard_and_checks_it():
         E._download_1bw("fake://", opener=lambda url: io.BytesIO(bad))
     with pytest.raises(DataError, match="no member"):
         E._download_1bw("fake://", opener=lambda url: io.BytesIO(_tarball({"other": b"y"})))
+
+
+@needs_data
+def test_verification_is_cached_per_process(monkeypatch):
+    calls = []
+    real = E.sha256_file
+    monkeypatch.setattr(E, "sha256_file", lambda p: calls.append(p) or real(p))
+    E.clear_cache()
+    E.load_text("ptb", "valid")
+    E.load_text("ptb", "valid")
+    E.load_glue("rte", "dev")
+    assert len(calls) == 2  # ptb once, rte once
