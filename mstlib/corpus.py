@@ -430,13 +430,20 @@ def _select(docs: list[Doc], max_docs: int | None, max_tokens: int | None) -> li
 
 
 def _git_info() -> dict[str, Any]:
+    """The commit of the code that made the corpus, and whether tracked files differed from it."""
+    try:  # the project's one definition (it also reads MSTLIB_GIT_COMMIT on machines without .git)
+        from mstlib.provenance import git_state
+
+        return git_state()
+    except ImportError:
+        pass
+
     def git(*a: str) -> str:
         return subprocess.run(["git", *a], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
 
     try:
-        # dirty: a tracked file differs from the commit, or mstlib/ has files the commit lacks
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no") or git("status", "--porcelain", "--", "mstlib"))
-        return {"commit": git("rev-parse", "HEAD") or None, "dirty": dirty}
+        return {"commit": git("rev-parse", "HEAD") or None,
+                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
 
@@ -453,7 +460,6 @@ def _provenance(wall_s: float, workers: int) -> dict[str, Any]:
         "git": _git_info(),
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "host": platform.node(),
     }
 
 
@@ -623,7 +629,9 @@ def _build_openwebtext(tmp: Path, opts: PrepareOptions, workers: int, dataset: A
         except Exception as e:  # offline: ConnectionError, HFValidationError, ... all mean the same to the user
             raise DataError(
                 f"Cannot load '{opts.hub_id}' from the Hugging Face hub ({type(e).__name__}: {e}). It needs internet; "
-                "offline, use --corpus offline (the default)."
+                "offline, use --corpus offline (the default). If the error says 'Dataset scripts are no longer "
+                "supported', the hub copy still uses a loading script that datasets>=4 refuses (nanoGPT issue "
+                "#633): install datasets<4, or pass --hub-id of a Parquet copy of OpenWebText."
             ) from e
     train = dataset["train"]
     if opts.max_docs is not None:
