@@ -31,7 +31,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .config import Distribution, MaskInit, ModelConfig, SparseSet, SparsityConfig
+from .config import Distribution, MaskInit, ModelConfig, RunConfig, SparseSet, SparsityConfig
 from .errors import CheckpointError, ConfigError
 
 __all__ = [
@@ -204,7 +204,18 @@ class MaskSet:
     the exact nonzero count kept on the host, so the hot path never synchronises with the GPU.
     """
 
-    def __init__(self, model: nn.Module, sparse_set: SparseSet = "all", distribution: Distribution = "er") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        sparse_set: SparseSet | SparsityConfig | RunConfig = "all",
+        distribution: Distribution = "er",
+    ) -> None:
+        """``MaskSet(model, "all", "er")``, or ``MaskSet(model, run_cfg)`` / ``MaskSet(model, run_cfg.sparsity)``.
+        Masks start all ones (dense); :meth:`init` draws sparse ones."""
+        if isinstance(sparse_set, RunConfig):
+            sparse_set = sparse_set.sparsity
+        if isinstance(sparse_set, SparsityConfig):
+            sparse_set, distribution = sparse_set.sparse_set, sparse_set.distribution
         self.model = unwrap_model(model)
         cfg: ModelConfig = self.model.config  # type: ignore[assignment]
         self.sparse_set = sparse_set

@@ -54,6 +54,12 @@ def test_sparse_set_names_and_shapes_match_the_model():
         assert tuple(model.get_parameter(n).shape) == shape
     # the tied output layer is the embedding: one tensor
     assert model.get_parameter("lm_head.weight") is params["transformer.wte.weight"]
+    from mstlib.config import RunConfig, SparsityConfig
+
+    run = RunConfig(model=TINY, sparsity=SparsityConfig(sparse_set="blocks", distribution="uniform"))
+    for spec in (run, run.sparsity):
+        ms = MaskSet(model, spec)
+        assert (ms.sparse_set, ms.distribution, len(ms.names)) == ("blocks", "uniform", 4 * TINY.n_layer)
     blocks = sparse_parameter_names(TINY, "blocks")
     assert blocks == names[:-1]  # same layer indices for the blocks under both sets
     with pytest.raises(ConfigError):
