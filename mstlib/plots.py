@@ -7,7 +7,7 @@ Inputs are the DataFrames of :mod:`mstlib.pipeline`:
   the hue column (``variant``), ``seed`` and the value plotted (``loss``, ``val_loss``, ``density``,
   ``attn_density``, ...);
 * per-run results (``pipeline.collect``): one row per run, with ``variant``, ``seed`` and the metric
-  columns (``metrics.final_val_loss``, ``metrics.total_flops``, ``eval.<task>.<metric>``, ...).
+  columns (``metrics.final_val_loss``, ``metrics.flops_total``, ``eval.<task>.<metric>``, ...).
 
 Intervals are the same Student-t 95% intervals over seeds as the tables (:func:`mstlib.stats.mean_ci`), not
 seaborn's bootstrap, so a band in a figure and a "mean ± half-width" in a table say the same thing. With a
@@ -41,9 +41,11 @@ LABELS: dict[str, str] = {
     "lr": "learning rate",
     "metrics.final_val_loss": "final validation loss (nats/token)",
     "metrics.final_train_loss": "final training loss (nats/token)",
-    "metrics.total_flops": "training FLOPs",
-    "metrics.ratio_to_dense": "training FLOPs / dense",
-    "metrics.tokens_per_s": "throughput (tokens/s)",
+    "metrics.flops_total": "training FLOPs",
+    "metrics.flops_ratio_to_dense": "training FLOPs / dense",
+    "metrics.tokens_per_s_median": "throughput (tokens/s, median)",
+    "metrics.wall_time_s": "wall time (s)",
+    "metrics.final_density": "final weight density",
     "eval.lambada.acc": "LAMBADA accuracy",
     "eval.lambada.ppl": "LAMBADA perplexity",
     "eval.ptb.ppl_word": "PTB perplexity (per word)",
@@ -187,7 +189,7 @@ def _err(s: pd.DataFrame) -> Optional[np.ndarray]:
 
 
 def flops_vs_quality(
-    results: pd.DataFrame, *, flops: str = "metrics.total_flops", quality: str = "metrics.final_val_loss",
+    results: pd.DataFrame, *, flops: str = "metrics.flops_total", quality: str = "metrics.final_val_loss",
     by: str = "variant", ax: Optional[Axes] = None, title: Optional[str] = None, logx: bool = True,
     annotate: bool = True, reference: Optional[str] = None,
 ) -> Axes:
@@ -237,12 +239,16 @@ def metric_bars(
     ax = _axes(ax, figsize=(7.0, 0.45 * len(s) + 1.6))
     ypos = np.arange(len(s))
     colours = sns.color_palette(n_colors=max(1, len(s)))
-    edge = ["black" if n == highlight else "none" for n in s[by]]
+    marked = [n == highlight for n in s[by]]
     if style == "bar":
-        ax.barh(ypos, s["mean"], xerr=_err(s), color=colours, alpha=0.8, capsize=3, edgecolor=edge, lw=1.5)
+        bars = ax.barh(ypos, s["mean"], xerr=_err(s), color=colours, alpha=0.8, capsize=3)
+        for bar, mark in zip(bars.patches, marked):  # outline only the highlighted group
+            bar.set_edgecolor("black" if mark else bar.get_facecolor())
+            bar.set_linewidth(2.0 if mark else 0.0)
     else:
         ax.errorbar(s["mean"], ypos, xerr=_err(s), fmt="none", ecolor="grey", capsize=3, zorder=2)
-        ax.scatter(s["mean"], ypos, c=colours[: len(s)], s=70, marker="D", edgecolors=edge, zorder=4)
+        ax.scatter(s["mean"], ypos, c=colours[: len(s)], s=[110 if m else 60 for m in marked], marker="D",
+                   edgecolors=["black" if m else "none" for m in marked], linewidths=1.5, zorder=4)
     for i, name in enumerate(s[by]):
         vals = pd.to_numeric(results.loc[results[by] == name, metric], errors="coerce").dropna()
         ax.scatter(vals, np.full(len(vals), ypos[i]), color="black", s=10, zorder=5)
@@ -252,7 +258,7 @@ def metric_bars(
     for i, (name, value) in enumerate((references or {}).items()):
         ax.axvline(value, color="grey", ls=["--", ":", "-."][i % 3], lw=1.2, label=f"{name} = {value:.3g}")
     if references:
-        ax.legend(fontsize="small", frameon=False, loc="lower right")
+        ax.legend(fontsize="small", frameon=True, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_xlabel(label(metric))
     ax.set_ylabel(by)
     ax.set_title(title or f"{label(metric)} by {by} (mean, 95% CI over seeds)")

@@ -216,3 +216,27 @@ def verdict_table(verdicts: Sequence[Verdict], paper: str = "not available") -> 
             "note": v.note,
         })
     return pd.DataFrame(rows)
+
+
+def differences(
+    results: pd.DataFrame, metric: str, reference: str, *, by: str = "variant", level: float = 0.95,
+    digits: int = 4,
+) -> pd.DataFrame:
+    """Each group's mean ``metric`` minus the ``reference`` group's, with a ``level`` Welch interval
+    (independent runs): columns ``by, difference, lo, hi, n, text``; ``text`` is "+d [lo, hi]" (or
+    "+d (n=1)" without an interval, "reference" for the reference row). Group order is kept. Used by the
+    ablation tables ("what changes against full MST")."""
+    ref = values(results, metric, by=by, group=reference)
+    rows = []
+    for name in dict.fromkeys(results[by]):
+        if name == reference:
+            rows.append({by: name, "difference": 0.0, "lo": math.nan, "hi": math.nan, "n": len(ref),
+                         "text": "reference"})
+            continue
+        ci = difference_ci(_finite(values(results, metric, by=by, group=name), f"{name}: {metric}"),
+                           _finite(ref, f"{reference}: {metric}"), level)
+        f = f"{{:+.{digits}f}}"
+        text = (f"{f.format(ci.mean)} [{f.format(ci.lo)}, {f.format(ci.hi)}]" if _has_interval(ci)
+                else f"{f.format(ci.mean)} (n={ci.n})")
+        rows.append({by: name, "difference": ci.mean, "lo": ci.lo, "hi": ci.hi, "n": ci.n, "text": text})
+    return pd.DataFrame(rows)

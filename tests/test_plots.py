@@ -39,7 +39,7 @@ def _results(variants=("dense", "mst", "rigl"), seeds=(0, 1, 2)):
     for i, v in enumerate(variants):
         for s in seeds:
             rows.append({"variant": v, "seed": s, "metrics.final_val_loss": 3.0 + 0.1 * i + 0.01 * s,
-                         "metrics.total_flops": 1e15 / (i + 1), "eval.rte.acc": 0.5 + 0.02 * i + 0.01 * s})
+                         "metrics.flops_total": 1e15 / (i + 1), "eval.rte.acc": 0.5 + 0.02 * i + 0.01 * s})
     return pd.DataFrame(rows)
 
 

@@ -140,3 +140,16 @@ def test_values_and_table():
     assert list(t["verdict"]) == ["reproduced", "inconclusive"]
     assert set(t["paper"]) == {"not available"}
     assert t["95% interval"].iloc[0].startswith("[")
+
+
+def test_differences_against_reference():
+    from mstlib.verdicts import differences
+
+    df = pd.DataFrame({"variant": ["full", "full", "full", "abl", "abl", "abl", "one"],
+                       "loss": [3.0, 3.01, 2.99, 3.2, 3.21, 3.19, 3.5]})
+    d = differences(df, "loss", "full").set_index("variant")
+    assert d.loc["full", "text"] == "reference"
+    assert d.loc["abl", "difference"] == pytest.approx(0.2)
+    assert d.loc["abl", "lo"] < 0.2 < d.loc["abl", "hi"]
+    assert d.loc["abl", "text"].startswith("+0.2000 [")
+    assert d.loc["one", "text"].endswith("(n=1)")
