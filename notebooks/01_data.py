@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: -papermill,-execution,-ExecuteTime,-trusted
 #     formats: ipynb,py:percent
 #     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
 #     text_representation:
@@ -182,13 +183,20 @@ plt.show()
 #
 # ## The split and the order of documents
 #
-# **Split.** {glue:text}`split_rule`
-#
-# **Order.** {glue:text}`order_rule`
+# The rules as `meta.json` records them:
 
 # %%
-glue("split_rule", meta["split_rule"], display=False)
-glue("order_rule", meta["order_rule"], display=False)
+import re
+
+from IPython.display import Markdown
+
+
+def as_markdown(rule: str) -> str:
+    """Command-line options, file patterns and the end-of-text token as code, so they render verbatim."""
+    return re.sub(r"(--[a-z-]+(?: N)?|<\|endoftext\|>|[\w*-]+\.txt\.xz|\w*\.bin|k % 100 == 50)", r"`\1`", rule)
+
+
+Markdown(f"**Split.** {as_markdown(meta['split_rule'])}\n\n**Order.** {as_markdown(meta['order_rule'])}")
 
 # %% [markdown]
 # ## Getting the tokens to a GPU machine
