@@ -37,6 +37,7 @@ from .errors import ConfigError
 
 VARIANTS = ("dense", "mst_warmup", "mst_ultra", "mst_restoration",
             "hsa_flex:local", "hsa_flex:local_strided", "hsa_flex:fixed", "hsa_flex:strided",
+            "hsa_flex@64:local_strided", "hsa_flex@32:local_strided",
             "hsa_sdpa:local", "hsa_sdpa:local_strided")
 
 
@@ -91,10 +92,12 @@ def attention_share(run: RunConfig) -> float:
 
 def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: int, warmup: int) -> dict[str, Any]:
     """Median time of one optimizer step of ``variant`` (see the module docstring)."""
-    from .attention import block_density, build_attention
+    from .attention import FLEX_BLOCK, block_density, build_attention
     from .train import autocast_dtype, build_model, build_optimizer
 
     kind, _, pattern = variant.partition(":")
+    kind, _, tile = kind.partition("@")  # "hsa_flex@64": FlexAttention with 64-token tiles
+    block = int(tile) if tile else None
     model = build_model(run, device)
     opt = build_optimizer(model, run, device)
     sparsifier = None
@@ -113,7 +116,14 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
         attn_cfg = run.attention.__class__(**{**run.attention.__dict__, "pattern": pattern,
                                               "backend": "flex" if kind == "hsa_flex" else "sdpa_mask"})
     if attn_cfg is not None:
-        model.set_attention(build_attention(attn_cfg, run.model.block_size, device), attn_cfg.layers)
+        if block is not None:
+            from .attention import flex_pattern_attention
+
+            fn = flex_pattern_attention(attn_cfg.pattern, run.model.block_size, attn_cfg.window, attn_cfg.stride,
+                                        device, block=block)
+        else:
+            fn = build_attention(attn_cfg, run.model.block_size, device)
+        model.set_attention(fn, attn_cfg.layers)
     fwd = torch.compile(model) if run.train.compile else model
     dtype = autocast_dtype(run, device)
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -159,7 +169,10 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
     }
     if attn_cfg is not None:
         p = attn_cfg.pattern
-        row["attn_block_density"] = block_density(p, T, attn_cfg.window, attn_cfg.stride) / block_density("dense", T, attn_cfg.window, attn_cfg.stride)
+        b = block or FLEX_BLOCK
+        # tiles computed relative to causal attention at the default tile size (what dense costs)
+        row["attn_block_density"] = (block_density(p, T, attn_cfg.window, attn_cfg.stride, block=b)
+                                     / block_density("dense", T, attn_cfg.window, attn_cfg.stride))
     del model, opt, fwd, sparsifier
     if device.type == "cuda":
         torch.cuda.empty_cache()
