@@ -44,7 +44,7 @@ from typing import Any, Callable, Sequence
 from .config import RunConfig, parse_override
 from .errors import ConfigError, MstError
 from .provenance import REPO_ROOT, git_state, utc_now
-from .results import CONFIG, DONE, RunStore, atomic_write_bytes, load_run_dir
+from .results import CONFIG, DONE, EVAL, RunStore, atomic_write_bytes, load_run_dir
 
 #: The per-run output file a sweep writes into each run folder.
 RUN_LOG = "train.log"
@@ -137,6 +137,7 @@ def run_sweep(
     device: str = "auto",
     gpus: int | None = None,
     workers: int = 1,
+    evaluate: bool = False,
     poll_s: float = 0.5,
     echo: Callable[[str], None] = print,
 ) -> list[Outcome]:
@@ -144,7 +145,9 @@ def run_sweep(
 
     ``device="auto"``: one slot per visible GPU (at most ``gpus``) when there are GPUs, else ``workers``
     CPU slots. ``device="cpu"``: ``workers`` CPU slots. Children get ``CUDA_VISIBLE_DEVICES`` set to their
-    GPU (or empty on CPU) and ``OMP_NUM_THREADS`` = cores / slots, so they do not fight over the CPU."""
+    GPU (or empty on CPU) and ``OMP_NUM_THREADS`` = cores / slots, so they do not fight over the CPU.
+    ``evaluate``: each child also evaluates its run (``train --evaluate``); a run then counts as done when
+    its ``eval.json`` exists too."""
     runs = unique(runs)
     gpu_ids = visible_gpus() if device != "cpu" else []
     if gpus is not None:
@@ -158,8 +161,11 @@ def run_sweep(
 
     outcomes: dict[str, Outcome] = {}
     queue: deque[RunConfig] = deque()
+    def complete(r: RunConfig) -> bool:
+        return store.is_done(r) and (not evaluate or (store.run_dir(r) / EVAL).is_file())
+
     for r in runs:
-        if store.is_done(r):
+        if complete(r):
             outcomes[r.run_id()] = Outcome(r, "skipped")
         else:
             queue.append(r)
@@ -174,7 +180,7 @@ def run_sweep(
             while queue and free:
                 run = queue.popleft()
                 slot = free.pop(0)
-                running.append(_start(run, slot, store, Path(tmp.name), threads))
+                running.append(_start(run, slot, store, Path(tmp.name), threads, evaluate))
                 echo(f"  start {run.preset}/{run.method} seed {run.seed} {run.run_id()} on "
                      f"{'GPU ' + slot if slot.isdigit() else slot}")
             time.sleep(poll_s)
@@ -186,7 +192,7 @@ def run_sweep(
                 running.remove(job)
                 free.append(job.slot)
                 dt = time.perf_counter() - job.t0
-                ok = rc == 0 and store.is_done(job.run)
+                ok = rc == 0 and complete(job.run)
                 out = Outcome(job.run, "ok" if ok else "failed", dt, rc, job.log, "" if ok else _tail(job.log))
                 outcomes[job.run.run_id()] = out
                 echo(f"  {'done' if ok else 'FAILED'} {job.run.preset}/{job.run.method} seed {job.run.seed} "
@@ -203,7 +209,7 @@ def run_sweep(
     return [outcomes[r.run_id()] for r in runs]
 
 
-def _start(run: RunConfig, slot: str, store: RunStore, tmp: Path, threads: int) -> _Job:
+def _start(run: RunConfig, slot: str, store: RunStore, tmp: Path, threads: int, evaluate: bool) -> _Job:
     cfg = tmp / f"{run.run_id()}.json"
     cfg.write_text(json.dumps(run.to_dict()))
     run_dir = store.run_dir(run)
@@ -221,7 +227,7 @@ def _start(run: RunConfig, slot: str, store: RunStore, tmp: Path, threads: int) 
         env["CUDA_VISIBLE_DEVICES"] = ""
         device = "cpu"
     cmd = [sys.executable, "-m", "mstlib", "train", "--config", str(cfg), "--results", str(store.root),
-           "--checkpoints", str(store.checkpoints), "--device", device]
+           "--checkpoints", str(store.checkpoints), "--device", device] + (["--evaluate"] if evaluate else [])
     logf = open(log, "a")
     logf.write(f"# {utc_now()} {' '.join(cmd[1:])} (slot {slot})\n")
     logf.flush()
@@ -370,6 +376,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pack-only", action="store_true", help="pack what is stored; train nothing")
     parser.add_argument("--unpack", metavar="ARCHIVE", help="merge a pack into --results (no training)")
     parser.add_argument("--overwrite", action="store_true", help="with --unpack: replace runs done here")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="also evaluate every run (eval.json); runs without it are not done")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and whether they are done")
     parser.add_argument("--write-runs", metavar="FILE", help="write the run list as JSON (for --runs) and stop")
 
@@ -415,7 +423,8 @@ def main(args: argparse.Namespace) -> int:
     outcomes: list[Outcome] = []
     if not args.pack_only:
         t0 = time.perf_counter()
-        outcomes = run_sweep(runs, store, device=args.device, gpus=args.gpus, workers=args.workers)
+        outcomes = run_sweep(runs, store, device=args.device, gpus=args.gpus, workers=args.workers,
+                             evaluate=args.evaluate)
         print(report(outcomes, store))
         print(f"sweep wall time {(time.perf_counter() - t0) / 60:.1f} min")
     if args.pack:

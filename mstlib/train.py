@@ -481,6 +481,8 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
         log = _Log(None, None)
 
     # -- speed: compile, DDP, precision --------------------------------------------------------------
+    if dev.type == "cuda":  # TF32 for any float32 matmul left outside autocast (nanoGPT does the same)
+        torch.set_float32_matmul_precision("high")
     amp = autocast_dtype(run, dev)
     ctx = torch.autocast(device_type=dev.type, dtype=amp) if amp is not None else contextlib.nullcontext()
     compiled = bool(tc.compile and dev.type == "cuda")
@@ -718,6 +720,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
                         help="stop (with a checkpoint) after this many steps in total")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="then evaluate the trained model (mstlib.pipeline.train_and_evaluate) into eval.json")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -742,6 +746,10 @@ def main(args: argparse.Namespace) -> int:
     store = RunStore(args.results, args.checkpoints)
     res = train(run, store, device=args.device, resume=not args.no_resume, stop_after=args.stop_after,
                 progress=not args.no_progress)
+    if args.evaluate and res.done and int(os.environ.get("RANK", "0")) == 0:
+        from .pipeline import train_and_evaluate
+
+        res = train_and_evaluate(run, store, device=args.device, evaluate=True, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         if res.done:
             m = res.metrics
