@@ -138,6 +138,7 @@ def run_sweep(
     gpus: int | None = None,
     workers: int = 1,
     evaluate: bool = False,
+    per_gpu: int = 1,
     poll_s: float = 0.5,
     echo: Callable[[str], None] = print,
 ) -> list[Outcome]:
@@ -146,8 +147,8 @@ def run_sweep(
     ``device="auto"``: one slot per visible GPU (at most ``gpus``) when there are GPUs, else ``workers``
     CPU slots. ``device="cpu"``: ``workers`` CPU slots. Children get ``CUDA_VISIBLE_DEVICES`` set to their
     GPU (or empty on CPU) and ``OMP_NUM_THREADS`` = cores / slots, so they do not fight over the CPU.
-    ``evaluate``: each child also evaluates its run (``train --evaluate``); a run then counts as done when
-    its ``eval.json`` exists too."""
+    ``per_gpu``: concurrent runs per GPU (small models may not fill one). ``evaluate``: each child also
+    evaluates its run (``train --evaluate``); a run then counts as done when its ``eval.json`` exists too."""
     runs = unique(runs)
     gpu_ids = visible_gpus() if device != "cpu" else []
     if gpus is not None:
@@ -156,7 +157,10 @@ def run_sweep(
         gpu_ids = gpu_ids[:gpus]
     if device.startswith("cuda") and not gpu_ids:
         raise ConfigError("device cuda requested but no GPU is visible; use --device cpu")
-    slots = gpu_ids if gpu_ids else [f"cpu{i}" for i in range(max(1, workers))]
+    if gpu_ids:  # "cuda:<id>" or, with per_gpu > 1, "cuda:<id>#<k>"
+        slots = [f"cuda:{g}" + (f"#{k}" if per_gpu > 1 else "") for k in range(per_gpu) for g in gpu_ids]
+    else:
+        slots = [f"cpu{i}" for i in range(max(1, workers))]
     threads = max(1, (os.cpu_count() or 1) // len(slots))
 
     outcomes: dict[str, Outcome] = {}
@@ -170,7 +174,7 @@ def run_sweep(
         else:
             queue.append(r)
     echo(f"sweep: {len(runs)} runs, {len(runs) - len(queue)} already done, {len(queue)} to train on "
-         f"{len(slots)} slot(s): {', '.join('GPU ' + s if s.isdigit() else s for s in slots)}")
+         f"{len(slots)} slot(s): {', '.join(slots)}")
 
     tmp = tempfile.TemporaryDirectory(prefix="mstlib-sweep-")
     free = list(slots)
@@ -182,7 +186,7 @@ def run_sweep(
                 slot = free.pop(0)
                 running.append(_start(run, slot, store, Path(tmp.name), threads, evaluate))
                 echo(f"  start {run.preset}/{run.method} seed {run.seed} {run.run_id()} on "
-                     f"{'GPU ' + slot if slot.isdigit() else slot}")
+                     f"{slot}")
             time.sleep(poll_s)
             for job in list(running):
                 rc = job.proc.poll()
@@ -220,8 +224,8 @@ def _start(run: RunConfig, slot: str, store: RunStore, tmp: Path, threads: int, 
     env["PYTHONUNBUFFERED"] = "1"
     # the child must import this very mstlib, wherever the sweep was started from
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    if slot.isdigit():
-        env["CUDA_VISIBLE_DEVICES"] = slot
+    if slot.startswith("cuda:"):
+        env["CUDA_VISIBLE_DEVICES"] = slot.removeprefix("cuda:").split("#")[0]
         device = "cuda"
     else:
         env["CUDA_VISIBLE_DEVICES"] = ""
@@ -369,6 +373,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a field of every run (for --methods, before FLOP matching)")
     parser.add_argument("--device", default="auto", help="auto (GPUs if any, else CPU) | cuda | cpu")
     parser.add_argument("--gpus", type=int, default=None, help="use the first N visible GPUs (default: all)")
+    parser.add_argument("--per-gpu", type=int, default=1, help="concurrent runs per GPU (default: 1)")
     parser.add_argument("--workers", type=int, default=1, help="parallel CPU runs when there is no GPU (default: 1)")
     parser.add_argument("--results", default="results", help="run store root (default: results)")
     parser.add_argument("--checkpoints", default=None, help="checkpoint root (default: checkpoints/<results folder name> beside it)")
@@ -424,7 +429,7 @@ def main(args: argparse.Namespace) -> int:
     if not args.pack_only:
         t0 = time.perf_counter()
         outcomes = run_sweep(runs, store, device=args.device, gpus=args.gpus, workers=args.workers,
-                             evaluate=args.evaluate)
+                             evaluate=args.evaluate, per_gpu=args.per_gpu)
         print(report(outcomes, store))
         print(f"sweep wall time {(time.perf_counter() - t0) / 60:.1f} min")
     if args.pack:

@@ -336,7 +336,6 @@ class _Log:
 
     def __init__(self, path: Path | None, resume_bytes: int | None) -> None:
         self.path = path
-        self.pending: list[dict[str, Any]] = []
         if path is None:
             return
         if resume_bytes is None:
@@ -522,7 +521,8 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
     set_attention(schedule.attention_active(start, run))
 
     # -- bookkeeping ---------------------------------------------------------------------------------
-    speed_windows: list[float] = list(saved.get("speed_windows", []))
+    speed_windows: list[float] = list(saved.get("speed_windows", []))  # after warm-up
+    all_windows: list[float] = list(saved.get("all_windows", []))  # the fallback for very short runs
     train_time = float(saved.get("train_time_s", 0.0))
     wall_before = float(saved.get("wall_time_s", 0.0))
     t_session = time.perf_counter()
@@ -536,6 +536,7 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
         state = {
             "log_bytes": log.position(),
             "speed_windows": speed_windows,
+            "all_windows": all_windows,
             "train_time_s": train_time,
             "wall_time_s": wall_before + time.perf_counter() - t_session,
             "provenance": prov,
@@ -628,6 +629,7 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
             train_time += window
             tok_s = len(pending) * tokens_per_step / window if window > 0 else float("nan")
             windows_this_session += 1
+            all_windows.append(tok_s)
             if windows_this_session > SPEED_WARMUP_WINDOWS:
                 speed_windows.append(tok_s)
             for r, (lv, gv) in zip(pending, vals):
@@ -669,7 +671,8 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
         "tokens": tc.max_iters * tokens_per_step,
         "final_train_loss": final_train,
         "final_val_loss": final_val,
-        "tokens_per_s_median": statistics.median(speed_windows) if speed_windows else None,
+        # a run too short to leave windows after warm-up reports the median of all its windows
+        "tokens_per_s_median": statistics.median(speed_windows or all_windows) if all_windows else None,
         "tokens_per_s_mean": tc.max_iters * tokens_per_step / train_time if train_time > 0 else None,
         "train_time_s": train_time,
         "wall_time_s": wall,

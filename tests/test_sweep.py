@@ -135,3 +135,45 @@ def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
     assert sweep.visible_gpus() == ["2", "3"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert sweep.visible_gpus() == []
+
+
+class _FakePopen:
+    """Stands in for a training process: finishes on its second poll, writing the run's results."""
+
+    running = 0
+    peak = 0
+    devices: list[str] = []
+
+    def __init__(self, cmd, env, **kw):
+        from mstlib.config import RunConfig
+
+        self.run = RunConfig.from_dict(json.loads(Path(cmd[cmd.index("--config") + 1]).read_text()))
+        self.store = RunStore(cmd[cmd.index("--results") + 1])
+        self.polls = 0
+        _FakePopen.devices.append(env["CUDA_VISIBLE_DEVICES"])
+        _FakePopen.running += 1
+        _FakePopen.peak = max(_FakePopen.peak, _FakePopen.running)
+
+    def poll(self):
+        self.polls += 1
+        if self.polls < 2:
+            return None
+        _fake_train(self.run, self.store)
+        _FakePopen.running -= 1
+        return 0
+
+
+def test_one_process_per_gpu_with_its_own_cuda_visible_devices(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "visible_gpus", lambda: ["4", "7"])
+    monkeypatch.setattr(sweep.subprocess, "Popen", _FakePopen)
+    store = RunStore(tmp_path / "results")
+    runs = [presets.make("smoke", "dense", seed=s) for s in range(5)]
+    outcomes = sweep.run_sweep(runs, store, device="auto", poll_s=0.0, echo=lambda s: None)
+    assert [o.status for o in outcomes] == ["ok"] * 5
+    assert _FakePopen.peak == 2 and sorted(set(_FakePopen.devices)) == ["4", "7"]
+    _FakePopen.devices, _FakePopen.peak = [], 0
+    more = [presets.make("smoke", "dense", seed=s) for s in range(5, 9)]
+    sweep.run_sweep(more, store, device="auto", per_gpu=2, poll_s=0.0, echo=lambda s: None)
+    assert _FakePopen.peak == 4 and sorted(_FakePopen.devices) == ["4", "4", "7", "7"]
+    with pytest.raises(Exception, match="only 2 GPU"):
+        sweep.run_sweep(runs, store, gpus=3, echo=lambda s: None)
