@@ -59,6 +59,12 @@ class Verdict:
     level: float = 0.95
     note: str = ""
 
+    def __post_init__(self) -> None:
+        # plain floats, so a glued value prints as a number (a numpy scalar's text is "np.float64(...)")
+        for name in ("estimate", "lo", "hi"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        object.__setattr__(self, "n", int(self.n))
+
     @property
     def interval(self) -> str:
         """``"[lo, hi]"`` (4 significant digits) or ``"no interval (n=1)"``."""

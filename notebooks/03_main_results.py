@@ -135,10 +135,11 @@ def interval(ci) -> str:
 
 
 for m in experiments.MAIN_METHODS:
-    glue(f"val_{m}", summary.loc[NAMES[m], "metrics.final_val_loss"], display=False)
-    glue(f"ratio_{m}", summary.loc[NAMES[m], "flops_vs_dense"], display=False)
-    glue(f"wt103_{m}", summary.loc[NAMES[m], "eval.wikitext103.ppl_word"], display=False)
-glue("factor_mst", 1.0 / summary.loc["MST", "flops_vs_dense"], display=False)
+    # float(): a numpy scalar's text is "np.float64(...)", which the book's {glue:text} cannot format
+    glue(f"val_{m}", float(summary.loc[NAMES[m], "metrics.final_val_loss"]), display=False)
+    glue(f"ratio_{m}", float(summary.loc[NAMES[m], "flops_vs_dense"]), display=False)
+    glue(f"wt103_{m}", float(summary.loc[NAMES[m], "eval.wikitext103.ppl_word"]), display=False)
+glue("factor_mst", 1.0 / float(summary.loc["MST", "flops_vs_dense"]), display=False)
 d = difference_ci(vals("mst", "metrics.final_val_loss"), vals("dense", "metrics.final_val_loss"))
 glue("d_mst_dense", d.mean, display=False)
 glue("d_mst_dense_ci", interval(d), display=False)

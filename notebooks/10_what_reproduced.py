@@ -123,7 +123,7 @@ provenance = (everything.groupby("table", sort=False)
                    wall_time_s=("metrics.wall_time_s", "sum"),
                    median_tokens_per_s=("metrics.tokens_per_s_median", "median")))
 glue("n_runs", len(runs), display=False)
-glue("wall_h", runs["metrics.wall_time_s"].sum() / 3600, display=False)
+glue("wall_h", float(runs["metrics.wall_time_s"].sum()) / 3600, display=False)  # float: see below
 provenance
 
 # %% [markdown]
@@ -246,7 +246,8 @@ evidence = evidence[["claim_group", "claim", "verdict", "quantity", "estimate", 
 evidence.style.map(colour, subset=["verdict"]).format({"estimate": "{:.4g}"}).hide(axis="index")
 
 # %%
-# Numbers for the prose, glued so the text below can never disagree with the tables.
+# Numbers for the prose, glued so the text below can never disagree with the tables (plain Python floats:
+# a numpy scalar's text is "np.float64(...)", which the book's {glue:text} cannot format).
 KEYS = ["flops", "quality", "baselines", "sv", "te", "hsa"]
 for key, c in zip(KEYS, claims):
     glue(f"v_{key}", c.outcome, display=False)

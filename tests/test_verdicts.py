@@ -153,3 +153,11 @@ def test_differences_against_reference():
     assert d.loc["abl", "lo"] < 0.2 < d.loc["abl", "hi"]
     assert d.loc["abl", "text"].startswith("+0.2000 [")
     assert d.loc["one", "text"].endswith("(n=1)")
+
+
+def test_verdict_numbers_are_plain_python():
+    import numpy as np
+
+    v = better_than(np.array([2.9, 2.91, 2.89]), np.array(DENSE), claim="x")
+    assert type(v.estimate) is float and type(v.lo) is float and type(v.n) is int
+    assert repr(v.estimate).replace(".", "").replace("-", "").replace("e", "").isdigit()
