@@ -152,12 +152,14 @@ paper_factor = (flops.training_flops(presets.make("paper", "dense"), series=Fals
                 / flops.training_flops(presets.make("paper", "mst"), series=False).total_flops)
 ours_factor = [d / m for d, m in zip(vals(main, "dense", "metrics.flops_total", by="method"),
                                      vals(main, "mst", "metrics.flops_total", by="method"))]
-parts["4x fewer training FLOPs than Dense"] = [
+# Two claims, not one: the paper's is about its scale; ours shows what the same schedule gives at our scale
+# (where the embedding's share of the FLOPs and the frequency of dense-gradient update steps differ).
+parts["4x fewer training FLOPs than Dense, at paper scale"] = [
     at_least([paper_factor], flops_target, tolerance=flops_tolerance, exact=True,
-             claim="FLOP factor at paper scale (GPT-2 124M, 600k steps)", quantity="dense FLOPs / MST FLOPs"),
+             claim="FLOP factor at paper scale (GPT-2 124M, 600k steps)", quantity="dense FLOPs / MST FLOPs")]
+parts["4x fewer training FLOPs than Dense, in our runs"] = [
     at_least(ours_factor, flops_target, tolerance=flops_tolerance, exact=True,
-             claim=f"FLOP factor of our {preset} runs", quantity="dense FLOPs / MST FLOPs"),
-]
+             claim=f"FLOP factor of our {preset} runs", quantity="dense FLOPs / MST FLOPs")]
 
 # 2. No loss in quality against Dense: validation loss (absolute margin) and every zero-shot perplexity
 # that was evaluated (relative margin).
@@ -248,10 +250,12 @@ evidence.style.map(colour, subset=["verdict"]).format({"estimate": "{:.4g}"}).hi
 # %%
 # Numbers for the prose, glued so the text below can never disagree with the tables (plain Python floats:
 # a numpy scalar's text is "np.float64(...)", which the book's {glue:text} cannot format).
-KEYS = ["flops", "quality", "baselines", "sv", "te", "hsa"]
+KEYS = ["flops_paper", "flops_ours", "quality", "baselines", "sv", "te", "hsa"]
+assert len(KEYS) == len(claims)
 for key, c in zip(KEYS, claims):
     glue(f"v_{key}", c.outcome, display=False)
-f_paper, f_ours = parts["4x fewer training FLOPs than Dense"]
+(f_paper,) = parts["4x fewer training FLOPs than Dense, at paper scale"]
+(f_ours,) = parts["4x fewer training FLOPs than Dense, in our runs"]
 glue("paper_factor", f_paper.estimate, display=False)
 glue("ours_factor", f_ours.estimate, display=False)
 glue("flops_threshold", flops_target * (1 - flops_tolerance), display=False)
@@ -280,11 +284,14 @@ glue("h_ci", h_q.interval, display=False)
 # All numbers below are from the {glue:text}`preset` preset. Differences are in validation loss (nats per
 # token); a gain is the baseline's loss minus MST's (positive = MST better).
 #
-# 1. **4x fewer FLOPs: {glue:text}`v_flops`.** With our schedule defaults at the paper's scale, MST's
-#    training costs {glue:text}`paper_factor:.2f`x fewer FLOPs than dense; in our own runs the factor is
-#    {glue:text}`ours_factor:.2f`x (threshold {glue:text}`flops_threshold:.2f`x). The factor is ours by
-#    construction: the paper's phase lengths and peak sparsity are unknown, and we chose defaults that give
-#    about 4x (see the FLOP chapter), so this verdict checks our accounting, not the paper's.
+# 1. **4x fewer FLOPs at paper scale: {glue:text}`v_flops_paper`; in our runs:
+#    {glue:text}`v_flops_ours`.** With our schedule defaults at the paper's scale, MST's training costs
+#    {glue:text}`paper_factor:.2f`x fewer FLOPs than dense; in our own runs the factor is
+#    {glue:text}`ours_factor:.2f`x (threshold {glue:text}`flops_threshold:.2f`x). The paper-scale factor is
+#    ours by construction: the paper's phase lengths and peak sparsity are unknown, and we chose defaults
+#    that give about 4x (see the FLOP chapter), so that verdict checks our accounting, not the paper's.
+#    At our scale the same schedule can save a different factor, because the token embedding (sparse,
+#    tied to the output layer) and the dense-gradient update steps weigh differently in a smaller model.
 # 2. **No loss against Dense: {glue:text}`v_quality`.** MST minus Dense is {glue:text}`q_d:+.4f` nats,
 #    95% interval {glue:text}`q_ci`, against a margin of {glue:text}`loss_margin:.3f` nats (and
 #    {glue:text}`ppl_margin:.0%` on each evaluated perplexity).
