@@ -261,17 +261,18 @@ def rng_state() -> dict[str, Any]:
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # this process's GPU only: get_rng_state_all() would create a context on every visible GPU
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    torch.set_rng_state(state["torch"].cpu())
+    if torch.is_tensor(state.get("cuda")) and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"].cpu())
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -459,7 +460,7 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
     # -- resume ------------------------------------------------------------------------------------
     ckpt: dict[str, Any] | None = None
     if resume and ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path, dev)
+        ckpt = load_checkpoint(ckpt_path, "cpu")  # load_state_dict copies to the device (RNG states stay on CPU)
         if ckpt.get("config") != run.to_dict():
             raise CheckpointError(
                 f"{ckpt_path} belongs to another config (run {ckpt.get('run_id')}); "
