@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="mini")
     ap.add_argument("--steps", type=int, default=300, help="optimizer steps per variant (default 300)")
-    ap.add_argument("--methods", nargs="+", default=["dense", "mst"], help="mstlib methods (default: dense mst)")
+    ap.add_argument("--methods", nargs="+", default=["dense", "mst"],
+                    help="mstlib methods (default: dense mst); METHOD+key=value+... adds a variant with overrides, "
+                         "e.g. mst+attention.pattern=dense (MST without hybrid sparse attention)")
     ap.add_argument("--no-plain", action="store_true", help="skip the plain nanoGPT loop")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
@@ -83,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     if not use_corpus:
         data_root = make_synthetic_corpus(Path(tmp.name) / "data", probe.model.vocab_size)
         overrides.update({"data.data_dir": str(data_root), "data.corpus": "synthetic"})
-    runs = {m: make(args.preset, m, overrides=overrides) for m in args.methods}
+    runs = {}
+    for spec in args.methods:
+        method, *extra = spec.split("+")
+        runs[spec] = make(args.preset, method, overrides={**overrides, **dict(parse_override(e) for e in extra)})
     store = RunStore(args.keep or Path(tmp.name) / "results")
 
     rows: list[dict[str, Any]] = []
@@ -116,10 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         for key in ("median", "mean"):
             r[f"ratio_{key}_to_dense"] = (r[f"tokens_per_s_{key}"] / dense[f"tokens_per_s_{key}"]) if dense else None
 
-    print(f"\n{'variant':<22} {'median tok/s':>14} {'ratio':>7} {'mean tok/s':>14} {'ratio':>7}")
+    print(f"\n{'variant':<36} {'median tok/s':>14} {'ratio':>7} {'mean tok/s':>14} {'ratio':>7}")
     for r in rows:
         rm, ra = r["ratio_median_to_dense"], r["ratio_mean_to_dense"]
-        print(f"{r['variant']:<22} {r['tokens_per_s_median']:>14,.0f} {'' if rm is None else f'{rm:.3f}':>7} "
+        print(f"{r['variant']:<36} {r['tokens_per_s_median']:>14,.0f} {'' if rm is None else f'{rm:.3f}':>7} "
               f"{r['tokens_per_s_mean']:>14,.0f} {'' if ra is None else f'{ra:.3f}':>7}")
     out = {
         "preset": args.preset, "steps": args.steps, "device": str(dev), "device_name": provenance.device_name(dev),
