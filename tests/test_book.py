@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import check_pairs  # noqa: E402  (tools/ is not a package)
 
-papermill = pytest.importorskip("papermill")
+import papermill  # noqa: E402  (a plain import: a missing papermill must fail, not skip)
 
 
 def glued(nb_path: Path) -> dict[str, object]:
