@@ -42,7 +42,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Sequence
 
 from .config import RunConfig, parse_override
-from .errors import ConfigError, MstError
+from .errors import ConfigError
 from .provenance import REPO_ROOT, git_state, utc_now
 from .results import CONFIG, DONE, EVAL, RunStore, atomic_write_bytes, load_run_dir
 
