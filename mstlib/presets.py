@@ -5,9 +5,9 @@ Presets (``PRESETS``):
 * ``smoke``: CPU, seconds. GPT 2 layers x width 32 (2 heads), context 64 tokens, 30 steps of 2 x 4
   sequences, topology updates every 5 steps (so all three MST phases see updates), HSA window/stride 16
   (128 would exceed the context), no compile, float32. For tests and notebooks without a GPU.
-* ``mini``: one H200. GPT 6 x 384 (6 heads of 64), context 1024, 1,500 steps of 32 x 2 sequences
-  (98M tokens), updates every 25 steps, compile. Steps and batch are placeholders until the GPU
-  calibration sizes them (override ``train.*``).
+* ``mini``: one H200. GPT 6 x 384 (6 heads of 64), context 1024, 1,000 steps of 32 x 2 sequences
+  (65.5M tokens, 1.3 passes over the ``offline-50m`` corpus), updates every 25 steps, compile. Sized so the
+  whole book's runs fit 30 minutes of a 4-GPU H200 machine (see the reproduce page).
 * ``paper``: the paper's GPT-2 124M (12 x 768, 12 heads, context 1024, vocabulary 50304), 600,000 steps
   of 12 sequences x 40 accumulation steps x 1024 tokens = 491,520 tokens per step (480 sequences), nanoGPT's
   Table 4 hyperparameters (AdamW lr 6e-4, betas (0.9, 0.95), weight decay 0.1, 2,000 warm-up steps, cosine to
@@ -120,12 +120,14 @@ def _base(preset: str) -> RunConfig:
     elif preset == "mini":
         model = ModelConfig(n_layer=6, n_head=6, n_embd=384, block_size=1024)
         train = TrainConfig(
-            max_iters=1500, batch_size=32, grad_accum=2, lr=1e-3, min_lr=1e-4, warmup_iters=100,
+            max_iters=1000, batch_size=32, grad_accum=2, lr=1e-3, min_lr=1e-4, warmup_iters=100,
             compile=True, eval_interval=250, eval_iters=40, log_interval=10,
         )
         topo = TopologyConfig(update_interval=25)
         window = 128
-        data = DataConfig(corpus="offline")
+        # the first 50M train tokens of `offline` (Wikipedia + Gutenberg interleaved in proportion) and its
+        # full validation split: what fits one 64 MiB transfer to the GPU machine (tools/stage_corpus.sh)
+        data = DataConfig(corpus="offline-50m")
     elif preset == "paper":
         model = ModelConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304)
         # nanoGPT's train_gpt2 config = the paper's Table 4; 12 x 40 x 1024 = 491,520 tokens per step
