@@ -67,6 +67,15 @@ def data_dir(tmp_path_factory) -> Path:
     return make_corpus(tmp_path_factory.mktemp("data"))
 
 
+@pytest.fixture(scope="module")
+def mst_straight(data_dir, tmp_path_factory):
+    """The tiny MST run trained straight through once (shared by the tests that compare against it)."""
+    run = tiny_run(data_dir, "mst")
+    store = RunStore(tmp_path_factory.mktemp("straight") / "results")
+    T.train(run, store, device="cpu", progress=False)
+    return run, store
+
+
 def deterministic_log(path: Path) -> pd.DataFrame:
     return pd.read_csv(path).drop(columns=list(T.TIMING_COLUMNS))
 
@@ -98,10 +107,9 @@ def assert_same_checkpoint(pa: Path, pb: Path) -> None:
 # ---------------------------------------------------------------------------------------------- tests
 
 
-def test_log_columns_metrics_and_reuse(data_dir, tmp_path):
-    run = tiny_run(data_dir, "mst")
-    store = RunStore(tmp_path / "results")
-    res = T.train(run, store, device="cpu", progress=False)
+def test_log_columns_metrics_and_reuse(mst_straight):
+    run, store = mst_straight
+    res = store.load(run)
     assert res.done and store.is_done(run)
     log = pd.read_csv(res.path / "log.csv")
     assert tuple(log.columns) == T.LOG_COLUMNS
@@ -146,12 +154,11 @@ def test_resume_is_bitwise_in_process(data_dir, tmp_path):
                                   deterministic_log(b.run_dir(run) / "log.csv"))
 
 
-def test_resume_is_bitwise_across_processes_with_topology_updates(data_dir, tmp_path):
+def test_resume_is_bitwise_across_processes_with_topology_updates(mst_straight, tmp_path):
     """MST with an update, a sparsity change and an attention switch in each half: the second half runs in
     a fresh process through the command line; model, AdamW state, masks and log are bitwise equal."""
-    run = tiny_run(data_dir, "mst")
-    a, b = RunStore(tmp_path / "a"), RunStore(tmp_path / "b")
-    T.train(run, a, device="cpu", progress=False)
+    run, a = mst_straight
+    b = RunStore(tmp_path / "b")
     # the first half also stops after a crash-like extra step whose log rows must be discarded on resume
     T.train(run, b, device="cpu", progress=False, stop_after=6)
     with open(b.run_dir(run) / "log.csv", "a") as f:
@@ -278,14 +285,12 @@ def _ddp_worker(rank: int, world: int, port: int, run_json: str, root: str) -> N
     T.train(run, RunStore(root), device="cpu", progress=False)
 
 
-def test_ddp_two_processes_match_one_process(data_dir, tmp_path):
+def test_ddp_two_processes_match_one_process(mst_straight, tmp_path):
     """2 gloo processes x 1 micro-step == 1 process x 2 micro-steps: same global batch (the same sequences),
     same loss curve up to float32 summation order, same final masks."""
     import torch.multiprocessing as mp
 
-    run = tiny_run(data_dir, "mst")
-    one = RunStore(tmp_path / "one")
-    T.train(run, one, device="cpu", progress=False)
+    run, one = mst_straight
     two = RunStore(tmp_path / "two")
     mp.start_processes(_ddp_worker, args=(2, _free_port(), json.dumps(run.to_dict()), str(two.root)),
                        nprocs=2, join=True, start_method="spawn")
