@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
+from matplotlib.ticker import MaxNLocator
 
 from .errors import MstError
 from .stats import mean_ci
@@ -259,6 +260,7 @@ def metric_bars(
         ax.axvline(value, color="grey", ls=["--", ":", "-."][i % 3], lw=1.2, label=f"{name} = {value:.3g}")
     if references:
         ax.legend(fontsize="small", frameon=True, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # long tick labels (e.g. 10.7875) must not collide
     ax.set_xlabel(label(metric))
     ax.set_ylabel(by)
     ax.set_title(title or f"{label(metric)} by {by} (mean, 95% CI over seeds)")

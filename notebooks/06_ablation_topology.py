@@ -83,14 +83,15 @@ logs = pipeline.logs(results, results_dir=results_dir)
 ORDER = list(dict.fromkeys(v.variant for v in variants))
 FULL = "mixed (MG)"
 mst = presets.make(preset, "mst")
-described = {
-    v.variant: (f"growth {v.run.topology.growth}"
-                + (f" ({v.run.topology.mix_gradient_fraction:.0%} by gradient)" if v.run.topology.growth == "mixed"
-                   else "")
-                + f"; drop {v.run.topology.drop_fraction:g}, {v.run.topology.drop_anneal}"
-                + (", restart per phase" if v.run.topology.restart_per_phase else ", one anneal"))
-    for v in variants
-}
+def describe(topo) -> str:
+    if topo.growth == "none":  # the drop fraction is 0: the mask changes only with the sparsity target
+        return "no growth; mask changes only with the sparsity target"
+    mix = f" ({topo.mix_gradient_fraction:.0%} by gradient)" if topo.growth == "mixed" else ""
+    anneal = ", restart per phase" if topo.restart_per_phase else ", one anneal"
+    return f"growth {topo.growth}{mix}; drop {topo.drop_fraction:g}, {topo.drop_anneal}{anneal}"
+
+
+described = {v.variant: describe(v.run.topology) for v in variants}
 
 # %% [markdown]
 # ## The table
