@@ -261,6 +261,8 @@ def flex_pattern_attention(
     use_compile = torch.device(dev).type == "cuda" if compile is None else compile
     fn = _compiled_flex() if use_compile else _eager_flex()
     full = _block_mask(name, T, window, stride, summary, dev, block)
+    # the Triton kernel's tiles must divide the block mask's (it picks 128 by default on Hopper)
+    opts = {"kernel_options": {"BLOCK_M": block, "BLOCK_N": block}} if block < FLEX_BLOCK and use_compile else {}
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         t = q.size(-2)
@@ -272,7 +274,7 @@ def flex_pattern_attention(
                 # eager FlexAttention warns that it is slow; on CPU that is expected and documented above
                 warnings.filterwarnings("ignore", message=".*flex_attention.*", category=UserWarning)
                 return fn(q, k, v, block_mask=bm)
-        return fn(q, k, v, block_mask=bm)
+        return fn(q, k, v, block_mask=bm, **opts)
 
     return attend
 
