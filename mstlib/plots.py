@@ -81,6 +81,14 @@ def _axes(ax: Optional[Axes], figsize: tuple[float, float] = (7.0, 4.2)) -> Axes
     return new
 
 
+def _legend_below(ax: Axes) -> None:
+    """Legend under the axes (two columns), where it cannot cover a curve or a point."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, fontsize="small", frameon=False, loc="upper center",
+                  bbox_to_anchor=(0.5, -0.16), ncol=2 if len(labels) > 1 else 1)
+
+
 def _ci_row(values: Sequence[float], level: float) -> tuple[float, float, float, int]:
     """(mean, lo, hi, n) of the finite values; lo/hi NaN when fewer than two."""
     xs = [float(v) for v in values if v is not None and np.isfinite(v)]
@@ -140,7 +148,7 @@ def curves(
         ax.set_yscale("log")
     if title:
         ax.set_title(title)
-    ax.legend(fontsize="small", frameon=False)
+    _legend_below(ax)
     return ax
 
 
@@ -218,7 +226,7 @@ def flops_vs_quality(
     ax.set_xlabel(label(flops))
     ax.set_ylabel(label(quality))
     ax.set_title(title or f"{label(quality)} against {label(flops)}")
-    ax.legend(fontsize="small", frameon=False)
+    _legend_below(ax)
     return ax
 
 

@@ -303,8 +303,8 @@ glue("h_ci", h_q.interval, display=False)
 # 5. **TE by MG helps: {glue:text}`v_te`.** Gains over growth by gradient {glue:text}`g_grad:+.4f`
 #    {glue:text}`g_grad_ci`, at random {glue:text}`g_rand:+.4f` {glue:text}`g_rand_ci`, none
 #    {glue:text}`g_none:+.4f` {glue:text}`g_none_ci`.
-# 6. **HSA helps: {glue:text}`v_hsa`.** HSA saves a factor of {glue:text}`h_factor:.4f` of training FLOPs
-#    against dense attention; its validation loss minus dense attention's is {glue:text}`h_d:+.4f`
+# 6. **HSA helps: {glue:text}`v_hsa`.** The same MST with dense attention costs {glue:text}`h_factor:.4f`x the
+#    training FLOPs of MST with HSA; HSA's validation loss minus dense attention's is {glue:text}`h_d:+.4f`
 #    {glue:text}`h_ci`.
 
 # %% [markdown]
