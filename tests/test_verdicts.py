@@ -47,8 +47,9 @@ def test_no_worse_single_seed_is_inconclusive():
 def test_no_worse_relative_margin_and_higher_is_better():
     # accuracy: candidate 0.02 below reference; 5% of 0.6 = 0.03 margin -> reproduced; 1% -> not
     cand, ref = [0.58, 0.581, 0.579], [0.60, 0.601, 0.599]
-    assert no_worse_than(cand, ref, 0.05, claim="x", lower_is_better=False, relative=True).outcome == "reproduced"
-    assert no_worse_than(cand, ref, 0.01, claim="x", lower_is_better=False, relative=True).outcome == "not reproduced"
+    kw = dict(claim="x", lower_is_better=False, relative=True)
+    assert no_worse_than(cand, ref, 0.05, **kw).outcome == "reproduced"
+    assert no_worse_than(cand, ref, 0.01, **kw).outcome == "not reproduced"
 
 
 def test_no_worse_rejects_bad_input():
