@@ -95,6 +95,13 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
     from .attention import FLEX_BLOCK, block_density, build_attention
     from .train import autocast_dtype, build_model, build_optimizer
 
+    if device.type == "cuda":
+        # every variant compiles its own FlexAttention graph; past dynamo's recompile limit (8) it would
+        # silently fall back to eager FlexAttention (10x slower), so start each variant from a clean cache
+        from . import attention
+
+        torch._dynamo.reset()
+        attention._compiled_flex.cache_clear()
     kind, _, pattern = variant.partition(":")
     kind, _, tile = kind.partition("@")  # "hsa_flex@64": FlexAttention with 64-token tiles
     block = int(tile) if tile else None
