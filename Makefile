@@ -44,7 +44,7 @@ check-pairs: $(STAMP) ## check that every notebook pair is in sync and has a ker
 	$(BIN)/python tools/check_pairs.py
 
 reproduce: $(STAMP) ## execute every notebook with papermill: make reproduce PRESET=smoke|mini|paper
-	$(BIN)/python tools/reproduce.py --preset $(PRESET)
+	$(BIN)/python tools/reproduce.py --preset $(PRESET) $(REPRODUCE_FLAGS)
 
 clean: ## remove the built book and smoke-run outputs (keeps .venv and the vendored MathJax)
 	rm -rf _build results-smoke .pytest_cache

@@ -270,15 +270,34 @@ def _step_flops(run: RunConfig, row: dict[str, Any]) -> float:
 
 
 def load_benchmarks(results_dir: str | Path = "results") -> "pd.DataFrame":
-    """Every stored benchmark row (``<results_dir>/bench/*.json``) as one table."""
+    """Every stored step-time row (``<results_dir>/bench/*.json`` files that hold a list of rows of
+    :func:`run_benchmark`) as one table; other benchmark files there (``train_speed_*.json``,
+    ``ddp_compare_*.json``) have their own readers, :func:`load_json_results`."""
     import pandas as pd
 
+    from .results import resolve_root
+
     rows = []
-    for f in sorted(Path(results_dir, "bench").glob("*.json")):
-        for r in json.loads(f.read_text()):
+    for f in sorted((resolve_root(results_dir) / "bench").glob("*.json")):
+        data = json.loads(f.read_text())
+        if not (isinstance(data, list) and data and isinstance(data[0], dict) and "variant" in data[0]):
+            continue
+        for r in data:
             r["file"] = f.name
             rows.append(r)
     return pd.DataFrame(rows)
+
+
+def load_json_results(results_dir: str | Path, pattern: str) -> list[dict[str, Any]]:
+    """The stored benchmark files ``<results_dir>/bench/<pattern>`` (JSON objects), each with ``file``."""
+    from .results import resolve_root
+
+    out = []
+    for f in sorted((resolve_root(results_dir) / "bench").glob(pattern)):
+        d = json.loads(f.read_text())
+        d["file"] = f.name
+        out.append(d)
+    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
