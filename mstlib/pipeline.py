@@ -38,6 +38,24 @@ def eval_settings(preset: str, **overrides: Any):
     return EvalSettings(**{**EVAL_SETTINGS.get(preset, {}), **overrides})
 
 
+#: the smoke preset's corpus: the first documents of each source of ``offline`` (CPU, seconds to make)
+SMOKE_CORPUS = {"corpus": "offline", "max_docs": 40}
+
+
+def ensure_smoke_corpus(run: RunConfig, progress: bool = False) -> None:
+    """Prepare the smoke preset's tiny corpus if it is not there yet (from ``<shared>/data/corpus``), so a
+    CPU check needs no manual step. Other presets' corpora are never prepared implicitly: a missing one
+    is a DataError that says how to make it."""
+    from . import corpus
+
+    if run.preset != "smoke" or run.data.corpus != "offline-smoke":
+        return
+    if run.data.corpus in corpus.prepared_names(run.data.data_dir):
+        return
+    corpus.prepare(corpus.PrepareOptions(name=run.data.corpus, data_dir=run.data.data_dir, progress=progress,
+                                         **SMOKE_CORPUS))
+
+
 def train_and_evaluate(
     run: RunConfig, store: RunStore, device: str = "auto", evaluate: bool = True, progress: bool = True,
     tasks: str | Sequence[str] = "all",
@@ -48,6 +66,7 @@ def train_and_evaluate(
     from .train import load_model, resolve_device, train
 
     if not store.is_done(run):
+        ensure_smoke_corpus(run)
         train(run, store, device=device, progress=progress)
     result = store.load(run)
     if evaluate and result.eval is None:

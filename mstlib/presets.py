@@ -116,7 +116,8 @@ def _base(preset: str) -> RunConfig:
         )
         topo = TopologyConfig(update_interval=5)
         window = 16
-        data = DataConfig(corpus="offline")
+        # a few documents of `offline`, prepared on first use by mstlib.pipeline (seconds)
+        data = DataConfig(corpus="offline-smoke")
     elif preset == "mini":
         model = ModelConfig(n_layer=6, n_head=6, n_embd=384, block_size=1024)
         train = TrainConfig(
