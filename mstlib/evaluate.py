@@ -72,12 +72,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import platform
 import random
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -638,23 +636,13 @@ def evaluate_model(
 
 
 def write_results(run_dir: str | os.PathLike[str], results: dict[str, Any], name: str = "eval.json") -> Path:
-    """Write ``results`` as ``<run_dir>/<name>`` atomically (temporary file in the same folder, then
-    ``os.replace``), so a crash never leaves half a file. Returns the path."""
-    folder = Path(run_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / name
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2, sort_keys=True, allow_nan=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Write ``results`` as ``<run_dir>/<name>`` atomically (the run store's
+    :func:`~mstlib.results.atomic_write_json`: temporary file in the same folder, then ``os.replace``), so
+    a crash never leaves half a file. Returns the path."""
+    from .results import atomic_write_json
+
+    target = Path(run_dir) / name
+    atomic_write_json(target, results)
     return target
 
 

@@ -11,7 +11,7 @@ full sets.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
 
@@ -19,6 +19,9 @@ from .config import RunConfig
 from .errors import MstError
 from .experiments import Variant
 from .results import RunResult, RunStore, flatten
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: the presets whose runs are trained on GPUs (a CPU may read their stored results, never train them)
 GPU_PRESETS = ("mini", "paper")

@@ -42,19 +42,10 @@ tasks = ["rte", "mrpc"]  # few-shot tasks to show (names of mstlib.evaluate.TASK
 
 # %%
 # Check the parameters first, so a typo stops here with a message that says what to use.
-from mstlib import evaluate, experiments, presets
+from mstlib import evaluate, experiments, notebook, presets
 from mstlib.errors import ConfigError
 
-if preset not in presets.PRESETS:
-    raise ConfigError(f"preset={preset!r} is not one of {list(presets.PRESETS)}")
-if not isinstance(seeds, (list, tuple)) or not seeds or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-    raise ConfigError(f"seeds={seeds!r} must be a non-empty list of integers >= 0, e.g. [0, 1, 2] "
-                      "(papermill: -y 'seeds: [0, 1, 2]')")
-if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
-    raise ConfigError(f"device={device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
-if not isinstance(results_dir, str) or not results_dir:
-    raise ConfigError(f"results_dir={results_dir!r} must be a folder path (str)")
+seeds = notebook.check_parameters(preset, seeds, device, results_dir)
 FEWSHOT = [t for t, kind in evaluate.TASKS.items() if kind == "fewshot"]
 if not isinstance(tasks, (list, tuple)) or not tasks or any(t not in FEWSHOT for t in tasks):
     raise ConfigError(f"tasks={tasks!r} must be a non-empty list drawn from {FEWSHOT}")
@@ -70,15 +61,7 @@ from myst_nb import glue
 from mstlib import pipeline, plots
 from mstlib.stats import difference_ci
 
-sns.set_theme(style="whitegrid", context="notebook")
-glue("preset", preset, display=False)
-glue("n_seeds", len(seeds), display=False)
-if preset == "smoke":
-    display(Markdown(
-        "> **Smoke preset: these numbers mean nothing.** The `smoke` preset trains a 2-layer GPT of width "
-        "32 for a few dozen steps on a CPU and scores a handful of dev examples with fewer demonstrations, "
-        "only to check that every step of this page works. The book's results use the `mini` preset on a "
-        "GPU."))
+notebook.start_page(preset, seeds)
 
 # %%
 # The runs of experiment "main" (shared with the main-results chapter: trained once, read here).

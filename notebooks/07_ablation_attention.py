@@ -41,21 +41,9 @@ evaluate = False  # also run the zero-shot/few-shot evaluation on missing ablati
 
 # %%
 # Check the parameters first, so a typo stops here with a message that says what to use.
-from mstlib import experiments, presets
-from mstlib.errors import ConfigError
+from mstlib import experiments, notebook, presets
 
-if preset not in presets.PRESETS:
-    raise ConfigError(f"preset={preset!r} is not one of {list(presets.PRESETS)}")
-if not isinstance(seeds, (list, tuple)) or not seeds or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-    raise ConfigError(f"seeds={seeds!r} must be a non-empty list of integers >= 0, e.g. [0, 1] "
-                      "(papermill: -y 'seeds: [0, 1]')")
-if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
-    raise ConfigError(f"device={device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
-if not isinstance(results_dir, str) or not results_dir:
-    raise ConfigError(f"results_dir={results_dir!r} must be a folder path (str)")
-if not isinstance(evaluate, bool):
-    raise ConfigError(f"evaluate={evaluate!r} must be True or False")
+seeds = notebook.check_parameters(preset, seeds, device, results_dir, evaluate=evaluate)
 variants = experiments.variants_for("hsa", preset, list(seeds))  # ConfigError on a bad preset/seed
 
 # %%
@@ -68,14 +56,7 @@ from myst_nb import glue
 from mstlib import pipeline, plots, verdicts
 from mstlib.attention import pattern_density
 
-sns.set_theme(style="whitegrid", context="notebook")
-glue("preset", preset, display=False)
-glue("n_seeds", len(seeds), display=False)
-if preset == "smoke":
-    display(Markdown(
-        "> **Smoke preset: these numbers mean nothing.** The `smoke` preset trains a 2-layer GPT of width "
-        "32 for a few dozen steps on a CPU (context 64, so the pattern's window is 16), only to check that "
-        "every step of this page works. The book's results use the `mini` preset on a GPU."))
+notebook.start_page(preset, seeds)
 
 # %%
 # The runs of experiment "hsa"; full MST (its own pattern in the ultra phase) is shared with the main table.

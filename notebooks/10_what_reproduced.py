@@ -57,26 +57,11 @@ min_gain = 0.0  # nats/token: the smallest gain that counts for "better than" (0
 
 # %%
 # Check the parameters first, so a typo stops here with a message that says what to use.
-from mstlib import experiments, presets
+from mstlib import experiments, notebook, presets
 from mstlib.errors import ConfigError
 
-
-def _check_seeds(name, value):
-    if not isinstance(value, (list, tuple)) or not value or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
-        raise ConfigError(f"{name}={value!r} must be a non-empty list of integers >= 0, e.g. [0, 1, 2] "
-                          f"(papermill: -y '{name}: [0, 1, 2]')")
-    return list(value)
-
-
-if preset not in presets.PRESETS:
-    raise ConfigError(f"preset={preset!r} is not one of {list(presets.PRESETS)}")
-seeds = _check_seeds("seeds", seeds)
-ablation_seeds = seeds if ablation_seeds is None else _check_seeds("ablation_seeds", ablation_seeds)
-if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
-    raise ConfigError(f"device={device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
-if not isinstance(results_dir, str) or not results_dir:
-    raise ConfigError(f"results_dir={results_dir!r} must be a folder path (str)")
+seeds = notebook.check_parameters(preset, seeds, device, results_dir)
+ablation_seeds = seeds if ablation_seeds is None else notebook.check_seeds(ablation_seeds, "ablation_seeds")
 for _name, _value, _ok in (("flops_target", flops_target, flops_target > 0),
                            ("flops_tolerance", flops_tolerance, 0 <= flops_tolerance < 1),
                            ("loss_margin", loss_margin, loss_margin >= 0),
@@ -98,17 +83,13 @@ from myst_nb import glue
 from mstlib import flops, pipeline, plots, verdicts
 from mstlib.verdicts import at_least, better_than, combine, no_worse_than
 
-sns.set_theme(style="whitegrid", context="notebook")
 pd.set_option("display.max_colwidth", None)
-glue("preset", preset, display=False)
-glue("n_seeds", len(seeds), display=False)
+notebook.start_page(preset, seeds, note=(
+    "> **Smoke preset: these verdicts mean nothing.** The `smoke` preset trains 2-layer GPTs of width 32 "
+    "for a few dozen steps on a CPU with one seed, only to check that every step of this page works "
+    "(with one seed most verdicts are inconclusive by rule). The book's verdicts use the `mini` preset "
+    "on a GPU."))
 glue("n_ablation_seeds", len(ablation_seeds), display=False)
-if preset == "smoke":
-    display(Markdown(
-        "> **Smoke preset: these verdicts mean nothing.** The `smoke` preset trains 2-layer GPTs of width 32 "
-        "for a few dozen steps on a CPU with one seed, only to check that every step of this page works "
-        "(with one seed most verdicts are inconclusive by rule). The book's verdicts use the `mini` preset "
-        "on a GPU."))
 
 # %%
 # Every stored run of every experiment (missing smoke runs are trained; GPU presets must be stored).

@@ -32,21 +32,10 @@ evaluate = False  # also run the zero-shot/few-shot evaluation on missing runs (
 
 # %%
 # Check the parameters first, so a typo stops here with a message that says what to use.
-from mstlib import experiments, presets
+from mstlib import experiments, notebook, presets
 from mstlib.errors import ConfigError
 
-if preset not in presets.PRESETS:
-    raise ConfigError(f"preset={preset!r} is not one of {list(presets.PRESETS)}")
-if not isinstance(seeds, (list, tuple)) or not seeds or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-    raise ConfigError(f"seeds={seeds!r} must be a non-empty list of integers >= 0, e.g. [0, 1] "
-                      "(papermill: -y 'seeds: [0, 1]')")
-if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
-    raise ConfigError(f"device={device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
-if not isinstance(results_dir, str) or not results_dir:
-    raise ConfigError(f"results_dir={results_dir!r} must be a folder path (str)")
-if not isinstance(evaluate, bool):
-    raise ConfigError(f"evaluate={evaluate!r} must be True or False")
+seeds = notebook.check_parameters(preset, seeds, device, results_dir, evaluate=evaluate)
 deviation_variants = experiments.variants_for("deviations", preset, list(seeds))  # ConfigError on bad input
 # the reference: full MST exactly as in the main table (same configs, so the same stored runs)
 FULL = "full MST (ours)"
@@ -62,10 +51,8 @@ from myst_nb import glue
 
 from mstlib import pipeline, plots, verdicts
 
-sns.set_theme(style="whitegrid", context="notebook")
 pd.set_option("display.max_colwidth", None)
-glue("preset", preset, display=False)
-glue("n_seeds", len(seeds), display=False)
+notebook.start_page(preset, seeds)
 
 # %% [markdown]
 # ## Every defect, and what we do instead

@@ -1,0 +1,60 @@
+"""What every notebook of the book does first: check its parameters, and set up the page.
+
+Each notebook's ``parameters`` cell (papermill) is followed by one call of :func:`check_parameters`, so a
+typo stops right there with a message that says what to use instead; then :func:`start_page` sets the
+figure style, glues the preset and the number of seeds for the prose, and, under the ``smoke`` preset,
+shows a visible note that the numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from .errors import ConfigError
+
+SMOKE_NOTE = (
+    "> **Smoke preset: these numbers mean nothing.** The `smoke` preset trains 2-layer GPTs of width 32 for a "
+    "few dozen steps on a CPU (and scores a handful of evaluation examples), only to check that every step "
+    "of this page works. The book's results use the `mini` preset on a GPU."
+)
+
+
+def check_seeds(seeds: Any, name: str = "seeds") -> list[int]:
+    """A non-empty list of integer seeds >= 0, or a ConfigError that shows the papermill syntax."""
+    if not isinstance(seeds, (list, tuple)) or not seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise ConfigError(f"{name}={seeds!r} must be a non-empty list of integers >= 0, e.g. [0, 1, 2] "
+                          f"(papermill: -y '{name}: [0, 1, 2]')")
+    return list(seeds)
+
+
+def check_parameters(preset: Any, seeds: Any, device: Any = "auto", results_dir: Any = "results",
+                     **flags: Any) -> list[int]:
+    """Check the parameters every notebook shares; ``flags`` are named booleans (e.g. ``evaluate=False``).
+    Returns the seeds as a list."""
+    from .presets import PRESETS
+
+    if preset not in PRESETS:
+        raise ConfigError(f"preset={preset!r} is not one of {list(PRESETS)}")
+    out = check_seeds(seeds)
+    if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
+        raise ConfigError(f"device={device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if not isinstance(results_dir, str) or not results_dir:
+        raise ConfigError(f"results_dir={results_dir!r} must be a folder path (str)")
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}={value!r} must be True or False")
+    return out
+
+
+def start_page(preset: str, seeds: Sequence[int] = (), note: str = SMOKE_NOTE) -> None:
+    """Figure style, the glued ``preset`` and ``n_seeds``, and the smoke note where it applies."""
+    import seaborn as sns
+    from IPython.display import Markdown, display
+    from myst_nb import glue
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    glue("preset", preset, display=False)
+    glue("n_seeds", len(seeds), display=False)
+    if preset == "smoke":
+        display(Markdown(note))
