@@ -1,0 +1,33 @@
+import json
+
+import pytest
+
+from mstlib import benchmark
+from mstlib.errors import ConfigError
+
+
+def test_cpu_benchmark_rows_and_ratios(tmp_path):
+    rows = benchmark.run_benchmark(["smoke"], [64], ["dense", "mst_warmup", "hsa_sdpa:local", "hsa_flex:local"],
+                                   device="cpu", repeats=2, warmup=0, tokens_per_step=128, progress=False)
+    # FlexAttention has no CPU backward: its variants are left out on a CPU, not failed
+    assert [r["variant"] for r in rows] == ["dense", "mst_warmup", "hsa_sdpa:local"]
+    by = {r["variant"]: r for r in rows}
+    assert by["dense"]["ratio_to_dense"] == 1.0
+    assert 0 < by["mst_warmup"]["density"] < 1  # masks at the warm-up phase's mid-point density
+    for r in rows:
+        assert r["ms_p10"] <= r["ms_per_step_median"] <= r["ms_p90"] + r["update_ms"]
+        assert r["tokens_per_s"] > 0 and r["flops_per_step"] > 0 and r["device_name"]
+    # the step's counted FLOPs follow the density
+    assert by["mst_warmup"]["flops_per_step"] < by["dense"]["flops_per_step"]
+
+
+def test_unknown_variant_and_loading(tmp_path):
+    with pytest.raises(ConfigError, match="unknown benchmark variant"):
+        benchmark.run_benchmark(["smoke"], [64], ["dense", "sparse_magic"], device="cpu")
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "steps.json").write_text(json.dumps([{"variant": "dense", "model": "mini", "ms_per_step_median": 1.0}]))
+    (bench / "train_speed_mini.json").write_text(json.dumps({"rows": [], "device_name": "X"}))
+    df = benchmark.load_benchmarks(tmp_path)
+    assert list(df["variant"]) == ["dense"] and list(df["file"]) == ["steps.json"]
+    assert [d["file"] for d in benchmark.load_json_results(tmp_path, "train_speed_*.json")] == ["train_speed_mini.json"]

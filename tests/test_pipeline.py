@@ -1,0 +1,46 @@
+import pytest
+
+from mstlib import experiments, pipeline, presets
+from mstlib.errors import MstError
+from mstlib.results import RunStore
+
+
+def _variants(preset="smoke", methods=("dense", "mst")):
+    return [v for v in experiments.variants_for("main", preset, [0]) if v.run.method in methods]
+
+
+def test_collect_trains_once_then_reads_the_store(tmp_path, monkeypatch):
+    vs = _variants()
+    df = pipeline.collect(vs, preset="smoke", device="cpu", results_dir=str(tmp_path), evaluate=False)
+    assert list(df["method"]) == ["dense", "mst"] and list(df["seed"]) == [0, 0]
+    for col in ("run_id", "metrics.final_val_loss", "metrics.flops_total", "provenance.device_name", "config"):
+        assert col in df.columns, col
+    assert df.loc[df["method"] == "mst", "metrics.flops_total"].item() < df.loc[df["method"] == "dense", "metrics.flops_total"].item()
+
+    def no_training(*a, **k):
+        raise AssertionError("a stored run was trained again")
+
+    monkeypatch.setattr("mstlib.train.train", no_training)
+    again = pipeline.collect(vs, preset="smoke", device="cpu", results_dir=str(tmp_path), evaluate=False)
+    assert list(again["run_id"]) == list(df["run_id"])
+    logs = pipeline.logs(again, results_dir=str(tmp_path))
+    assert set(logs["variant"]) == {"dense", "mst"} and {"step", "loss", "density"} <= set(logs.columns)
+    s = pipeline.summary(again, ["metrics.final_val_loss"], by="method")
+    assert list(s["n"]) == [1, 1] and s["metrics.final_val_loss_fmt"].str.contains("n=1").all()
+    with pytest.raises(MstError, match="metric 'metrics.nope'"):
+        pipeline.summary(again, ["metrics.nope"])
+
+
+def test_train_and_evaluate_writes_eval(tmp_path):
+    run = presets.make("smoke", "dense")
+    res = pipeline.train_and_evaluate(run, RunStore(tmp_path), device="cpu", progress=False, tasks="wikitext2,rte")
+    assert res.done and set(res.eval["tasks"]) == {"wikitext2", "rte"}
+    assert res.eval["protocol"]["max_tokens"] == pipeline.EVAL_SETTINGS["smoke"]["max_tokens"]
+
+
+def test_gpu_preset_without_runs_names_the_sweep(tmp_path, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(MstError, match="python -m mstlib sweep --experiment all --preset mini"):
+        pipeline.collect(_variants("mini"), preset="mini", results_dir=str(tmp_path))
+    with pytest.raises(MstError, match="is preset 'mini', not 'smoke'"):
+        pipeline.collect(_variants("mini"), preset="smoke", results_dir=str(tmp_path))
