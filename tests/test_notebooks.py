@@ -101,3 +101,25 @@ def test_book_builds_from_the_smoke_results_with_figures(smoke_book: tuple[Path,
         assert "<img" in text, f"{page}: no figure rendered"
         assert REMOTE_SCRIPT.search(text) is None, f"{page} loads a script from the internet"
         assert "Traceback" not in text, f"{page} shows a traceback"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nb", [nb for nb in ORDERED if "preset" in papermill.inspect_notebook(str(nb))],
+                         ids=lambda p: p.stem)
+def test_a_bad_preset_stops_at_the_parameter_check(nb: Path, tmp_path: Path) -> None:
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    old = os.environ.get("PYTHONPATH")
+    os.environ.update(env)
+    try:
+        with pytest.raises(papermill.PapermillExecutionError) as info:
+            papermill.execute_notebook(str(nb), str(tmp_path / nb.name), parameters={"preset": "gpt2-huge"},
+                                       cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False)
+    finally:
+        os.environ.pop("PYTHONPATH") if old is None else os.environ.__setitem__("PYTHONPATH", old)
+    assert info.value.ename == "ConfigError" and "gpt2-huge" in info.value.evalue
+    assert "smoke" in info.value.evalue  # the message lists the valid presets
+    executed = nbformat.read(tmp_path / nb.name, as_version=4)
+    code = [c for c in executed.cells if c.cell_type == "code"]
+    failing = next(i for i, c in enumerate(code) if any(o.output_type == "error" for o in c.get("outputs", [])))
+    # the failing cell comes right after the parameters (papermill's injected cell sits in between)
+    assert "injected-parameters" in code[failing - 1].metadata.get("tags", [])
