@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Execute the book's notebooks with papermill, in order, for one preset (``make reproduce PRESET=...``).
 
-* ``smoke``: CPU (over 15 minutes for all notebooks on 2 cores); a check of the pipeline. Executed notebooks go to ``results-smoke/notebooks/`` and
+* ``smoke``: CPU (about 5 minutes for all notebooks on 2 cores); a check of the pipeline. Executed notebooks go to ``results-smoke/notebooks/`` and
   results to ``results-smoke/`` (both git-ignored), so a smoke run never overwrites what the book publishes.
 * ``mini`` / ``paper``: need a CUDA GPU; executed notebooks replace ``notebooks/*.ipynb`` (the published
   outputs), results go where the notebooks store them by default (``results/``).
