@@ -574,6 +574,7 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
     final_val: float | None = None
     t_window = time.perf_counter()
     step = start
+    nxt: tuple[torch.Tensor, torch.Tensor] | None = None  # the micro-batch read ahead
     for step in range(start, end):
         lr = schedule.lr_at(step, tc)
         for group in optimizer.param_groups:
@@ -582,15 +583,23 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
         if want_attn != attn_on:
             set_attention(want_attn)
 
-        # forward/backward over this rank's micro-steps; DDP averages gradients on the last one only
+        # forward/backward over this rank's micro-steps; DDP averages gradients on the last one only.
+        # The next micro-batch is read while the device runs this forward (as nanoGPT does); batches are a
+        # pure function of (step, micro-step), so reading ahead changes no number.
         loss_sum = torch.zeros((), device=dev)
         for j in range(accum):
-            x, y = train_batches.get(step, dd.rank * accum + j)
+            x, y = nxt if nxt is not None else train_batches.get(step, dd.rank * accum + j)
             sync = j == accum - 1
             with (ddp_model.no_sync() if dd.enabled and not sync else contextlib.nullcontext()):
                 with ctx:
                     _, loss = ddp_model(x, y)
                     loss = loss / accum
+                if j + 1 < accum:
+                    nxt = train_batches.get(step, dd.rank * accum + j + 1)
+                elif step + 1 < end:
+                    nxt = train_batches.get(step + 1, dd.rank * accum)
+                else:
+                    nxt = None
                 loss.backward()
             loss_sum += loss.detach().float()
         if dd.enabled:
