@@ -109,6 +109,38 @@ DEFECTS.index = range(1, len(DEFECTS) + 1)
 DEFECTS.style.set_properties(**{"text-align": "left", "white-space": "normal"})
 
 # %% [markdown]
+# ## Where we had to choose
+#
+# The paper's body text is not available to us, and the official code leaves some choices implicit. Each
+# choice below is a documented default in `mstlib` and a config field or module constant that a reader with
+# the paper can change.
+
+# %%
+CHOICES = pd.DataFrame([
+    {"choice": "Peak and final sparsity, phase boundaries", "ours": "s_max 0.95, s_end 0.5, phases at 1/4 "
+     "and 3/4 of training (`mstlib.presets.MST_SCHEDULE`)", "why": "gives about 4x fewer training FLOPs at "
+     "paper scale (FLOP chapter); the paper's values are unknown to us"},
+    {"choice": "Ramp shape of warm-up and restoration", "ours": "cubic, 1-(1-x)^3, for both (`schedule.shape`)",
+     "why": "gradual-magnitude-pruning's usual shape; the official schedule globals are undocumented"},
+    {"choice": "Learning-rate warm-up", "ours": "lr * step / warmup_iters (0 at step 0), cosine to min_lr",
+     "why": "the official nanoGPT fork's formula (current nanoGPT uses step + 1)"},
+    {"choice": "Hybrid sparse attention", "ours": "`local_strided`, window = stride = 128, all layers, during the "
+     "ultra-sparsification phase", "why": "the only official pattern that keeps both the last 128 tokens "
+     "and a path to every earlier token; the official code switches HSA on for one iteration window"},
+    {"choice": "\"MG\" growth", "ours": "3/4 of grown connections by |dense gradient|, 1/4 at random",
+     "why": "our reading of the official `grow_mix`"},
+    {"choice": "Just-dropped weights", "ours": "may be regrown in the same update; they then keep value and "
+     "moments (RigL's behaviour)", "why": "as RigL and the official code; it also makes sparsity 0 exactly dense"},
+    {"choice": "Sparse set and distribution", "ours": "every Linear weight and the tied lm_head/embedding, ER "
+     "with dense capping, random initial mask", "why": "the official code's choices (`sparsity.*` fields)"},
+    {"choice": "FLOPs of an update step", "ours": "the forward and backward of step t run at the density in "
+     "force before its update; the dense weight gradient is counted on update steps of gradient or mixed growth",
+     "why": "what a sparse kernel would compute (`mstlib.flops` docstring)"},
+])
+CHOICES.index = range(1, len(CHOICES) + 1)
+CHOICES.style.set_properties(**{"text-align": "left", "white-space": "normal"})
+
+# %% [markdown]
 # ## The defects that change results, measured
 #
 # Experiment `deviations` (`mstlib.experiments.deviation_runs`): the official config as released (RigL at
@@ -118,11 +150,6 @@ DEFECTS.style.set_properties(**{"text-align": "left", "white-space": "normal"})
 # training FLOPs.
 
 # %%
-if preset == "smoke":
-    display(Markdown(
-        "> **Smoke preset: these numbers mean nothing.** The `smoke` preset trains a 2-layer GPT of width "
-        "32 for a few dozen steps on a CPU, only to check that every step of this page works. The book's "
-        "results use the `mini` preset on a GPU."))
 variants = full_variants + deviation_variants
 results = pipeline.collect(variants, preset=preset, device=device, results_dir=results_dir, evaluate=evaluate)
 logs = pipeline.logs(results, results_dir=results_dir)
