@@ -52,7 +52,6 @@ import random
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +66,7 @@ from . import provenance, schedule
 from .config import RunConfig, parse_override
 from .errors import CheckpointError, ConfigError, DataError, TrainingError
 from .model import GPT, load_state_dict_checked
-from .results import CHECKPOINT, CONFIG, LOG, RunResult, RunStore, read_json
+from .results import CHECKPOINT, CONFIG, LOG, RunResult, RunStore, atomic_file, read_json
 
 #: Columns of ``log.csv``, one row per optimizer step. ``loss``: mean training loss of the step's global
 #: batch (nats/token); ``lr``; ``grad_norm``: before clipping; ``density``: fraction of the sparse set's
@@ -278,17 +277,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename it over ``path``: a crash never
     leaves a half-written checkpoint, and the previous one stays until the new one is complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
