@@ -41,13 +41,10 @@ methods = ["dense", "mst", "rigl", "ss", "tiny"]  # Table 3's methods; "dense" i
 
 # %%
 # Check the parameters first, so a typo stops here with a message that says what to use.
-from mstlib import presets
+from mstlib import notebook, presets
 from mstlib.errors import ConfigError
 
-if preset not in presets.PRESETS:
-    raise ConfigError(f"preset={preset!r} is not one of {list(presets.PRESETS)}")
-if not isinstance(seeds, (list, tuple)) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-    raise ConfigError(f"seeds={seeds!r} must be a non-empty list of integers >= 0, e.g. [0, 1, 2]")
+seeds = notebook.check_parameters(preset, seeds, device, results_dir)
 if not isinstance(methods, (list, tuple)):
     raise ConfigError(f"methods={methods!r} must be a list of method names, e.g. ['dense', 'mst']")
 bad = [m for m in methods if m not in presets.METHODS]

@@ -38,13 +38,10 @@ results_dir = "results"  # unused here: nothing is read from the run store
 
 # %%
 # Check the parameters first, so a typo stops here with a message that says what to use.
-from mstlib import presets
+from mstlib import notebook, presets
 from mstlib.errors import ConfigError
 
-if preset not in presets.PRESETS:
-    raise ConfigError(f"preset={preset!r} is not one of {list(presets.PRESETS)}")
-if not isinstance(seeds, (list, tuple)) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-    raise ConfigError(f"seeds={seeds!r} must be a non-empty list of integers >= 0, e.g. [0, 1, 2]")
+seeds = notebook.check_parameters(preset, seeds, device, results_dir)
 METHODS = ("dense", "mst", "rigl", "ss", "tiny")
 scales = ["paper"] if preset == "paper" else ["paper", preset]
 runs = {(scale, m): presets.make(scale, m, seed=seeds[0]) for scale in scales for m in METHODS}

@@ -53,15 +53,10 @@ warmup = 1
 # Check the parameters first, so a typo stops here with a message that says what to use.
 from pathlib import Path
 
-from mstlib import benchmark, presets
+from mstlib import benchmark, notebook, presets
 from mstlib.errors import ConfigError, MstError
 
-if preset not in presets.PRESETS:
-    raise ConfigError(f"preset={preset!r} is not one of {list(presets.PRESETS)}")
-if not isinstance(seeds, (list, tuple)) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-    raise ConfigError(f"seeds={seeds!r} must be a non-empty list of integers >= 0, e.g. [0, 1, 2]")
-if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
-    raise ConfigError(f"device={device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+seeds = notebook.check_parameters(preset, seeds, device, results_dir)
 if not isinstance(bench_variants, (list, tuple)):
     raise ConfigError(f"bench_variants={bench_variants!r} must be a list of variant names, e.g. ['dense', 'mst_ultra']")
 bad = [v for v in bench_variants if v not in benchmark.VARIANTS]
