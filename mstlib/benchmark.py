@@ -81,13 +81,11 @@ def _phase_sparsity(run: RunConfig, phase: str) -> float:
 
 def attention_share(run: RunConfig) -> float:
     """Share of attention products (12*L*d*T) in nanoGPT's dense FLOPs per token (6N + 12*L*d*T)."""
-    m = run.model
-    with torch.device("meta"):
-        from .model import GPT
+    from .flops import nanogpt_params
 
-        n = GPT(m).num_params()
+    m = run.model
     attn = 12 * m.n_layer * m.n_embd * m.block_size
-    return attn / (6 * n + attn)
+    return attn / (6 * nanogpt_params(m) + attn)
 
 
 def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: int, warmup: int) -> dict[str, Any]:
@@ -252,13 +250,12 @@ def run_benchmark(models: Sequence[str] = ("mini", "paper"), contexts: Sequence[
 def _step_flops(run: RunConfig, row: dict[str, Any]) -> float:
     """Training FLOPs the variant *counts* per step: nanoGPT's 6N per token at the variant's weight density
     (embeddings and LayerNorms left as nanoGPT counts them) plus the attention term at its pattern density."""
-    m = run.model
-    with torch.device("meta"):
-        from .model import GPT
-
-        n = GPT(m).num_params()
-    attn = 12 * m.n_layer * m.n_embd * m.block_size
     from .attention import pattern_density
+    from .flops import nanogpt_params
+
+    m = run.model
+    n = nanogpt_params(m)
+    attn = 12 * m.n_layer * m.n_embd * m.block_size
 
     variant = row["variant"]
     ad = 1.0

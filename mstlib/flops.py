@@ -221,6 +221,18 @@ def dense_reference_model(run: RunConfig) -> ModelConfig:
     return run.model
 
 
+def attention_layer_equivalents(run: RunConfig) -> float:
+    """While the run's attention pattern is on: the attention cost in units of one dense causal layer,
+    ``k * rho + (n_layer - k)`` for a pattern of density ``rho`` in ``k`` layers (``n_layer`` when the
+    pattern is ``"dense"``). Divided by ``n_layer`` it is the layer-averaged attention density."""
+    att, n = run.attention, run.model.n_layer
+    if att.pattern == "dense":
+        return float(n)
+    k = len(att.layers) if att.layers else n
+    rho = pattern_density(att.pattern, run.model.block_size, att.window, att.stride)
+    return k * rho + (n - k)
+
+
 def training_flops(
     run: RunConfig, world_size: int = 1, *, series: bool = True, dense_model: ModelConfig | None = None
 ) -> FlopReport:
@@ -247,10 +259,7 @@ def training_flops(
     dense_grad = sched.uses_dense_gradient(run)
     updates = sched.update_steps(run)
 
-    att = run.attention
-    hsa_layers = len(att.layers) if att.layers else m.n_layer
-    rho = pattern_density(att.pattern, m.block_size, att.window, att.stride) if att.pattern != "dense" else 1.0
-    att_active = att_dense_layer * (hsa_layers * rho + (m.n_layer - hsa_layers))
+    att_active = att_dense_layer * attention_layer_equivalents(run)
     att_off = att_dense_layer * m.n_layer
 
     phase_acc: dict[str, dict[str, float]] = {}

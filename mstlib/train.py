@@ -219,14 +219,11 @@ def build_sparsifier(model: GPT, run: RunConfig, optimizer: torch.optim.Optimize
 
 def attention_density(run: RunConfig, active: bool) -> float:
     """Allowed / causal query-key pairs, averaged over layers (1.0 when the pattern is off)."""
-    if not active or run.attention.pattern == "dense":
+    if not active:
         return 1.0
-    from .attention import pattern_density
+    from .flops import attention_layer_equivalents
 
-    att, n = run.attention, run.model.n_layer
-    d = pattern_density(att.pattern, run.model.block_size, att.window, att.stride)
-    k = len(att.layers) or n
-    return (k * d + (n - k)) / n
+    return attention_layer_equivalents(run) / run.model.n_layer
 
 
 def flops_per_step(run: RunConfig, world_size: int) -> tuple[np.ndarray, dict[str, Any]]:
