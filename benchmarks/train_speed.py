@@ -55,6 +55,29 @@ def make_synthetic_corpus(root: Path, vocab_size: int, n_train: int = 4_000_000,
     return root
 
 
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per variant: the median over repeats of the run's median tokens/s, its ratio to mstlib dense's, and
+    the paired ratios (variant / dense of the same repeat), whose spread is the measurement noise."""
+    import statistics
+
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    dense = {r["repeat"]: r["tokens_per_s_median"] for r in rows if r["variant"] == "mstlib dense"}
+    out = []
+    for v in variants:
+        mine = [r for r in rows if r["variant"] == v]
+        med = statistics.median(r["tokens_per_s_median"] for r in mine)
+        mean = statistics.median(r["tokens_per_s_mean"] for r in mine)
+        paired = [r["tokens_per_s_median"] / dense[r["repeat"]] for r in mine if r["repeat"] in dense]
+        out.append({
+            "variant": v, "repeats": len(mine), "tokens_per_s_median": med, "tokens_per_s_mean": mean,
+            "ratio_median_to_dense": med / statistics.median(dense.values()) if dense else None,
+            "paired_ratios_to_dense": paired,
+            "paired_ratio_median": statistics.median(paired) if paired else None,
+            "paired_ratio_min": min(paired) if paired else None, "paired_ratio_max": max(paired) if paired else None,
+        })
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="mini")
@@ -62,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", default=["dense", "mst"],
                     help="mstlib methods (default: dense mst); METHOD+key=value+... adds a variant with overrides, "
                          "e.g. mst+attention.pattern=dense (MST without hybrid sparse attention)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="run every variant this many times, interleaved (default 1); the summary pairs each "
+                         "variant with dense of the same repeat")
     ap.add_argument("--no-plain", action="store_true", help="skip the plain nanoGPT loop")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
@@ -89,10 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.methods:
         method, *extra = spec.split("+")
         runs[spec] = make(args.preset, method, overrides={**overrides, **dict(parse_override(e) for e in extra)})
-    store = RunStore(args.keep or Path(tmp.name) / "results")
 
     rows: list[dict[str, Any]] = []
-    if not args.no_plain:
+
+    def plain() -> dict[str, Any]:
         run = runs.get("dense", probe)
         tc = run.train
         tokens = corpus.open_tokens(run.data.data_dir, run.data.corpus, "train")
@@ -101,37 +127,48 @@ def main(argv: list[str] | None = None) -> int:
                          device=str(dev), lr=tc.lr, weight_decay=tc.weight_decay, betas=(tc.beta1, tc.beta2),
                          grad_clip=tc.grad_clip, warmup_iters=tc.warmup_iters, dtype=tc.dtype,
                          compile=tc.compile, log_interval=tc.log_interval)
-        rows.append({k: res[k] for k in ("variant", "tokens_per_s_median", "tokens_per_s_mean", "final_loss",
-                                         "peak_memory_bytes", "compiled", "autocast_dtype")})
-        torch._dynamo.reset()  # each variant compiles from scratch, as in its own process
-    for method, run in runs.items():
+        return {k: res[k] for k in ("variant", "tokens_per_s_median", "tokens_per_s_mean", "final_loss",
+                                    "peak_memory_bytes", "compiled", "autocast_dtype")}
+
+    def mstlib_run(method: str, run, rep: int) -> dict[str, Any]:
         print(f"mstlib.train {method}: {args.steps} steps ...", flush=True)
         t0 = time.perf_counter()
-        res = train(run, store, device=str(dev), resume=False, progress=True)
+        # a fresh store per repeat: the run store would otherwise hand back the stored result
+        res = train(run, RunStore(Path(store_root) / f"repeat{rep}"), device=str(dev), resume=False, progress=True)
         m = res.metrics
-        rows.append({"variant": f"mstlib {method}", "run_id": run.run_id(),
-                     "tokens_per_s_median": m["tokens_per_s_median"], "tokens_per_s_mean": m["tokens_per_s_mean"],
-                     "final_loss": m["final_train_loss"], "peak_memory_bytes": m["peak_memory_bytes"],
-                     "compiled": m["compiled"], "autocast_dtype": m["autocast_dtype"],
-                     "flops_ratio_to_dense": m.get("flops_ratio_to_dense"), "wall_s": time.perf_counter() - t0})
-        torch._dynamo.reset()
+        return {"variant": f"mstlib {method}", "run_id": run.run_id(),
+                "tokens_per_s_median": m["tokens_per_s_median"], "tokens_per_s_mean": m["tokens_per_s_mean"],
+                "final_loss": m["final_train_loss"], "peak_memory_bytes": m["peak_memory_bytes"],
+                "compiled": m["compiled"], "autocast_dtype": m["autocast_dtype"],
+                "flops_ratio_to_dense": m.get("flops_ratio_to_dense"), "wall_s": time.perf_counter() - t0}
 
-    dense = next((r for r in rows if r["variant"] == "mstlib dense"), None)
-    for r in rows:
+    store_root = args.keep or Path(tmp.name) / "results"
+    for rep in range(args.repeats):
+        # interleaved (plain, dense, mst, ... then again): a drift of the machine hits every variant alike
+        order = ([] if args.no_plain else ["plain"]) + list(runs)
+        if rep % 2 == 1:
+            order.reverse()  # and alternating the order cancels a first/last position effect
+        for name in order:
+            row = plain() if name == "plain" else mstlib_run(name, runs[name], rep)
+            row["repeat"] = rep
+            rows.append(row)
+            torch._dynamo.reset()  # each variant compiles from scratch, as in its own process
+
+    for r in rows:  # each row against dense of its own repeat
+        dense = next((d for d in rows if d["variant"] == "mstlib dense" and d["repeat"] == r["repeat"]), None)
         for key in ("median", "mean"):
             r[f"ratio_{key}_to_dense"] = (r[f"tokens_per_s_{key}"] / dense[f"tokens_per_s_{key}"]) if dense else None
-
-    print(f"\n{'variant':<36} {'median tok/s':>14} {'ratio':>7} {'mean tok/s':>14} {'ratio':>7}")
-    for r in rows:
-        rm, ra = r["ratio_median_to_dense"], r["ratio_mean_to_dense"]
-        print(f"{r['variant']:<36} {r['tokens_per_s_median']:>14,.0f} {'' if rm is None else f'{rm:.3f}':>7} "
-              f"{r['tokens_per_s_mean']:>14,.0f} {'' if ra is None else f'{ra:.3f}':>7}")
+    summary = summarise(rows)
+    print(f"\n{'variant':<36} {'median tok/s':>14} {'vs dense':>9} {'paired ratios (per repeat)':>30}")
+    for r in summary:
+        ratios = ", ".join(f"{x:.3f}" for x in r["paired_ratios_to_dense"])
+        print(f"{r['variant']:<36} {r['tokens_per_s_median']:>14,.0f} {r['ratio_median_to_dense']:>9.3f}   {ratios}")
     out = {
         "preset": args.preset, "steps": args.steps, "device": str(dev), "device_name": provenance.device_name(dev),
         "tokens_per_step": probe.tokens_per_step(), "data": "corpus" if use_corpus else "synthetic",
         "overrides": {k: v for k, v in overrides.items() if not k.startswith("data.")},
         "packages": provenance.package_versions(), "git": provenance.git_state(), "utc": provenance.utc_now(),
-        "rows": rows,
+        "repeats": args.repeats, "rows": rows, "summary": summary,
     }
     if args.json:
         atomic_write_json(args.json, out)
