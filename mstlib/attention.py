@@ -31,7 +31,17 @@ Backends for :func:`build_attention` (``AttentionConfig.backend``):
   eagerly (with a warning, through the same math as the reference) but the backward raises
   ``NotImplementedError: FlexAttention does not support backward on CPU``; compiling it on CPU takes ~20 s
   and does not add a backward. So use ``"flex"`` on CPU only for evaluation.
-* ``"auto"``: ``"flex"`` on CUDA when FlexAttention imports, else ``"sdpa_mask"``.
+* ``"split"``: the pattern cut in two parts that are each cheap, merged exactly by log-sum-exp
+  (:func:`split_pattern_attention`). The *near* part (``local``'s band, or ``fixed``'s own block) goes to
+  FlexAttention, whose tiles then cover only the band; the *far* part (the strided keys ``i - m * stride``,
+  or ``fixed``'s summary columns) has only ``T / stride`` keys per query, so it is a small dense product:
+  for ``strided`` the sequence is regrouped into its ``stride`` residue classes (positions ``r, r + stride,
+  r + 2 stride, ...``), in which the strided keys are contiguous, and each class attends causally within
+  itself. Why: with ``stride = 128`` (the official value) every 128 x 128 tile holds a strided pair, so one
+  FlexAttention call over the whole pattern skips no tile and runs *slower* than dense attention. On CPU
+  the near part falls back to masked dense math (forward and backward), which the tests use.
+* ``"auto"``: on CUDA with FlexAttention, ``"split"`` for the patterns with a far part and ``"flex"`` for
+  ``local``; elsewhere ``"sdpa_mask"``.
 
 Units: ``T`` tokens; ``q, k, v`` of shape ``(batch, heads, T, head_dim)``; densities are fractions of pairs.
 """
@@ -139,12 +149,29 @@ def block_density(
     and ``"local_strided"`` touch as many tiles as causal attention (they save only the mask-free tile work).
     """
     _check(name, window, stride, summary)
+    return _tile_fraction(pattern_mask(name, T, window, stride, summary=summary), block)
+
+
+def _tile_fraction(mask: torch.Tensor, block: int) -> float:
+    """Fraction of the ``block x block`` tiles of a square bool mask that hold at least one true entry."""
+    T = mask.size(0)
     n = -(-T // block)
-    m = pattern_mask(name, T, window, stride, summary=summary).to(torch.uint8)  # padding bools varies by version
     pad = n * block - T
-    m = F.pad(m, (0, pad, 0, pad))
+    m = F.pad(mask.to(torch.uint8), (0, pad, 0, pad))  # padding bools varies by torch version
     tiles = m.view(n, block, n, block).amax(dim=3).amax(dim=1)
     return float(tiles.sum()) / (n * n)
+
+
+@functools.lru_cache(maxsize=256)
+def split_block_density(name: str, T: int, window: int = 128, stride: int = 128, block: int = FLEX_BLOCK) -> float:
+    """Like :func:`block_density` for the ``"split"`` backend: the tiles its FlexAttention band computes
+    (0 when the pattern has no band, ``strided``). The far part's cost, ``O(T^2 / stride)``, is not in it."""
+    _check(name, window, stride)
+    near = SPLITS[name][0] if name in SPLITS else None
+    if near is None:
+        return 0.0
+    pos = torch.arange(T)
+    return _tile_fraction(_near_allowed(near, pos[:, None], pos[None, :], window, stride), block)
 
 
 # ------------------------------------------------------------------------------------------ backends
@@ -159,11 +186,16 @@ def flex_available() -> bool:
     return True
 
 
-def resolve_backend(backend: str, device: torch.device | str) -> str:
-    """``"auto"`` -> ``"flex"`` on CUDA when available, else ``"sdpa_mask"``; other names are checked."""
+def resolve_backend(backend: str, device: torch.device | str, pattern: Optional[str] = None) -> str:
+    """``"auto"`` -> on CUDA with FlexAttention: ``"split"`` for the patterns with a strided/summary part
+    (``strided``, ``local_strided``, ``fixed``: one FlexAttention call skips no tile there), ``"flex"`` for
+    the others; without: ``"sdpa_mask"``. Other names are checked (``"split"`` runs anywhere: without
+    FlexAttention its band part uses masked dense math)."""
     dev = torch.device(device)
     if backend == "auto":
-        return "flex" if dev.type == "cuda" and flex_available() else "sdpa_mask"
+        if not (dev.type == "cuda" and flex_available()):
+            return "sdpa_mask"
+        return "split" if pattern is not None and SPLITS.get(pattern, (None, None))[1] is not None else "flex"
     if backend == "flex":
         if not flex_available():
             raise ConfigError(
@@ -171,9 +203,9 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
                 f"not in torch {torch.__version__}; use backend='sdpa_mask' or 'auto'"
             )
         return backend
-    if backend == "sdpa_mask":
+    if backend in ("sdpa_mask", "split"):
         return backend
-    raise ConfigError(f"unknown attention backend {backend!r}; choose 'auto', 'flex' or 'sdpa_mask'")
+    raise ConfigError(f"unknown attention backend {backend!r}; choose 'auto', 'flex', 'split' or 'sdpa_mask'")
 
 
 @functools.lru_cache(maxsize=64)
@@ -221,6 +253,11 @@ def _device_key(device: torch.device | str) -> str:
     return str(dev)
 
 
+def _check_length(t: int, T: int) -> None:
+    if t > T:
+        raise ConfigError(f"attention built for T={T} tokens got a sequence of {t}; rebuild it for {t}")
+
+
 def sdpa_mask_attention(name: str, T: int, window: int, stride: int, device, *, summary: int = FIXED_SUMMARY) -> AttentionFn:
     """The official way: SDPA with a dense boolean mask (True = attend). Sequences shorter than ``T`` use
     the top-left corner of the mask (patterns are prefix consistent)."""
@@ -230,8 +267,7 @@ def sdpa_mask_attention(name: str, T: int, window: int, stride: int, device, *, 
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         t = q.size(-2)
-        if t > T:
-            raise ConfigError(f"attention built for T={T} tokens got a sequence of {t}; rebuild it for {t}")
+        _check_length(t, T)
         mask = full if t == T else full[:t, :t]
         if mask.device != q.device:
             mask = mask.to(q.device)
@@ -266,8 +302,7 @@ def flex_pattern_attention(
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         t = q.size(-2)
-        if t > T:
-            raise ConfigError(f"attention built for T={T} tokens got a sequence of {t}; rebuild it for {t}")
+        _check_length(t, T)
         bm = full if t == T else _block_mask(name, t, window, stride, summary, dev, block)
         if not use_compile:
             with warnings.catch_warnings():
@@ -290,10 +325,168 @@ def build_attention(cfg: AttentionConfig, T: int, device: torch.device | str) ->
             f"attention window/stride ({cfg.window}/{cfg.stride}) larger than the context T={T}; "
             "lower attention.window/stride"
         )
-    backend = resolve_backend(cfg.backend, device)
+    backend = resolve_backend(cfg.backend, device, cfg.pattern)
     if backend == "flex":
         return flex_pattern_attention(cfg.pattern, T, cfg.window, cfg.stride, device)
+    if backend == "split":
+        return split_pattern_attention(cfg.pattern, T, cfg.window, cfg.stride, device)
     return sdpa_mask_attention(cfg.pattern, T, cfg.window, cfg.stride, device)
+
+
+# ------------------------------------------------------------------------------ the split backend
+
+#: How :func:`split_pattern_attention` cuts each pattern: ``(near, far)``. ``near``: the mask FlexAttention
+#: computes (``None``: no near part); ``far``: ``"strided"`` (keys ``i - m * stride`` for ``m >= m_min``,
+#: within residue classes), ``"summary"`` (``fixed``'s summary columns of earlier blocks) or ``None``.
+SPLITS: dict[str, tuple[Optional[str], Optional[str]]] = {
+    "local": ("local", None),
+    "strided": (None, "strided"),
+    "local_strided": ("local", "strided"),
+    "fixed": ("block", "summary"),
+}
+
+
+def _near_allowed(near: str, i: torch.Tensor, j: torch.Tensor, window: int, stride: int) -> torch.Tensor:
+    """The near part's rule: ``local`` (``0 <= i - j < window``) or ``block`` (causal within the block of
+    ``stride`` tokens)."""
+    if near == "local":
+        return (i >= j) & (i - j < window)
+    return (i >= j) & (i // stride == j // stride)
+
+
+@functools.lru_cache(maxsize=64)
+def _near_block_mask(near: str, T: int, window: int, stride: int, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return _near_allowed(near, q_idx, kv_idx, window, stride)
+
+    return create_block_mask(mask_mod, None, None, T, T, device=device, BLOCK_SIZE=FLEX_BLOCK)
+
+
+def _masked_attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor,
+                          scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention over the keys ``allowed`` (bool, broadcastable to the scores ``[..., Tq, Tk]``),
+    returning ``(out, lse)``: ``out [..., Tq, D]`` in float32 (float64 for float64 inputs), ``lse [..., Tq]``
+    the natural log-sum-exp of the allowed scaled scores, ``-inf`` for a query with no allowed key (its
+    ``out`` is then meaningless and gets weight 0 when merged). Computed in float32 with autocast off, so
+    the scores keep full precision (bf16 inputs are exact in TF32). Gradients are finite everywhere: empty
+    rows are given harmless finite scores instead of a softmax over nothing."""
+    dt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    with torch.autocast(q.device.type, enabled=False):
+        s = torch.matmul(q.to(dt), k.to(dt).transpose(-2, -1)) * scale
+        allowed = allowed.expand_as(s) if allowed.shape != s.shape else allowed
+        has = allowed.any(-1, keepdim=True)
+        s = s.masked_fill(~allowed, float("-inf")).masked_fill(~has, 0.0)
+        lse = torch.logsumexp(s, dim=-1, keepdim=True)
+        out = torch.matmul(torch.exp(s - lse), v.to(dt))
+        return out, lse.squeeze(-1).masked_fill(~has.squeeze(-1), float("-inf"))
+
+
+def _far_strided(q, k, v, stride: int, m_min: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query ``i`` attends to the keys ``i - m * stride`` with ``m >= m_min``: the sequence (padded to
+    a multiple of ``stride``) is regrouped into residue classes ``[B, H, stride, n, D]`` (class ``r``, index
+    ``a`` is position ``a * stride + r``), where those keys are the class members ``a - m``. Padding is never
+    attended: a padded key lies after every real query of its class. Cost ``O(T * n * D)``, ``n = T/stride``."""
+    B, H, T, D = q.shape
+    n = -(-T // stride)
+    pad = n * stride - T
+
+    def classes(x: torch.Tensor) -> torch.Tensor:
+        if pad:
+            x = F.pad(x, (0, 0, 0, pad))
+        return x.view(B, H, n, stride, D).transpose(2, 3)
+
+    a = torch.arange(n, device=q.device)
+    allowed = (a[:, None] - a[None, :]) >= m_min
+    out, lse = _masked_attention_lse(classes(q), classes(k), classes(v), allowed, scale)
+    out = out.transpose(2, 3).reshape(B, H, n * stride, D)[:, :, :T]
+    lse = lse.transpose(2, 3).reshape(B, H, n * stride)[:, :, :T]
+    return out, lse
+
+
+def _far_summary(q, k, v, stride: int, summary: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fixed``'s far part: every query attends to the summary columns (``j % stride >= stride - summary``)
+    of the blocks before its own; ``T * summary / stride`` keys in all, gathered once."""
+    T = q.size(-2)
+    pos = torch.arange(T, device=q.device)
+    cols = pos[pos % stride >= stride - summary]
+    allowed = (cols[None, :] // stride) < (pos[:, None] // stride)
+    return _masked_attention_lse(q, k.index_select(-2, cols), v.index_select(-2, cols), allowed, scale)
+
+
+def _merge(parts: list[tuple[torch.Tensor, torch.Tensor]], dtype: torch.dtype) -> torch.Tensor:
+    """Exact softmax over the union of disjoint key sets from per-part ``(out, lse)``: ``sum_p out_p *
+    exp(lse_p - lse)`` with ``lse = logsumexp_p lse_p``; differentiable in every part and its ``lse``."""
+    if len(parts) == 1:
+        return parts[0][0].to(dtype)
+    dt = torch.float64 if dtype == torch.float64 else torch.float32
+    lse = torch.logsumexp(torch.stack([p[1].to(dt) for p in parts]), dim=0)
+    out = sum(o.to(dt) * torch.exp(l.to(dt) - lse).unsqueeze(-1) for o, l in parts)
+    return out.to(dtype)
+
+
+def _flex_with_lse(q, k, v, block_mask, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """FlexAttention's output and natural log-sum-exp (differentiable), through ``return_aux`` where this
+    torch has it (``return_lse`` is deprecated there) and ``return_lse`` before."""
+    from torch.nn.attention import flex_attention as fa
+
+    if hasattr(fa, "AuxRequest"):
+        out, aux = fa.flex_attention(q, k, v, block_mask=block_mask, scale=scale, return_aux=fa.AuxRequest(lse=True))
+        return out, aux.lse
+    return fa.flex_attention(q, k, v, block_mask=block_mask, scale=scale, return_lse=True)
+
+
+def _split_attend(q, k, v, name: str, window: int, stride: int, summary: int, block_mask) -> torch.Tensor:
+    """The split computation (see :data:`SPLITS`); ``block_mask``: the near part's FlexAttention BlockMask,
+    or ``None`` for the masked dense fallback."""
+    near, far = SPLITS[name]
+    scale = q.size(-1) ** -0.5
+    T = q.size(-2)
+    parts = []
+    if near is not None:
+        if block_mask is not None:
+            out, lse = _flex_with_lse(q, k, v, block_mask, scale)
+        else:
+            pos = torch.arange(T, device=q.device)
+            out, lse = _masked_attention_lse(q, k, v, _near_allowed(near, pos[:, None], pos[None, :], window, stride), scale)
+        parts.append((out, lse))
+    if far == "strided":
+        # local_strided: distances below the window belong to the near part; strided alone starts at 0
+        m_min = 0 if near is None else max(1, -(-window // stride))
+        parts.append(_far_strided(q, k, v, stride, m_min, scale))
+    elif far == "summary":
+        parts.append(_far_summary(q, k, v, stride, summary, scale))
+    return _merge(parts, q.dtype)
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_split():
+    return torch.compile(_split_attend, dynamic=False)
+
+
+def split_pattern_attention(
+    name: str, T: int, window: int, stride: int, device, *, summary: int = FIXED_SUMMARY, compile: Optional[bool] = None,
+) -> AttentionFn:
+    """The ``"split"`` backend (module docstring): the same function as the pattern's mask, computed as a
+    FlexAttention band plus a small dense far part. ``compile``: default True on CUDA (the near part through
+    compiled FlexAttention, the whole computation in one compiled graph); on CPU the near part is masked
+    dense math, forward and backward."""
+    _check(name, window, stride, summary)
+    if name == "dense":
+        raise ConfigError("the split backend is for sparse patterns; dense attention needs no split")
+    dev = _device_key(device)
+    use_flex = torch.device(dev).type == "cuda" and flex_available() if compile is None else compile
+    near = SPLITS[name][0]
+    fn = _compiled_split() if use_flex else _split_attend
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        t = q.size(-2)
+        _check_length(t, T)
+        bm = _near_block_mask(near, t, window, stride, dev) if use_flex and near is not None else None
+        return fn(q, k, v, name, window, stride, summary, bm)
+
+    return attend
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

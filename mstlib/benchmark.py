@@ -11,13 +11,19 @@ Variants:
 * ``mst_warmup`` / ``mst_ultra`` / ``mst_restoration``: masks at the sparsity each phase has at its middle
   (the schedule of the ``mst`` preset), gradients masked before the step and weights after it, the update
   amortised; in the ultra phase with hybrid sparse attention (the preset's pattern, FlexAttention).
-* ``hsa_flex:<pattern>`` / ``hsa_sdpa:<pattern>``: dense weights with the attention pattern through
-  FlexAttention block masks (skips empty tiles) or the official code's dense boolean mask passed to SDPA.
+* ``hsa_flex:<pattern>`` / ``hsa_split:<pattern>`` / ``hsa_sdpa:<pattern>``: dense weights with the
+  attention pattern through one FlexAttention block mask (skips empty tiles), the split backend (a
+  FlexAttention band plus the strided/summary keys as small dense products, see :mod:`mstlib.attention`) or
+  the official code's dense boolean mask passed to SDPA.
+
+Each model size takes its own preset's MST settings (``mini``: update every 25 steps; ``paper``: every 100,
+the official interval), so the amortised update is the one that preset's runs pay.
 
 ``predicted_ratio`` says what we expected before measuring: masks over dense storage do the same dense
-matrix products, so MST phases are predicted at 1.0 (no saving) minus nothing; the attention variants at
-``1 - f_attn * (1 - b)`` where ``b`` is the fraction of 128x128 tiles FlexAttention computes (relative to
-causal) and ``f_attn`` the share of attention in the dense step, estimated from the FLOP count.
+matrix products, so MST phases are predicted at 1.0 (no saving); the attention variants at
+``1 / (1 - f_attn * (1 - b))`` where ``b`` is the fraction of 128x128 tiles FlexAttention computes
+(relative to causal attention; for ``split`` the tiles of its band part, the far part counted as free) and
+``f_attn`` the share of attention in the dense step's FLOPs.
 """
 
 from __future__ import annotations
@@ -35,10 +41,14 @@ import torch
 from .config import MODEL_SIZES, RunConfig
 from .errors import ConfigError
 
+#: Every variant :func:`time_variant` knows; ``hsa_flex@64``/``@32`` (FlexAttention with smaller tiles)
+#: failed to compile on the H200 with torch 2.11 (``NoValidChoicesError``), so they are not in the default.
 VARIANTS = ("dense", "mst_warmup", "mst_ultra", "mst_restoration",
             "hsa_flex:local", "hsa_flex:local_strided", "hsa_flex:fixed", "hsa_flex:strided",
+            "hsa_split:local_strided", "hsa_split:fixed", "hsa_split:strided",
             "hsa_flex@64:local_strided", "hsa_flex@32:local_strided",
             "hsa_sdpa:local", "hsa_sdpa:local_strided")
+DEFAULT_VARIANTS = tuple(v for v in VARIANTS if "@" not in v)
 
 
 def _timer(device: torch.device) -> Callable[[Callable[[], None]], float]:
@@ -62,7 +72,7 @@ def _timer(device: torch.device) -> Callable[[Callable[[], None]], float]:
 def _run_config(model: str, context: int, batch: int, compile_: bool) -> RunConfig:
     from .presets import make
 
-    base = make("mini" if model != "smoke" else "smoke", "mst")
+    base = make(model if model in ("smoke", "mini", "paper") else "mini", "mst")
     mc = MODEL_SIZES[model]
     return base.replace(**{
         "model.n_layer": mc.n_layer, "model.n_head": mc.n_head, "model.n_embd": mc.n_embd,
@@ -100,6 +110,7 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
 
         torch._dynamo.reset()
         attention._compiled_flex.cache_clear()
+        attention._compiled_split.cache_clear()
     kind, _, pattern = variant.partition(":")
     kind, _, tile = kind.partition("@")  # "hsa_flex@64": FlexAttention with 64-token tiles
     block = int(tile) if tile else None
@@ -117,9 +128,9 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
         density = sparsifier.density()
         if phase == "ultra" and run.attention.pattern != "dense":
             attn_cfg = run.attention.__class__(**{**run.attention.__dict__, "backend": "auto"})
-    elif kind in ("hsa_flex", "hsa_sdpa"):
-        attn_cfg = run.attention.__class__(**{**run.attention.__dict__, "pattern": pattern,
-                                              "backend": "flex" if kind == "hsa_flex" else "sdpa_mask"})
+    elif kind in ("hsa_flex", "hsa_split", "hsa_sdpa"):
+        backend = {"hsa_flex": "flex", "hsa_split": "split", "hsa_sdpa": "sdpa_mask"}[kind]
+        attn_cfg = run.attention.__class__(**{**run.attention.__dict__, "pattern": pattern, "backend": backend})
     if attn_cfg is not None:
         if block is not None:
             from .attention import flex_pattern_attention
@@ -148,7 +159,7 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
         torch.nn.utils.clip_grad_norm_(model.parameters(), run.train.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if sparsifier is not None:
+        if sparsifier is not None and not sparsifier.mask_optimizer_moments:  # as mstlib.train does
             sparsifier.apply_()
 
     timer = _timer(device)
@@ -173,11 +184,15 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
         "tokens_per_s": tokens / (ms / 1e3), "tokens_per_step": tokens,
     }
     if attn_cfg is not None:
-        p = attn_cfg.pattern
+        from .attention import resolve_backend, split_block_density
+
+        p, w, st = attn_cfg.pattern, attn_cfg.window, attn_cfg.stride
         b = block or FLEX_BLOCK
-        # tiles computed relative to causal attention at the default tile size (what dense costs)
-        row["attn_block_density"] = (block_density(p, T, attn_cfg.window, attn_cfg.stride, block=b)
-                                     / block_density("dense", T, attn_cfg.window, attn_cfg.stride))
+        # tiles computed relative to causal attention at the default tile size (what dense costs); the
+        # split backend computes only its band's tiles
+        tiles = (split_block_density(p, T, w, st, b) if resolve_backend(attn_cfg.backend, device, p) == "split"
+                 else block_density(p, T, w, st, block=b))
+        row["attn_block_density"] = tiles / block_density("dense", T)
     del model, opt, fwd, sparsifier
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -190,7 +205,7 @@ def _quantile(xs: Sequence[float], q: float) -> float:
 
 
 def run_benchmark(models: Sequence[str] = ("mini", "paper"), contexts: Sequence[int] = (1024, 4096),
-                  variants: Sequence[str] = VARIANTS, device: str = "auto", repeats: int = 20, warmup: int = 5,
+                  variants: Sequence[str] = DEFAULT_VARIANTS, device: str = "auto", repeats: int = 20, warmup: int = 5,
                   tokens_per_step: int = 32 * 1024, compile_: bool = False, progress: bool = True) -> list[dict[str, Any]]:
     """Time every variant for every (model, context); rows as described in the module docstring, with
     ``ratio_to_dense`` (dense step time / variant step time: above 1 is faster than dense),
@@ -205,7 +220,8 @@ def run_benchmark(models: Sequence[str] = ("mini", "paper"), contexts: Sequence[
         if v not in VARIANTS:
             raise ConfigError(f"unknown benchmark variant {v!r}; choose from {list(VARIANTS)}")
     if dev.type != "cuda":
-        # FlexAttention has no CPU backward (torch 2.13): time those variants on a GPU only
+        # FlexAttention has no CPU backward (torch 2.13): time those variants on a GPU only (the split
+        # backend runs on CPU, through masked dense math for its band)
         variants = [v for v in variants if not v.startswith("hsa_flex")]
     prov = provenance.collect(0, dev, 1)
     prov_cols = {"device_name": prov["device_name"], "torch": prov["packages"].get("torch"),
@@ -300,7 +316,8 @@ def load_json_results(results_dir: str | Path, pattern: str) -> list[dict[str, A
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", default=["mini", "paper"], help="model sizes (config.MODEL_SIZES)")
     parser.add_argument("--contexts", nargs="+", type=int, default=[1024, 4096], help="tokens per sequence")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help="variants to time")
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS),
+                        help=f"variants to time (default: all but the small-tile ones; known: {', '.join(VARIANTS)})")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=20, help="timed steps per variant (median reported)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")

@@ -190,7 +190,7 @@ class TopologyConfig:
 
 AttentionPatternName = Literal["dense", "local", "strided", "local_strided", "fixed"]
 AttentionWindow = Literal["ultra", "always", "never", "custom"]
-AttentionBackend = Literal["auto", "flex", "sdpa_mask"]
+AttentionBackend = Literal["auto", "flex", "split", "sdpa_mask"]
 
 
 @dataclass(frozen=True)
@@ -202,8 +202,10 @@ class AttentionConfig:
     of the sparsity schedule; our default), ``"always"``, ``"never"`` or ``"custom"`` with
     [``start``, ``end``) as fractions of training. ``layers``: block indices that use the pattern
     (empty = all layers, official). ``backend``: ``"flex"`` (FlexAttention block masks, skips empty
-    blocks), ``"sdpa_mask"`` (a dense boolean mask passed to SDPA: the official way, no savings),
-    ``"auto"`` (flex on CUDA when available, else sdpa_mask).
+    blocks), ``"split"`` (the pattern cut into a FlexAttention band and a strided/summary part computed
+    as small dense products, merged by log-sum-exp: see :mod:`mstlib.attention`), ``"sdpa_mask"`` (a dense
+    boolean mask passed to SDPA: the official way, no savings), ``"auto"`` (on CUDA: split for the
+    patterns with a strided/summary part, flex for local; elsewhere sdpa_mask).
     """
 
     pattern: AttentionPatternName = "dense"

@@ -28,11 +28,12 @@ per step, ``metrics.json``, ``done``) and ``checkpoints/<results>/<run_id>/ckpt.
 Sparsifier, step, every RNG stream, attention state and the log position, so N steps straight equal N/2
 steps + checkpoint + a fresh process + N/2 steps, bitwise on CPU.
 
-Finite-loss guard: on CPU (and whenever the optimizer is not fused) the summed micro-step loss is checked
-before every optimizer step. On CUDA a per-step check would synchronise the GPU every step, so there the
-fused AdamW skips any step whose gradient norm is not finite, on the device and without a sync, and the
-losses are checked at each log point (every ``train.log_interval`` steps), on topology-update steps and
-before every checkpoint. Either way a NaN or inf never reaches the weights or a checkpoint, and the run
+Finite-loss guard: on CPU the summed micro-step loss and the gradient norm are checked before every
+optimizer step, so a NaN or inf never reaches the weights. On CUDA a per-step check would synchronise the
+GPU every step (as would the fused AdamW's ``found_inf`` skip, an extra kernel per step that a plain
+nanoGPT loop does not pay), so there losses and norms are checked once per log window (every
+``train.log_interval`` steps, the window's one sync), on topology-update steps, and always before a
+checkpoint is written. Either way a NaN or inf never reaches a checkpoint or the stored results, and the run
 stops with :class:`~mstlib.errors.TrainingError` naming the step and the last good checkpoint.
 
 DDP: launch with ``torchrun --standalone --nproc_per_node=N -m mstlib train ...``. ``train.grad_accum`` is
@@ -382,19 +383,30 @@ def estimate_loss(model: nn.Module, batches: Batches, n_batches: int, ctx: Any, 
     return total.item() / n_batches
 
 
+def _mean_over_ranks(t: torch.Tensor, dd: Dist) -> torch.Tensor:
+    """``t`` averaged over the DDP ranks (itself without DDP); each rank holds its own micro-batches' loss."""
+    if not dd.enabled:
+        return t
+    t = t.float().clone()
+    dist.all_reduce(t)
+    return t / dd.world_size
+
+
 def _peak_memory(device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device)), "cuda_max_memory_allocated"
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "cpu_max_rss"
 
 
-def _nonfinite_msg(step: int, what: str, value: float, ckpt: Path | None) -> str:
+def _nonfinite_msg(step: int, what: str, value: float, ckpt: Path | None, before_step: bool = True) -> str:
     good = f"the last good checkpoint is {ckpt}" if ckpt else (
         "no checkpoint was written yet (set train.checkpoint_interval to keep one)")
+    when = ("training stopped before the optimizer step, so no weights were updated with it" if before_step else
+            "training stopped at the end of that log window; the weights in memory are spoiled but nothing "
+            "after the last good checkpoint was saved")
     return (
-        f"{what} is {value} at step {step}: training stopped before the optimizer step, so no weights were "
-        f"updated with it; {good}. Lower train.lr, check the data, or resume from the checkpoint with "
-        "another setting"
+        f"{what} is {value} at step {step}: {when}; {good}. Lower train.lr, check the data, or resume from "
+        "the checkpoint with another setting"
     )
 
 
@@ -442,7 +454,6 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
     model = build_model(run, dev)
     optimizer = build_optimizer(model, run, dev)
     sparsifier = build_sparsifier(model, run, optimizer)
-    fused = bool(optimizer.defaults.get("fused"))
 
     # -- resume ------------------------------------------------------------------------------------
     ckpt: dict[str, Any] | None = None
@@ -487,8 +498,10 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ddp_model = DDP(fwd, device_ids=[dev.index] if dev.type == "cuda" else None)
-    # on CPU every check is free; on CUDA the fused optimizer skips non-finite steps without a sync
-    check_every_step = not fused
+    # On CPU every check is free. On CUDA a check is a sync that stalls the GPU queue, so losses and norms
+    # are checked once per log window, before anything is written: a NaN stops the run there, and the
+    # checkpoint (written only after the check) stays the last good one.
+    check_every_step = dev.type != "cuda"
 
     # -- data ----------------------------------------------------------------------------------------
     T, B = run.model.block_size, tc.batch_size
@@ -573,7 +586,7 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
         # forward/backward over this rank's micro-steps; DDP averages gradients on the last one only.
         # The next micro-batch is read while the device runs this forward (as nanoGPT does); batches are a
         # pure function of (step, micro-step), so reading ahead changes no number.
-        loss_sum = torch.zeros((), device=dev)
+        micro_losses = []
         for j in range(accum):
             x, y = nxt if nxt is not None else train_batches.get(step, dd.rank * accum + j)
             sync = j == accum - 1
@@ -588,14 +601,13 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
                 else:
                     nxt = None
                 loss.backward()
-            loss_sum += loss.detach().float()
-        if dd.enabled:
-            dist.all_reduce(loss_sum)
-            loss_sum /= dd.world_size
+            micro_losses.append(loss.detach())
+        # this rank's loss of the step; summed (and averaged over ranks) at the log point, in one go per window
+        loss_sum = micro_losses[0] if accum == 1 else torch.stack(micro_losses).sum()
 
         is_update = sparsifier is not None and sparsifier.is_update_step(step)
         if check_every_step or is_update:
-            value = loss_sum.item()
+            value = _mean_over_ranks(loss_sum, dd).item()
             if not math.isfinite(value):
                 raise TrainingError(_nonfinite_msg(step, "the training loss", value, last_good))
 
@@ -608,10 +620,10 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
         if check_every_step and not math.isfinite(grad_norm.item()):
             raise TrainingError(_nonfinite_msg(step, "the gradient norm", grad_norm.item(), last_good))
         if not (is_update and run.topology.skip_step_on_update):
-            if fused:  # the fused kernel skips the whole update on the device when this is 1
-                optimizer.found_inf = (~torch.isfinite(grad_norm)).float()  # type: ignore[attr-defined]
             optimizer.step()
-        if sparsifier is not None:
+        if sparsifier is not None and not sparsifier.mask_optimizer_moments:
+            # with masked gradients and moments AdamW keeps masked weights exactly 0 by itself
+            # (tests/test_topology.py checks it); the official behaviour (stale moments) needs re-zeroing
             sparsifier.apply_()
         optimizer.zero_grad(set_to_none=True)
 
@@ -628,7 +640,8 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
         do_eval = (tc.eval_interval > 0 and (step + 1) % tc.eval_interval == 0) or step == tc.max_iters - 1
         do_ckpt = (tc.checkpoint_interval > 0 and (step + 1) % tc.checkpoint_interval == 0) or last
         if (step + 1) % tc.log_interval == 0 or last or do_eval or do_ckpt:
-            vals = torch.stack([torch.stack([r["loss"], r["grad_norm"].float()]) for r in pending]).tolist()
+            window_vals = torch.stack([torch.stack([r["loss"].float(), r["grad_norm"].float()]) for r in pending])
+            vals = _mean_over_ranks(window_vals, dd).tolist()  # the one sync (and collective) of the window
             now = time.perf_counter()
             window = now - t_window
             train_time += window
@@ -639,9 +652,9 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
                 speed_windows.append(tok_s)
             for r, (lv, gv) in zip(pending, vals):
                 if not math.isfinite(lv):
-                    raise TrainingError(_nonfinite_msg(r["step"], "the training loss", lv, last_good))
+                    raise TrainingError(_nonfinite_msg(r["step"], "the training loss", lv, last_good, False))
                 if not math.isfinite(gv):
-                    raise TrainingError(_nonfinite_msg(r["step"], "the gradient norm", gv, last_good))
+                    raise TrainingError(_nonfinite_msg(r["step"], "the gradient norm", gv, last_good, False))
                 r["loss"], r["grad_norm"], r["tokens_per_s"] = lv, gv, tok_s
                 r["time_s"] = round(wall_before + now - t_session, 3)
             if do_eval:

@@ -185,7 +185,7 @@ def test_flex_equals_sdpa_and_reference_fwd_bwd_cuda(name):
     g = torch.randn_like(ref)
     ref.backward(g)
     outs = {}
-    for backend in ("flex", "sdpa_mask"):
+    for backend in ("flex", "split", "sdpa_mask"):
         q, k, v = (t.detach().float().requires_grad_() for t in (q64, k64, v64))
         fn = A.build_attention(AttentionConfig(pattern=name, window=w, stride=w, backend=backend), T, "cuda")
         y = fn(q, k, v)
@@ -199,10 +199,77 @@ def test_flex_equals_sdpa_and_reference_fwd_bwd_cuda(name):
         torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled FlexAttention in bf16 needs the GPU")
+@pytest.mark.parametrize("name", ["local_strided", "fixed"])
+def test_split_bf16_matches_flex_cuda(name):
+    """In training precision the split backend must be as close to the float64 truth as one FlexAttention
+    call over the whole pattern (both compute the same function)."""
+    T, w = 2048, 128
+    q64, k64, v64 = (t.cuda().requires_grad_() for t in _qkv(T, B=2, H=4, D=64))
+    ref = A.reference_attention(q64, k64, v64, A.pattern_mask(name, T, w, w, device="cuda"))
+    g = torch.randn_like(ref)
+    ref.backward(g)
+    err = {}
+    for backend in ("flex", "split"):
+        q, k, v = (t.detach().bfloat16().requires_grad_() for t in (q64, k64, v64))
+        fn = A.build_attention(AttentionConfig(pattern=name, window=w, stride=w, backend=backend), T, "cuda")
+        y = fn(q, k, v)
+        y.backward(g.bfloat16())
+        err[backend] = [(a.double() - b).abs().max().item()
+                        for a, b in zip((y, q.grad, k.grad, v.grad), (ref, q64.grad, k64.grad, v64.grad))]
+    for e_split, e_flex in zip(err["split"], err["flex"]):
+        assert e_split <= 2 * e_flex + 1e-3, err
+
+
+@pytest.mark.parametrize("name,T,w,s", [
+    ("local_strided", 64, 8, 8), ("local_strided", 61, 8, 8),  # T not a multiple of the stride
+    ("local_strided", 64, 16, 8), ("local_strided", 64, 8, 16),  # window wider / narrower than the stride
+    ("strided", 50, 8, 8), ("fixed", 64, 8, 8), ("fixed", 45, 8, 8), ("local", 40, 8, 8),
+])
+def test_split_equals_float64_reference_fwd_bwd(name, T, w, s):
+    """The split backend is the pattern's exact function: on CPU (masked dense near part) it must match the
+    reference to float64 rounding, forward and backward, including queries with no far keys."""
+    q, k, v = (t.requires_grad_() for t in _qkv(T, seed=3))
+    y = A.split_pattern_attention(name, T, w, s, "cpu")(q, k, v)
+    ref = A.reference_attention(q, k, v, A.pattern_mask(name, T, w, s))
+    g = torch.randn_like(ref)
+    ours = torch.autograd.grad(y, (q, k, v), g)
+    theirs = torch.autograd.grad(ref, (q, k, v), g)
+    torch.testing.assert_close(y, ref, atol=1e-12, rtol=1e-12)
+    for a, b in zip(ours, theirs):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+def test_split_block_density_counts_only_the_band():
+    dense = A.block_density("dense", 1024)
+    assert A.split_block_density("local_strided", 1024) == A.block_density("local", 1024) == 15 / 64
+    assert A.split_block_density("fixed", 1024) == 8 / 64  # its own blocks: the diagonal tiles
+    assert A.split_block_density("strided", 1024) == 0.0  # no band: all far part
+    assert A.split_block_density("local_strided", 4096) / dense < 0.12
+
+
+def test_split_parts_are_disjoint_and_cover_the_pattern():
+    """The near and far parts must partition the pattern: a pair in both would be counted twice."""
+    T, w, s = 64, 16, 8
+    pos = torch.arange(T)
+    i, j = pos[:, None], pos[None, :]
+    near = A._near_allowed("local", i, j, w, s)
+    m_min = max(1, -(-w // s))
+    far = (i >= j) & ((i - j) % s == 0) & ((i - j) // s >= m_min)
+    assert not (near & far).any()
+    assert torch.equal(near | far, A.pattern_mask("local_strided", T, w, s))
+    with pytest.raises(ConfigError, match="split"):
+        A.split_pattern_attention("dense", T, w, s, "cpu")
+    with pytest.raises(ConfigError, match="rebuild"):
+        A.split_pattern_attention("fixed", 16, 4, 4, "cpu")(*_qkv(20))
+
+
 def test_build_attention_choices():
     assert A.build_attention(AttentionConfig(pattern="dense"), 64, "cpu") is None
     assert A.resolve_backend("auto", "cpu") == "sdpa_mask"
     assert A.resolve_backend("sdpa_mask", "cpu") == "sdpa_mask"
+    assert A.resolve_backend("split", "cpu") == "split"
     with pytest.raises(ConfigError, match="larger than the context"):
         A.build_attention(AttentionConfig(pattern="local", window=128, stride=128), 64, "cpu")
     with pytest.raises(ConfigError, match="backend"):
