@@ -1,0 +1,530 @@
+"""Block-sparse linear layers that store and compute only the nonzero blocks of a weight.
+
+Elsewhere in ``mstlib`` a sparse weight is a dense ``(out, in)`` tensor times a 0/1 mask: the matmuls cost
+as much as dense ones and nothing is saved. Here the weight is cut into ``block x block`` tiles and only the
+nonzero tiles are stored, as a compact ``values`` tensor of shape ``(nnzb, block, block)`` next to a
+:class:`BlockPattern` (which tiles they are). :func:`block_sparse_linear` computes
+
+    y = x @ (W * M)^T          x: (N, in), W * M: (out, in), y: (N, out)
+
+and its backward returns ``grad_x`` and the gradient of the stored tiles only: the dense ``(out, in)``
+gradient of ``W`` is never formed. Forward, ``grad_x`` and ``grad_values`` each cost
+``density * 2 * N * in * out`` FLOPs, so a pure FLOP count predicts a speed-up of ``1 / density`` over
+dense; whether a backend gets near that is what ``benchmarks/block_sparse.py`` measures.
+
+Backends (same interface, same results up to rounding):
+
+``"dense_masked"``
+    The way the rest of the project works: scatter the tiles into a dense ``(out, in)`` weight (zeros
+    elsewhere) and call ``F.linear``. Costs a dense matmul; the baseline to beat.
+``"gather"``
+    Pure torch (``index_select`` -> ``bmm`` -> ``index_add_``), CPU and GPU. Does exactly the sparse FLOPs,
+    but copies one ``(N, block)`` slice of the activations per stored tile (``nnzb * N * block`` elements,
+    ``density * N * out * in / block``), so it is bound by memory traffic for small blocks, and holds about
+    two such buffers at a time (4.8 GB each in bf16 for N=32768, a 3072x768 weight, 32-blocks, density 1).
+    Sums over tiles (``index_add_``) accumulate in the input dtype, so bf16 results carry a little more
+    rounding than a dense matmul's float32 accumulation. The correctness reference for the other backends.
+``"triton_bsr"``
+    CUDA only: PyTorch's own Triton block-sparse (BSR) kernels in ``torch.sparse._triton_ops``.
+    Forward and ``grad_x`` are ``bsr_dense_mm`` (a BSR matrix times a dense one; ``grad_x`` uses the
+    transposed pattern, precomputed once per pattern), ``grad_values`` is ``sampled_addmm`` (an SDDMM: the
+    dense product ``grad_y^T @ x`` evaluated only at the stored tiles), split along the token dimension
+    so that enough thread blocks run (that kernel has one program per block row).
+
+Layout: ``values[k]`` is the tile ``W[r*b:(r+1)*b, c*b:(c+1)*b]`` for the ``k``-th stored block ``(r, c)``
+in row-major (CSR) order, i.e. the ``values()`` of ``W.to_sparse_bsr(b)``. Weights are ``(out, in)`` like
+``nn.Linear.weight`` (what :mod:`mstlib.model` uses). :func:`dense_to_blocks` and
+:func:`blocks_to_dense` convert between the two representations, e.g. at a topology update.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import ConfigError
+
+#: The backends :func:`block_sparse_linear` accepts.
+BACKENDS = ("gather", "triton_bsr", "dense_masked")
+
+# ----------------------------------------------------------------------------------------------- patterns
+
+
+def _check_block(out_features: int, in_features: int, block: int) -> None:
+    if not isinstance(block, int) or block < 1:
+        raise ConfigError(f"block size must be a positive integer, got {block!r}")
+    if out_features % block or in_features % block:
+        raise ConfigError(
+            f"block size {block} does not divide the weight shape (out={out_features}, in={in_features}); "
+            f"pick a block that divides both"
+        )
+
+
+def block_mask(
+    out_features: int,
+    in_features: int,
+    block: int,
+    density: float,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """A random block pattern: a bool tensor ``(out_features // block, in_features // block)`` with exactly
+    ``max(1, round(density * nb_out * nb_in))`` True entries, chosen uniformly without replacement.
+
+    ``density`` is the fraction of blocks kept, in (0, 1]. Raises :class:`ConfigError` when ``block`` does
+    not divide the shape or ``density`` is out of range. ``generator`` (a CPU ``torch.Generator``) makes
+    the pattern reproducible."""
+    _check_block(out_features, in_features, block)
+    if not (isinstance(density, (int, float)) and math.isfinite(density) and 0.0 < density <= 1.0):
+        raise ConfigError(f"block density must be in (0, 1], got {density!r}")
+    nb_out, nb_in = out_features // block, in_features // block
+    total = nb_out * nb_in
+    nnzb = max(1, round(density * total))
+    chosen = torch.randperm(total, generator=generator)[:nnzb]
+    mask = torch.zeros(total, dtype=torch.bool)
+    mask[chosen] = True
+    return mask.view(nb_out, nb_in)
+
+
+def expand(block_mask: Tensor, block: int) -> Tensor:
+    """The element mask ``(nb_out * block, nb_in * block)`` of a block mask ``(nb_out, nb_in)``: every
+    entry becomes a ``block x block`` tile of the same value."""
+    if block_mask.dim() != 2:
+        raise ConfigError(f"a block mask is 2-D (nb_out, nb_in), got shape {tuple(block_mask.shape)}")
+    return block_mask.bool().repeat_interleave(block, dim=0).repeat_interleave(block, dim=1)
+
+
+class BlockPattern:
+    """Which ``block x block`` tiles of an ``(out_features, in_features)`` weight are stored, as index
+    tensors on one device (all ``int64``):
+
+    - ``rows``, ``cols`` ``(nnzb,)``: block row / column of each stored tile, in row-major (CSR) order;
+    - ``crow`` ``(nb_out + 1,)``: CSR row pointers (tiles of block row ``r`` are ``crow[r]:crow[r+1]``);
+    - ``t_perm`` ``(nnzb,)``, ``t_crow`` ``(nb_in + 1,)``, ``t_col`` ``(nnzb,)``: the same pattern
+      transposed (an ``(in, out)`` BSR matrix): its ``k``-th tile is ``values[t_perm[k]].T``. Computed once
+      here so that a backward pass never sorts.
+
+    Build one with :meth:`from_block_mask` (or :meth:`from_element_mask`); move it with :meth:`to`.
+    """
+
+    def __init__(
+        self,
+        out_features: int,
+        in_features: int,
+        block: int,
+        rows: Tensor,
+        cols: Tensor,
+        crow: Tensor,
+        t_perm: Tensor,
+        t_crow: Tensor,
+        t_col: Tensor,
+    ) -> None:
+        self.out_features, self.in_features, self.block = out_features, in_features, block
+        self.rows, self.cols, self.crow = rows, cols, crow
+        self.t_perm, self.t_crow, self.t_col = t_perm, t_crow, t_col
+
+    @classmethod
+    def from_block_mask(cls, block_mask: Tensor, block: int) -> BlockPattern:
+        """The pattern of a bool block mask ``(nb_out, nb_in)`` (see :func:`block_mask`), on its device."""
+        if block_mask.dim() != 2:
+            raise ConfigError(f"a block mask is 2-D (nb_out, nb_in), got shape {tuple(block_mask.shape)}")
+        if not isinstance(block, int) or block < 1:
+            raise ConfigError(f"block size must be a positive integer, got {block!r}")
+        bm = block_mask.bool()
+        nb_out, nb_in = bm.shape
+        if not bool(bm.any()):
+            raise ConfigError("a block pattern needs at least one nonzero block")
+        rows, cols = bm.nonzero(as_tuple=True)  # row-major order, i.e. CSR order
+        crow = torch.zeros(nb_out + 1, dtype=torch.long, device=bm.device)
+        crow[1:] = torch.cumsum(bm.sum(1), 0)
+        # transposed pattern: sort the tiles by (column, row); a stable sort keeps rows ascending per column
+        t_perm = torch.argsort(cols * nb_out + rows, stable=True)
+        t_crow = torch.zeros(nb_in + 1, dtype=torch.long, device=bm.device)
+        t_crow[1:] = torch.cumsum(bm.sum(0), 0)
+        return cls(nb_out * block, nb_in * block, block, rows, cols, crow, t_perm, t_crow, rows[t_perm])
+
+    @classmethod
+    def from_element_mask(cls, mask: Tensor, block: int) -> BlockPattern:
+        """The pattern of an element mask ``(out, in)`` that is constant on every ``block x block`` tile
+        (as :func:`expand` makes); raises :class:`ConfigError` when it is not block-structured."""
+        out_features, in_features = mask.shape
+        _check_block(out_features, in_features, block)
+        tiles = mask.bool().view(out_features // block, block, in_features // block, block)
+        bm = tiles.any(dim=3).any(dim=1)
+        if not torch.equal(expand(bm, block), mask.bool()):
+            raise ConfigError(f"the element mask is not constant on {block}x{block} tiles")
+        return cls.from_block_mask(bm, block)
+
+    @property
+    def nb_out(self) -> int:
+        return self.out_features // self.block
+
+    @property
+    def nb_in(self) -> int:
+        return self.in_features // self.block
+
+    @property
+    def nnzb(self) -> int:
+        """Number of stored tiles."""
+        return int(self.rows.numel())
+
+    @property
+    def density(self) -> float:
+        """Fraction of the weight's entries that are stored (= fraction of tiles)."""
+        return self.nnzb / (self.nb_out * self.nb_in)
+
+    @property
+    def device(self) -> torch.device:
+        return self.rows.device
+
+    def block_mask(self) -> Tensor:
+        """The bool block mask ``(nb_out, nb_in)`` (on this pattern's device)."""
+        bm = torch.zeros(self.nb_out, self.nb_in, dtype=torch.bool, device=self.device)
+        bm[self.rows, self.cols] = True
+        return bm
+
+    def to(self, device: torch.device | str) -> BlockPattern:
+        """The same pattern with its index tensors on ``device`` (``self`` when already there)."""
+        device = torch.device(device)
+        if self.device == device or (device.index is None and self.device.type == device.type):
+            return self
+        t = [x.to(device) for x in (self.rows, self.cols, self.crow, self.t_perm, self.t_crow, self.t_col)]
+        return BlockPattern(self.out_features, self.in_features, self.block, *t)
+
+    def __repr__(self) -> str:
+        return (
+            f"BlockPattern(out={self.out_features}, in={self.in_features}, block={self.block}, "
+            f"nnzb={self.nnzb}, density={self.density:.4f}, device={self.device})"
+        )
+
+
+# ------------------------------------------------------------------------------------------- conversion
+
+
+def dense_to_blocks(weight: Tensor, pattern: BlockPattern) -> Tensor:
+    """The stored tiles ``(nnzb, block, block)`` of a dense weight ``(out, in)`` (entries outside the
+    pattern are dropped). Differentiable; returns a new contiguous tensor."""
+    b = pattern.block
+    if tuple(weight.shape) != (pattern.out_features, pattern.in_features):
+        raise ConfigError(
+            f"weight shape {tuple(weight.shape)} does not match the pattern's "
+            f"({pattern.out_features}, {pattern.in_features})"
+        )
+    p = pattern.to(weight.device)
+    tiles = weight.reshape(p.nb_out, b, p.nb_in, b).transpose(1, 2)  # (nb_out, nb_in, b, b), a view
+    return tiles[p.rows, p.cols].contiguous()
+
+
+def blocks_to_dense(values: Tensor, pattern: BlockPattern) -> Tensor:
+    """The dense weight ``(out, in)`` of stored tiles ``(nnzb, block, block)``: the tiles in place, zeros
+    elsewhere (so it equals ``W * expand(mask)``). Differentiable: its gradient w.r.t. ``values`` is the
+    dense gradient restricted to the stored tiles."""
+    _check_values(values, pattern)
+    b = pattern.block
+    p = pattern.to(values.device)
+    tiles = values.new_zeros(p.nb_out, p.nb_in, b, b)
+    tiles = tiles.index_put((p.rows, p.cols), values)  # out of place, so autograd sees it
+    return tiles.transpose(1, 2).reshape(p.out_features, p.in_features)
+
+
+def _check_values(values: Tensor, pattern: BlockPattern) -> None:
+    b = pattern.block
+    if tuple(values.shape) != (pattern.nnzb, b, b):
+        raise ConfigError(
+            f"block values must have shape (nnzb, block, block) = ({pattern.nnzb}, {b}, {b}), "
+            f"got {tuple(values.shape)}"
+        )
+
+
+# ------------------------------------------------------------------------------------------ gather backend
+
+
+class _GatherFn(torch.autograd.Function):
+    """``y = x @ (W*M)^T`` with plain torch ops on the stored tiles only.
+
+    With ``xs = x.view(N, nb_in, b)`` split into column blocks and ``V_k`` the ``k``-th tile at ``(r_k, c_k)``:
+
+        y[:, r]  = sum_{k: r_k = r} xs[:, c_k] @ V_k^T       (forward)
+        gx[:, c] = sum_{k: c_k = c} gy[:, r_k] @ V_k          (grad_x)
+        gV_k     = gy[:, r_k]^T @ xs[:, c_k]                  (grad of the tile, (b, b))
+
+    Each line is one batched matmul over the ``nnzb`` tiles (``bmm``), fed by an ``index_select`` of the
+    needed column blocks and, for sums, followed by an ``index_add_`` into the output blocks.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, values: Tensor, pattern: BlockPattern) -> Tensor:  # type: ignore[override]
+        n, b = x.shape[0], pattern.block
+        # (nb_in, N, b) view, then one copy of the needed column block per tile: (nnzb, N, b)
+        x_tiles = x.reshape(n, pattern.nb_in, b).transpose(0, 1).index_select(0, pattern.cols)
+        prod = torch.bmm(x_tiles, values.transpose(1, 2))  # (nnzb, N, b_out)
+        y_t = prod.new_zeros(pattern.nb_out, n, b).index_add_(0, pattern.rows, prod)
+        ctx.save_for_backward(x, values)
+        ctx.pattern = pattern
+        return y_t.transpose(0, 1).reshape(n, pattern.out_features)
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
+        x, values = ctx.saved_tensors
+        pattern: BlockPattern = ctx.pattern
+        n, b = x.shape[0], pattern.block
+        gy_tiles = grad_y.reshape(n, pattern.nb_out, b).transpose(0, 1).index_select(0, pattern.rows)
+        grad_x = grad_values = None
+        if ctx.needs_input_grad[0]:
+            prod = torch.bmm(gy_tiles, values)  # (nnzb, N, b_in)
+            gx_t = prod.new_zeros(pattern.nb_in, n, b).index_add_(0, pattern.cols, prod)
+            grad_x = gx_t.transpose(0, 1).reshape(n, pattern.in_features)
+        if ctx.needs_input_grad[1]:
+            x_tiles = x.reshape(n, pattern.nb_in, b).transpose(0, 1).index_select(0, pattern.cols)
+            grad_values = torch.bmm(gy_tiles.transpose(1, 2), x_tiles)  # (nnzb, b_out, b_in)
+        return grad_x, grad_values, None
+
+
+# ------------------------------------------------------------------------------------------ triton backend
+
+
+class TritonKernels(NamedTuple):
+    """The two kernels the ``"triton_bsr"`` backend calls (from ``torch.sparse._triton_ops``)."""
+
+    bsr_dense_mm: Callable[..., Tensor]
+    sampled_addmm: Callable[..., Tensor]
+
+
+def triton_kernels(device: torch.device) -> TritonKernels:
+    """PyTorch's Triton BSR kernels, or :class:`ConfigError` saying why they cannot run on ``device``.
+
+    ``torch.sparse._triton_ops`` defines ``bsr_dense_mm`` and ``sampled_addmm`` (since torch 2.1, the same
+    signatures through 2.13) only when Triton is importable, and sets them to ``None`` otherwise."""
+    if device.type != "cuda":
+        raise ConfigError(f"the triton_bsr backend needs a CUDA device, got {device}")
+    try:
+        from torch.sparse import _triton_ops as ops
+    except Exception as e:  # noqa: BLE001 - any import failure means the backend is unavailable
+        raise ConfigError(f"the triton_bsr backend cannot import torch.sparse._triton_ops: {e!r}") from e
+    kernels = {name: getattr(ops, name, None) for name in TritonKernels._fields}
+    missing = [name for name, fn in kernels.items() if not callable(fn)]
+    if missing:
+        raise ConfigError(
+            f"the triton_bsr backend needs torch.sparse._triton_ops.{' and '.join(missing)}, which this "
+            f"torch ({torch.__version__}) does not provide; is Triton installed?"
+        )
+    return TritonKernels(**kernels)  # type: ignore[arg-type]
+
+
+def _bsr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, ...]) -> Tensor:
+    """A BSR tensor over existing index/value tensors (no copy, no invariant check: the pattern is valid
+    by construction)."""
+    with warnings.catch_warnings():  # "Sparse BSR tensor support is in beta state", once per process
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_bsr_tensor(crow, col, values, size=size, check_invariants=False)
+
+
+def choose_split_k(n_tokens: int, nb_out: int, device: torch.device, min_chunk: int = 512) -> int:
+    """How many token chunks the SDDMM for ``grad_values`` is split into.
+
+    ``sampled_addmm`` runs one program per block row (``nb_out`` of them: 12 for a 768-row weight with
+    64-blocks), each looping over all ``N`` tokens; on a GPU with ~132 SMs that leaves most of it idle.
+    Splitting the tokens into ``S`` batches gives ``S * nb_out`` programs, at the cost of summing ``S``
+    partial ``(nnzb, b, b)`` results. ``S`` is the smallest power of two giving at least two programs per
+    SM, limited so that ``S`` divides ``N`` and chunks keep at least ``min_chunk`` tokens."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    s = 1
+    while s * nb_out < 2 * sms and n_tokens % (2 * s) == 0 and n_tokens // (2 * s) >= min_chunk:
+        s *= 2
+    return s
+
+
+class _TritonBSRFn(torch.autograd.Function):
+    """``y = x @ (W*M)^T`` with Triton BSR kernels; see the module docstring for the calls."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, x: Tensor, values: Tensor, pattern: BlockPattern, kernels: TritonKernels, split_k: int | None
+    ) -> Tensor:
+        n = x.shape[0]
+        w = _bsr(pattern.crow, pattern.cols, values, (pattern.out_features, pattern.in_features))
+        # y^T = W @ x^T; writing into y.t() (column-major (out, N)) leaves y row-major, with no copy
+        y = x.new_empty(n, pattern.out_features)
+        kernels.bsr_dense_mm(w, x.t(), out=y.t())
+        ctx.save_for_backward(x, values)
+        ctx.pattern, ctx.kernels, ctx.split_k = pattern, kernels, split_k
+        return y
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx, grad_y: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, None, None, None]:
+        x, values = ctx.saved_tensors
+        pattern: BlockPattern = ctx.pattern
+        kernels: TritonKernels = ctx.kernels
+        n, b = x.shape[0], pattern.block
+        grad_y = grad_y.contiguous()  # e.g. the expanded ones of y.sum(): stride 0 everywhere
+        grad_x = grad_values = None
+        if ctx.needs_input_grad[0]:
+            # gx^T = W^T @ gy^T, W^T as a BSR matrix (in, out) of the transposed, re-ordered tiles
+            wt_values = values.index_select(0, pattern.t_perm).transpose(1, 2).contiguous()
+            wt = _bsr(pattern.t_crow, pattern.t_col, wt_values, (pattern.in_features, pattern.out_features))
+            grad_x = x.new_empty(n, pattern.in_features)
+            kernels.bsr_dense_mm(wt, grad_y.t(), out=grad_x.t())
+        if ctx.needs_input_grad[1]:
+            # SDDMM: gV = (gy^T @ x) at the stored tiles, over s token chunks run as a batch of s
+            s = ctx.split_k or choose_split_k(n, pattern.nb_out, x.device)
+            if n % s:
+                raise ConfigError(f"split_k={s} does not divide the number of tokens {n}")
+            k = n // s
+            mat1 = grad_y.view(s, k, pattern.out_features).transpose(1, 2)  # (s, out, k), a view
+            mat2 = x.view(s, k, pattern.in_features)  # (s, k, in)
+            batch = (s, -1)
+            sampled = _bsr(
+                pattern.crow.expand(batch).contiguous(),
+                pattern.cols.expand(batch).contiguous(),
+                values.new_zeros(s, pattern.nnzb, b, b),  # not read (beta=0), only its layout
+                (s, pattern.out_features, pattern.in_features),
+            )
+            out = kernels.sampled_addmm(sampled, mat1, mat2, beta=0.0, alpha=1.0)
+            # sum the s partial tiles in float32 (each partial is already rounded to values.dtype)
+            grad_values = out.values().sum(0, dtype=torch.float32).to(values.dtype)
+        return grad_x, grad_values, None, None, None
+
+
+def _check_triton_shapes(n: int, pattern: BlockPattern, dtype: torch.dtype) -> None:
+    b = pattern.block
+    if b < 16 or b & (b - 1):
+        raise ConfigError(f"the triton_bsr backend needs a block that is a power of two >= 16, got {b}")
+    if n % b or n % 16:
+        raise ConfigError(
+            f"the triton_bsr backend needs the number of tokens ({n}) divisible by the block ({b}) and by 16"
+        )
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ConfigError(f"the triton_bsr backend supports float16, bfloat16 and float32, not {dtype}")
+
+
+# ------------------------------------------------------------------------------------------- entry point
+
+
+def block_sparse_linear(
+    x: Tensor,
+    values: Tensor,
+    pattern: BlockPattern,
+    backend: str = "gather",
+    *,
+    split_k: int | None = None,
+) -> Tensor:
+    """``x @ (W * M)^T`` for ``x`` of shape ``(..., in)``, returning ``(..., out)``, where ``W * M`` is the
+    weight whose stored tiles are ``values`` ``(nnzb, block, block)`` at ``pattern``.
+
+    Differentiable in ``x`` and ``values``; the gradient of ``values`` has their shape. ``backend`` is one
+    of :data:`BACKENDS`; ``split_k`` (``"triton_bsr"`` only) overrides :func:`choose_split_k`. Under
+    ``torch.autocast`` the inputs are cast to the autocast dtype, as ``F.linear`` would be."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown block-sparse backend {backend!r}; expected one of {BACKENDS}")
+    _check_values(values, pattern)
+    if x.shape[-1] != pattern.in_features:
+        raise ConfigError(f"input has {x.shape[-1]} features, the weight expects {pattern.in_features}")
+    if values.device != x.device:
+        raise ConfigError(f"input on {x.device} but block values on {values.device}")
+    pattern = pattern.to(x.device)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, pattern.in_features)
+
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        x2, values = x2.to(dtype), values.to(dtype)  # casts are differentiable: grads come back in fp32
+    if x2.dtype != values.dtype:
+        raise ConfigError(f"input dtype {x2.dtype} differs from block values dtype {values.dtype}")
+
+    with torch.autocast(device_type, enabled=False):  # the custom Functions choose their own dtypes
+        if backend == "dense_masked":
+            y = F.linear(x2, blocks_to_dense(values, pattern))
+        elif backend == "gather":
+            y = _GatherFn.apply(x2, values, pattern)
+        else:
+            kernels = triton_kernels(x.device)
+            _check_triton_shapes(x2.shape[0], pattern, x2.dtype)
+            y = _TritonBSRFn.apply(x2.contiguous(), values.contiguous(), pattern, kernels, split_k)
+    return y.reshape(*lead, pattern.out_features)
+
+
+# ------------------------------------------------------------------------------------------------ module
+
+
+class BlockSparseLinear(nn.Module):
+    """A bias-free linear layer ``(in_features -> out_features)`` that stores only the nonzero tiles of its
+    weight: ``values`` is an ``nn.Parameter`` of shape ``(nnzb, block, block)``.
+
+    Build it from a block mask (new GPT-2-style init, std 0.02) or with :meth:`from_dense`; get the dense
+    weight back with :meth:`to_dense`; change the topology with :meth:`set_block_mask` (which replaces the
+    parameter: an optimizer holding the old one must be rebuilt, and its state for the tiles moved)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        block_mask: Tensor,
+        block: int,
+        *,
+        backend: str = "gather",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        _check_block(out_features, in_features, block)
+        if tuple(block_mask.shape) != (out_features // block, in_features // block):
+            raise ConfigError(
+                f"block mask shape {tuple(block_mask.shape)} does not match "
+                f"({out_features // block}, {in_features // block}) for block {block}"
+            )
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown block-sparse backend {backend!r}; expected one of {BACKENDS}")
+        self.in_features, self.out_features, self.block, self.backend = in_features, out_features, block, backend
+        self.pattern = BlockPattern.from_block_mask(block_mask.to(device or "cpu"), block)
+        self.values = nn.Parameter(
+            torch.randn(self.pattern.nnzb, block, block, device=device, dtype=dtype) * 0.02
+        )
+
+    @classmethod
+    def from_dense(
+        cls, weight: Tensor, block_mask: Tensor, block: int, *, backend: str = "gather"
+    ) -> BlockSparseLinear:
+        """The layer whose tiles are those of ``weight`` ``(out, in)`` at ``block_mask``."""
+        out_features, in_features = weight.shape
+        layer = cls(
+            in_features, out_features, block_mask, block, backend=backend, device=weight.device, dtype=weight.dtype
+        )
+        with torch.no_grad():
+            layer.values.copy_(dense_to_blocks(weight.detach(), layer.pattern))
+        return layer
+
+    def to_dense(self) -> Tensor:
+        """The dense weight ``(out, in)``, zeros outside the pattern (differentiable)."""
+        return blocks_to_dense(self.values, self.pattern)
+
+    def set_block_mask(self, block_mask: Tensor) -> None:
+        """Switch to a new block pattern: tiles kept by both patterns keep their values, new tiles start
+        at zero (as grown weights do in the masked representation)."""
+        with torch.no_grad():
+            dense = self.to_dense()
+            pattern = BlockPattern.from_block_mask(block_mask.to(dense.device), self.block)
+            values = dense_to_blocks(dense, pattern)
+        self.pattern = pattern
+        self.values = nn.Parameter(values)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        # .to()/.cuda() move parameters; keep the pattern on the same device as the values
+        out = super()._apply(fn, recurse)
+        self.pattern = self.pattern.to(self.values.device)
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        return block_sparse_linear(x, self.values, self.pattern, self.backend)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, block={self.block}, "
+            f"nnzb={self.pattern.nnzb}, density={self.pattern.density:.4f}, backend={self.backend!r}"
+        )
