@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import sys
 from fractions import Fraction
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -194,6 +195,37 @@ def random_topk_(mask_flat: torch.Tensor, candidates: torch.Tensor, k: int, g: t
     mask_flat[idx] = True
 
 
+def topk_rows(scores: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
+    """Exact top-k per row with a different ``k`` per row, as a bool mask.
+
+    ``scores``: ``[G, N]`` floating; ``ks``: ``G`` host ints in ``[0, N]``. Returns a ``[G, N]`` bool tensor
+    whose row ``i`` is true at the ``ks[i]`` largest entries of ``scores[i]`` (exactly ``ks[i]`` of them).
+
+    One ``topk`` per maximal run of consecutive rows with the same ``k`` (a view of those rows, no copy),
+    instead of one per row. The topology update's counts for the matrices of one shape come in a few such
+    runs whatever the number of layers (largest-remainder rounding gives its extra nonzeros to the lowest
+    layer indices, so the counts change value only a couple of times along the layers: at most three runs
+    over the whole MST schedules of the mini and paper presets); any ``ks`` is still exact, in at worst one
+    call per row. A row's result is what ``topk`` of that row alone
+    gives, on the CPU even where scores tie at the cut-off (its kernel treats the rows one by one), and it
+    is deterministic: same inputs, same kind of device, same mask.
+    """
+    if scores.dim() != 2 or len(ks) != scores.shape[0]:
+        raise ValueError(f"topk_rows: scores {tuple(scores.shape)} need one k per row, got {len(ks)}")
+    n = scores.shape[1]
+    if any(not 0 <= k <= n for k in ks):
+        raise ValueError(f"topk_rows: every k must be in [0, {n}], got {list(ks)}")
+    out = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    start = 0
+    for k, run in itertools.groupby(ks):
+        stop = start + len(list(run))
+        if k > 0:
+            idx = torch.topk(scores[start:stop], k, dim=1, sorted=False).indices  # [stop - start, k]
+            out[start:stop].scatter_(1, idx, True)
+        start = stop
+    return out
+
+
 # ------------------------------------------------------------------------------------------ masks
 
 
@@ -282,16 +314,37 @@ class MaskSet:
             torch._foreach_mul_(list(grads), list(masks))
 
     @torch.no_grad()
-    def zero_optimizer_state_(self, optimizer: torch.optim.Optimizer, where: Mapping[str, torch.Tensor]) -> None:
+    def zero_optimizer_state_(
+        self,
+        optimizer: torch.optim.Optimizer,
+        where: Optional[Mapping[str, torch.Tensor]] = None,
+        *,
+        keep: Optional[Mapping[str, torch.Tensor]] = None,
+    ) -> None:
         """Zero every per-weight optimizer slot (AdamW ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``; SGD
-        ``momentum_buffer``) at the positions ``where[name]`` (bool, parameter-shaped) is true."""
-        for name, sel in where.items():
-            state = optimizer.state.get(self.model.get_parameter(name))
+        ``momentum_buffer``) at the positions ``where[name]`` (bool, parameter-shaped) is true.
+
+        ``keep`` is the fast form for the topology update: ``keep[name]`` is 0/1 in the parameter's dtype,
+        parameter-shaped, 0 where the slots are zeroed; every slot of every listed matrix is multiplied by
+        it in one fused ``_foreach_mul_`` (a non-finite moment times 0 stays NaN, where ``where`` writes 0;
+        AdamW moments of a trained model are finite)."""
+        by_name = dict(zip(self.names, self.params))
+
+        def slots(name: str, like: torch.Tensor) -> list[torch.Tensor]:
+            """The state tensors of matrix ``name`` shaped like ``like`` (not e.g. AdamW's scalar ``step``)."""
+            param = by_name[name] if name in by_name else self.model.get_parameter(name)
+            state = optimizer.state.get(param)
             if not state:
-                continue
-            for key, buf in state.items():
-                if torch.is_tensor(buf) and buf.shape == sel.shape:
-                    buf.masked_fill_(sel, 0)
+                return []
+            return [buf for buf in state.values() if torch.is_tensor(buf) and buf.shape == like.shape]
+
+        for name, sel in (where or {}).items():
+            for buf in slots(name, sel):
+                buf.masked_fill_(sel, 0)
+        pairs = [(buf, factor) for name, factor in (keep or {}).items() for buf in slots(name, factor)]
+        if pairs:
+            bufs, factors = zip(*pairs)
+            torch._foreach_mul_(list(bufs), list(factors))
 
     # -- statistics --------------------------------------------------------------------------------
     def bool_mask(self, name: str) -> torch.Tensor:

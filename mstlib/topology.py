@@ -41,12 +41,19 @@ Choices (documented for the book's deviations page):
   same masks without communication. Drop and gradient growth use ``topk``, which is deterministic for equal
   inputs on the same kind of device.
 * **Initial masks** are drawn at ``sparsity_in_force(0)`` (dense for MST, whose target starts at 0).
+
+Implementation: an update handles the matrices in groups of the same shape (GPT-2's four block matrices,
+each stacked over the blocks, and ``lm_head``) as the rows of ``[G, N]`` tensors, so its number of device
+ops (and their host-side launch cost, most of a per-matrix loop's time on a GPU) does not grow with the
+number of layers; only each layer's random numbers are drawn per layer, from that layer's generator, into
+its row. The counts above stay per layer: layers of one shape may differ by a nonzero or two (largest
+remainder rounding), which :func:`mstlib.masks.topk_rows` (a top-k with one ``k`` per row) handles exactly.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -54,9 +61,31 @@ from torch import nn
 from . import schedule as sched
 from .config import RunConfig
 from .errors import CheckpointError, MstError
-from .masks import MaskSet, layer_nnz, make_generator, random_topk_
+from .masks import MaskSet, layer_nnz, make_generator, topk_rows
 
 __all__ = ["Sparsifier"]
+
+
+class _Plan(NamedTuple):
+    """One matrix's counts for one update (host ints; see the module docstring's steps 1-3)."""
+
+    n_active: int
+    target: int
+    n_prune: int
+    n_grow: int
+    n_keep: int  # n_active - n_prune: the active weights that survive the drop
+    n_grad: int  # of n_grow, grown by |gradient|
+    n_rand: int  # of n_grow, grown at random
+
+
+def _same_shape_groups(masks: MaskSet) -> list[list[int]]:
+    """Layer indices of the sparse matrices grouped by (shape, dtype, device), the groups in order of first
+    appearance and each in layer order: GPT-2's four block matrices, each over all blocks, then lm_head
+    (which joins ``mlp.c_fc`` if its shape happens to be the same, as in tiny test models)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(masks.params):
+        groups.setdefault((tuple(p.shape), p.dtype, p.device), []).append(i)
+    return list(groups.values())
 
 
 class Sparsifier:
@@ -90,6 +119,7 @@ class Sparsifier:
         self.target = sched.sparsity_in_force(0, run_cfg)
         self.last_update_step: Optional[int] = None
         self.masks.init(self.target, run_cfg.seed, run_cfg.sparsity.init)
+        self._groups = _same_shape_groups(self.masks)
 
     # -- the per-step interface ------------------------------------------------------------------------
     def is_update_step(self, step: int) -> bool:
@@ -116,67 +146,53 @@ class Sparsifier:
         """Drop and grow in every sparse matrix at ``step`` (see the module docstring); needs the dense
         gradients in ``.grad`` when growth is ``gradient`` or ``mixed``. Returns statistics: ``step``,
         ``target_sparsity``, ``drop_fraction``, ``pruned``, ``grown``, ``switched_off``, ``switched_on``,
-        ``nnz``, ``density`` and ``layers`` (the same per matrix plus ``target_nnz``)."""
+        ``nnz``, ``density`` and ``layers`` (the same per matrix plus ``target_nnz``).
+
+        The matrices are processed in groups of the same shape (each block matrix stacked over the layers,
+        ``lm_head`` alone), as rows of ``[G, N]`` tensors, so the number of device ops does not grow with
+        the number of layers (only the random numbers are drawn per layer, from that layer's generator)."""
         run = self.run
-        topo = run.topology
+        ms = self.masks
         p = sched.progress(step, run.train.max_iters)
         target_s = sched.target_sparsity(p, run.schedule)
         f = sched.drop_fraction(step, run)
-        targets = layer_nnz(self.masks.shapes, target_s, self.masks.distribution)
-        changed: dict[str, torch.Tensor] = {}
-        rows: list[dict[str, Any]] = []
-        counts: list[torch.Tensor] = []
-        for layer, (name, param) in enumerate(zip(self.masks.names, self.masks.params)):
-            old = self.masks.bool_mask(name).flatten()
-            n_active = self.masks.nnz_host[name]
+        targets = layer_nnz(ms.shapes, target_s, ms.distribution)
+
+        # 1. the per-matrix counts, on the host (layer order)
+        plans: list[_Plan] = []
+        for name, param in zip(ms.names, ms.params):
+            n_active = ms.nnz_host[name]
             target = targets[name]
             surplus = n_active - target
             n_prune = min(max(math.floor(f * n_active), surplus), n_active)
             n_grow = n_prune - surplus
-            w = param.detach().view(-1)
-
-            # drop: keep the n_active - n_prune largest |w| among the active (inactive scored -1 < |w|)
-            n_keep = n_active - n_prune
-            new = torch.zeros_like(old)
-            if n_keep > 0:
-                score = w.abs().float().masked_fill_(~old, -1.0)
-                new[torch.topk(score, n_keep, sorted=False).indices] = True
-
-            # grow among the not-kept (just-dropped ones included, as RigL)
             n_grad, n_rand = self._split_growth(n_grow)
-            candidates = ~new
-            if n_grad > 0:
-                if param.grad is None:
-                    raise MstError(
-                        f"topology update at step {step} grows by gradient but {name} has no .grad: call "
-                        "update() after backward() and before zero_grad()"
-                    )
-                gscore = param.grad.detach().view(-1).abs().float().masked_fill_(~candidates, -1.0)
-                idx = torch.topk(gscore, n_grad, sorted=False).indices
-                new[idx] = True
-                candidates[idx] = False
-            if n_rand > 0:
-                g = make_generator(run.seed, "grow", step, layer, param.device)
-                random_topk_(new, candidates, n_rand, g)
+            if n_grad > 0 and param.grad is None:  # checked before anything changes
+                raise MstError(
+                    f"topology update at step {step} grows by gradient but {name} has no .grad: call "
+                    "update() after backward() and before zero_grad()"
+                )
+            plans.append(_Plan(n_active, target, n_prune, n_grow, n_active - n_prune, n_grad, n_rand))
 
-            born = new & ~old
-            died = old & ~new
-            w.masked_fill_(born, 0.0)  # grown weights start at zero (dense storage may hold stale values)
-            self.masks.masks[name].copy_(new.view(param.shape))
-            self.masks.nnz_host[name] = target
-            changed[name] = (born | died).view(param.shape)
-            counts.append(torch.stack([born.sum(), died.sum()]))
-            rows.append({"name": name, "target_nnz": target, "nnz": target, "pruned": n_prune, "grown": n_grow})
+        # 2. drop and grow, one group of same-shape matrices at a time
+        on_off: list[torch.Tensor] = []  # [G, 2] per group: switched on, switched on or off
+        for layers in self._groups:
+            on_off.append(self._update_group(step, layers, [plans[i] for i in layers]))
+        for name, plan in zip(ms.names, plans):
+            ms.nnz_host[name] = plan.target
+        ms.apply_()  # zero the weights that switched off
+        ms.mask_grads_()
 
-        if self.optimizer is not None and self.mask_optimizer_moments:
-            self.masks.zero_optimizer_state_(self.optimizer, changed)
-        self.masks.apply_()
-        self.masks.mask_grads_()
-
-        on_off = torch.stack(counts).cpu().tolist() if counts else []  # one sync for all layers
-        for row, (on, off) in zip(rows, on_off):
-            row["switched_on"], row["switched_off"] = int(on), int(off)
-            row["density"] = row["nnz"] / math.prod(self.masks.shapes[row["name"]])
+        # 3. statistics, with one host sync for all layers
+        rows: list[dict[str, Any]] = [
+            {"name": name, "target_nnz": plan.target, "nnz": plan.target, "pruned": plan.n_prune,
+             "grown": plan.n_grow}
+            for name, plan in zip(ms.names, plans)
+        ]
+        counts = torch.cat(on_off).cpu().tolist() if on_off else []
+        for i, (on, changed) in zip((i for layers in self._groups for i in layers), counts):
+            rows[i]["switched_on"], rows[i]["switched_off"] = int(on), int(changed - on)
+            rows[i]["density"] = rows[i]["nnz"] / math.prod(ms.shapes[rows[i]["name"]])
         self.target = target_s
         self.last_update_step = step
         return {
@@ -187,10 +203,59 @@ class Sparsifier:
             "grown": sum(r["grown"] for r in rows),
             "switched_off": sum(r["switched_off"] for r in rows),
             "switched_on": sum(r["switched_on"] for r in rows),
-            "nnz": self.masks.nnz(),
-            "density": self.masks.density(),
+            "nnz": ms.nnz(),
+            "density": ms.density(),
             "layers": rows,
         }
+
+    def _update_group(self, step: int, layers: list[int], plans: list[_Plan]) -> torch.Tensor:
+        """Steps 2-4 of the module docstring for the same-shape matrices ``layers`` (layer indices, with
+        their counts ``plans``), stacked as the rows of ``[G, N]`` tensors (``N`` weights per matrix): new
+        masks written, born weights zeroed, optimizer slots zeroed at born|died. The switched-off weights are
+        zeroed by the caller's ``apply_``. Returns ``[G, 2]`` device counts: (switched on, switched on or off).
+        """
+        ms = self.masks
+        params = [ms.params[i] for i in layers]
+        masks = [ms.masks[ms.names[i]] for i in layers]
+        shape, dev = params[0].shape, params[0].device
+        G, N = len(layers), params[0].numel()
+        old = torch.stack(masks).view(G, N) != 0
+
+        # drop: keep the n_keep largest |w| among the active (inactive scored -1 < |w|)
+        score = torch.stack(params).view(G, N).abs_().float()  # stack copies: abs_ leaves the weights alone
+        new = topk_rows(score.masked_fill_(~old, -1.0), [pl.n_keep for pl in plans])
+        del score
+
+        # grow among the not-kept, i.e. ~new (just-dropped ones included, as RigL): by gradient first ...
+        n_grad = [pl.n_grad for pl in plans]
+        if max(n_grad) > 0:
+            # a matrix without .grad grows nothing by gradient (checked in update), so its row is a dummy
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            gscore = torch.stack(grads).view(G, N).abs_().float().masked_fill_(new, -1.0)
+            new |= topk_rows(gscore, n_grad)
+            del gscore
+        # ... then at random among what is left: row i draws exactly what random_topk_ draws for layer i
+        n_rand = [pl.n_rand for pl in plans]
+        if max(n_rand) > 0:
+            rscore = torch.empty(G, N, device=dev)  # rows with k = 0 stay unset: topk_rows never reads them
+            for row, (layer, k) in enumerate(zip(layers, n_rand)):
+                if k > 0:
+                    g = make_generator(self.run.seed, "grow", step, layer, dev)
+                    torch.rand((N,), generator=g, device=dev, out=rscore[row])
+            new |= topk_rows(rscore.masked_fill_(new, -1.0), n_rand)
+            del rscore
+
+        changed = new ^ old  # switched on or off
+        on_off = torch.stack([(changed & new).sum(1), changed.sum(1)], dim=1)
+        # grown weights start at 0: born positions are outside the old mask, where the weights are zero
+        # anyway (dense storage may hold stale values there), so multiplying by the old mask zeroes them
+        torch._foreach_mul_(params, masks)
+        new_rows = new.to(masks[0].dtype).view(G, *shape).unbind(0)
+        torch._foreach_copy_(masks, list(new_rows))
+        if self.optimizer is not None and self.mask_optimizer_moments:
+            keep = (~changed).to(params[0].dtype).view(G, *shape).unbind(0)  # 0 at born | died
+            ms.zero_optimizer_state_(self.optimizer, keep={ms.names[i]: k for i, k in zip(layers, keep)})
+        return on_off
 
     def _split_growth(self, n_grow: int) -> tuple[int, int]:
         """``(by gradient, at random)`` counts for ``n_grow`` new connections under the growth rule."""

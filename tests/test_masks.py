@@ -19,8 +19,10 @@ from mstlib.masks import (
     derive_seed,
     layer_nnz,
     make_generator,
+    random_topk_,
     sparse_parameter_names,
     sparse_shapes,
+    topk_rows,
 )
 from mstlib.model import GPT
 
@@ -173,6 +175,72 @@ def test_derive_seed_is_stable_and_separates_streams():
     assert torch.equal(a, b)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    g_rows=st.integers(1, 5),
+    n=st.integers(1, 60),
+    data=st.data(),
+)
+def test_topk_rows_is_a_per_row_topk(g_rows, n, data):
+    """Every row gets exactly its k, the k largest of that row (continuous random scores: no ties), for
+    equal ks, ks that differ by one (the update's usual case), and arbitrary ones (0 and n included)."""
+    ks = data.draw(st.lists(st.integers(0, n), min_size=g_rows, max_size=g_rows))
+    seed = data.draw(st.integers(0, 2**31 - 1))
+    scores = torch.rand(g_rows, n, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    got = topk_rows(scores, ks)
+    assert got.dtype == torch.bool and got.shape == scores.shape
+    for row, k in enumerate(ks):
+        want = torch.zeros(n, dtype=torch.bool)
+        want[torch.topk(scores[row], k).indices] = True
+        assert torch.equal(got[row], want), (row, k)
+    assert torch.equal(topk_rows(scores, ks), got)  # deterministic
+
+
+def test_topk_rows_picks_what_a_per_row_topk_picks_among_ties():
+    """On the CPU the row-run top-k chooses among tied scores exactly as a top-k of the row alone (what the
+    per-matrix update did), also for rows whose k differs from their neighbours'."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        rows, n = int(torch.randint(1, 6, (), generator=g)), int(torch.randint(20, 3000, (), generator=g))
+        scores = torch.randint(0, 7, (rows, n), generator=g).float()  # heavy ties
+        base = int(torch.randint(1, n - 2, (), generator=g))
+        ks = [base + int(torch.randint(0, 3, (), generator=g)) for _ in range(rows)]
+        got = topk_rows(scores, ks)
+        for row, k in enumerate(ks):
+            want = torch.zeros(n, dtype=torch.bool)
+            want[torch.topk(scores[row], k, sorted=False).indices] = True
+            assert torch.equal(got[row], want)
+
+
+def test_topk_rows_edge_cases():
+    scores = torch.tensor([[0.5, -1.0, 2.0, 0.1], [3.0, 1.0, -1.0, -1.0], [0.0, 0.2, 0.3, 0.4]])
+    assert torch.equal(topk_rows(scores, [0, 0, 0]), torch.zeros(3, 4, dtype=torch.bool))
+    assert torch.equal(topk_rows(scores, [4, 4, 4]), torch.ones(3, 4, dtype=torch.bool))
+    assert topk_rows(scores, [1, 2, 0]).tolist() == [
+        [False, False, True, False], [True, True, False, False], [False, False, False, False]
+    ]
+    assert topk_rows(scores, [3, 0, 1]).sum(1).tolist() == [3, 0, 1]  # a k=0 row next to a large k
+    assert topk_rows(torch.empty(0, 4), []).shape == (0, 4)
+    with pytest.raises(ValueError):
+        topk_rows(scores, [1, 2])
+    with pytest.raises(ValueError):
+        topk_rows(scores, [1, 5, 0])
+
+
+def test_rand_into_a_row_draws_what_random_topk_draws():
+    """The grouped update draws layer l's growth scores into row l of a stacked buffer with ``out=``: the
+    same numbers as :func:`random_topk_`'s fresh ``torch.rand``, hence the same random masks."""
+    dev = torch.device("cpu")
+    buf = torch.empty(3, 50)
+    torch.rand((50,), generator=make_generator(0, "grow", 8, 4, dev), device=dev, out=buf[1])
+    assert torch.equal(buf[1], torch.rand((50,), generator=make_generator(0, "grow", 8, 4, dev), device=dev))
+    cand = torch.rand(50, generator=torch.Generator().manual_seed(3)) > 0.3
+    a, b = torch.zeros(50, dtype=torch.bool), torch.zeros(50, dtype=torch.bool)
+    random_topk_(a, cand, 7, make_generator(0, "grow", 8, 4, dev))
+    b[torch.topk(buf[1].masked_fill(~cand, -1.0), 7).indices] = True
+    assert torch.equal(a, b)
+
+
 # -------------------------------------------------------------------------------------- MaskSet
 
 
@@ -233,6 +301,17 @@ def test_apply_mask_grads_and_optimizer_state():
         for key in ("exp_avg", "exp_avg_sq"):
             assert int(torch.count_nonzero(st_[key][where[n]])) == 0
             assert int(torch.count_nonzero(st_[key][~where[n]])) > 0  # the rest untouched
+    # the fused form: multiply every slot by a 0/1 factor in the parameter dtype (0 = zero)
+    before = {n: {k: opt.state[p][k].clone() for k in ("exp_avg", "exp_avg_sq")} for n, p in zip(ms.names, ms.params)}
+    g = torch.Generator().manual_seed(0)
+    keep = {n: (torch.rand(p.shape, generator=g) > 0.5).to(p.dtype) for n, p in zip(ms.names, ms.params)}
+    del keep[ms.names[0]]  # matrices not listed are untouched
+    ms.zero_optimizer_state_(opt, keep=keep)
+    for n, p in zip(ms.names, ms.params):
+        for key in ("exp_avg", "exp_avg_sq"):
+            want = before[n][key] * keep[n] if n in keep else before[n][key]
+            assert torch.equal(opt.state[p][key], want), (n, key)
+        assert opt.state[p]["step"].shape == ()  # scalar slots are left alone
     assert ms.nnz() == sum(layer_nnz(ms.shapes, 0.7).values())
     assert ms.density() == pytest.approx(0.3, abs=1e-3)
     rows = ms.per_layer()

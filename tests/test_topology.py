@@ -414,3 +414,159 @@ def test_masked_weights_stay_zero_without_apply():
         opt.step()
         opt.zero_grad(set_to_none=True)
         assert_masked_zero(sp, opt)
+
+
+# ------------------------------------------------------ the grouped update against a per-layer loop
+
+
+def reference_update(sp: Sparsifier, step: int) -> dict:
+    """The straightforward per-matrix loop (the implementation before matrices were grouped by shape): the
+    module docstring's steps 1-4, one matrix at a time. :meth:`Sparsifier.update` must match it exactly."""
+    import math
+
+    from mstlib.masks import make_generator, random_topk_
+
+    run, ms = sp.run, sp.masks
+    target_s = S.target_sparsity(S.progress(step, run.train.max_iters), run.schedule)
+    f = S.drop_fraction(step, run)
+    targets = layer_nnz(ms.shapes, target_s, ms.distribution)
+    changed, rows, counts = {}, [], []
+    with torch.no_grad():
+        for layer, (name, param) in enumerate(zip(ms.names, ms.params)):
+            old = ms.bool_mask(name).flatten()
+            n_active, target = ms.nnz_host[name], targets[name]
+            surplus = n_active - target
+            n_prune = min(max(math.floor(f * n_active), surplus), n_active)
+            n_grow = n_prune - surplus
+            w = param.detach().view(-1)
+            n_keep = n_active - n_prune
+            new = torch.zeros_like(old)
+            if n_keep > 0:
+                score = w.abs().float().masked_fill_(~old, -1.0)
+                new[torch.topk(score, n_keep, sorted=False).indices] = True
+            n_grad, n_rand = sp._split_growth(n_grow)
+            candidates = ~new
+            if n_grad > 0:
+                gscore = param.grad.detach().view(-1).abs().float().masked_fill_(~candidates, -1.0)
+                idx = torch.topk(gscore, n_grad, sorted=False).indices
+                new[idx] = True
+                candidates[idx] = False
+            if n_rand > 0:
+                random_topk_(new, candidates, n_rand, make_generator(run.seed, "grow", step, layer, param.device))
+            born, died = new & ~old, old & ~new
+            w.masked_fill_(born, 0.0)
+            ms.masks[name].copy_(new.view(param.shape))
+            ms.nnz_host[name] = target
+            changed[name] = (born | died).view(param.shape)
+            counts.append(torch.stack([born.sum(), died.sum()]))
+            rows.append({"name": name, "target_nnz": target, "nnz": target, "pruned": n_prune, "grown": n_grow})
+        if sp.optimizer is not None and sp.mask_optimizer_moments:
+            ms.zero_optimizer_state_(sp.optimizer, changed)
+        ms.apply_()
+        ms.mask_grads_()
+    for row, (on, off) in zip(rows, torch.stack(counts).tolist()):
+        row["switched_on"], row["switched_off"] = int(on), int(off)
+        row["density"] = row["nnz"] / math.prod(ms.shapes[row["name"]])
+    sp.target, sp.last_update_step = target_s, step
+    return {
+        "step": step, "target_sparsity": target_s, "drop_fraction": f,
+        "pruned": sum(r["pruned"] for r in rows), "grown": sum(r["grown"] for r in rows),
+        "switched_off": sum(r["switched_off"] for r in rows), "switched_on": sum(r["switched_on"] for r in rows),
+        "nnz": ms.nnz(), "density": ms.density(), "layers": rows,
+    }
+
+
+def _random_bundle(run: RunConfig, model_cfg: ModelConfig, s_init: float, moments: bool, device: str):
+    """A GPT with random float weights and gradients (no ties in |w| or |grad|) and random AdamW moments,
+    its Sparsifier with masks drawn at ``s_init``: built twice from the same seeds, the same bundle."""
+    torch.manual_seed(0)
+    model = GPT(model_cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sp = Sparsifier(model, run, opt, mask_optimizer_moments=moments)
+    sp.masks.init(s_init, seed=5)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():  # after the masks: the init zeroes weights, whose |w| would tie
+            p.copy_(torch.randn(p.shape, generator=g))
+            p.grad = torch.randn(p.shape, generator=g).to(device)
+            opt.state[p] = {"step": torch.tensor(3.0), "exp_avg": torch.randn(p.shape, generator=g).to(device),
+                            "exp_avg_sq": torch.rand(p.shape, generator=g).to(device)}
+    sp.apply_()
+    return model, opt, sp
+
+
+def _new_weights_and_grads(sp: Sparsifier, step: int) -> None:
+    """What training between two updates does to the ties: the weights grown at 0 move away from it."""
+    g = torch.Generator().manual_seed(100 + step)
+    with torch.no_grad():
+        for p in sp.masks.model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+            p.grad = torch.randn(p.shape, generator=g).to(p.device)
+    sp.apply_()
+
+
+#: the grouped update is also compared on the GPU where there is one (its topk and RNG are other kernels)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("growth", ["gradient", "random", "mixed", "none"])
+@pytest.mark.parametrize("distribution", ["er", "uniform"])
+@pytest.mark.parametrize("sparse_set", ["all", "blocks"])
+@pytest.mark.parametrize("direction", ["rising", "falling", "constant"])
+def test_grouped_update_matches_per_layer_reference(growth, distribution, sparse_set, direction):
+    # 3 blocks: every block-matrix group has 3 rows, whose counts differ by one where ER / uniform rounding
+    # gives the first layers the remainder (so the per-row k of the batched top-k is exercised); vocab 64
+    # makes lm_head the shape of mlp.c_fc (a 4-row group of two kinds), vocab 80 gives it its own group.
+    s_init, s_next = {"rising": (0.3, 0.85), "falling": (0.85, 0.2), "constant": (0.6, 0.6)}[direction]
+    sched = ScheduleConfig(kind="constant", sparsity=s_next)
+    for device, vocab, moments in [(d, v, m) for d in DEVICES for v, m in ((64, True), (80, growth != "mixed"))]:
+        model_cfg = ModelConfig(n_layer=3, n_head=2, n_embd=16, block_size=16, vocab_size=vocab)
+        run = make_run(sched, sparsity=SparsityConfig(sparse_set=sparse_set, distribution=distribution),
+                       growth=growth, drop_anneal="constant", drop_fraction=0.3, mix_gradient_fraction=0.6)
+        run = run.replace(**{"model.n_layer": model_cfg.n_layer, "model.vocab_size": vocab})
+        assert run.model == model_cfg
+        ma, oa, sa = _random_bundle(run, model_cfg, s_init, moments, device)
+        mb, ob, sb = _random_bundle(run, model_cfg, s_init, moments, device)
+        for step in (4, 8, 12):  # the first update changes the density, the next ones exchange at constant
+            if step > 4:
+                _new_weights_and_grads(sa, step), _new_weights_and_grads(sb, step)
+            got, want = sa.update(step), reference_update(sb, step)
+            assert got == want, (device, vocab, step)
+            for n in sa.masks.names:
+                assert torch.equal(sa.masks.masks[n], sb.masks.masks[n]), (device, vocab, step, n)
+            assert sa.masks.nnz_host == sb.masks.nnz_host
+            for (n, pa), pb in zip(ma.named_parameters(), mb.parameters()):
+                assert torch.equal(pa, pb), (device, vocab, step, n)
+                assert torch.equal(pa.grad, pb.grad), (device, vocab, step, n)
+                for key in ("exp_avg", "exp_avg_sq"):
+                    assert torch.equal(oa.state[pa][key], ob.state[pb][key]), (device, vocab, step, n, key)
+            assert (sa.target, sa.last_update_step) == (sb.target, sb.last_update_step)
+        if growth != "none":
+            assert got["switched_on"] > 0  # the topology really moved in the last (constant) update
+
+
+@pytest.mark.parametrize("growth", ["gradient", "random", "mixed", "none"])
+def test_grouped_update_matches_per_layer_reference_among_ties_on_cpu(growth):
+    """With weights and gradients from five values (ties everywhere, as in a model whose grown weights are
+    still 0), the grouped update still picks what the per-matrix loop picked: on the CPU a top-k over
+    several rows treats each row like a top-k of that row alone."""
+    model_cfg = ModelConfig(n_layer=3, n_head=2, n_embd=16, block_size=16, vocab_size=64)
+    run = make_run(ScheduleConfig(kind="constant", sparsity=0.7), growth=growth, drop_anneal="constant",
+                   drop_fraction=0.3).replace(**{"model.n_layer": 3})
+    bundles = []
+    for _ in range(2):
+        ma, opt, sp = _random_bundle(run, model_cfg, 0.4, True, "cpu")
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in ma.parameters():
+                p.copy_(torch.randint(0, 5, p.shape, generator=g).float())
+                p.grad = torch.randint(0, 5, p.shape, generator=g).float()
+        sp.apply_()
+        bundles.append((ma, sp))
+    (ma, sa), (mb, sb) = bundles
+    for step in (4, 8, 12):  # the weights grown at 0 tie with each other at the next updates
+        assert sa.update(step) == reference_update(sb, step)
+        for n in sa.masks.names:
+            assert torch.equal(sa.masks.masks[n], sb.masks.masks[n]), (step, n)
+        for pa, pb in zip(ma.parameters(), mb.parameters()):
+            assert torch.equal(pa, pb)
