@@ -19,15 +19,15 @@ TAG=${TAG:-session2}
     --warmup 5 --out results/bench/step_times_mini_$TAG.json >"$L/bench_mini.log" 2>&1
 ) &
 (
-  CUDA_VISIBLE_DEVICES=1 timeout 200 python3 -m pytest tests/test_attention.py tests/test_blocksparse.py -q \
+  CUDA_VISIBLE_DEVICES=1 timeout 240 python3 -m pytest tests/test_attention.py tests/test_blocksparse.py tests/test_topology.py tests/test_masks.py -q \
     -p no:cacheprovider >"$L/pytest_gpu.log" 2>&1
-  CUDA_VISIBLE_DEVICES=1 timeout $((T - 200)) python3 benchmarks/block_sparse.py --max-seconds 280 \
+  CUDA_VISIBLE_DEVICES=1 timeout $((T - 240)) python3 benchmarks/block_sparse.py --max-seconds 250 \
     --out results/bench/block_sparse_$TAG.json >"$L/block_sparse.log" 2>&1
 ) &
 (
   CUDA_VISIBLE_DEVICES=2 timeout 420 python3 benchmarks/train_speed.py --preset mini --steps 200 --repeats 3 \
     --data synthetic --methods dense mst --json results/bench/train_speed_repeats_mini_$TAG.json >"$L/train_speed.log" 2>&1
-  CUDA_VISIBLE_DEVICES=2 timeout 100 python3 benchmarks/topology_update.py --models mini paper --repeats 5 \
+  CUDA_VISIBLE_DEVICES=2 timeout 100 python3 benchmarks/topology_update.py --models mini paper --repeats 5 --profile \
     --json results/bench/topology_update_$TAG.json >"$L/topology_update.log" 2>&1
 ) &
 (
