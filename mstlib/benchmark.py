@@ -206,10 +206,15 @@ def _quantile(xs: Sequence[float], q: float) -> float:
 
 def run_benchmark(models: Sequence[str] = ("mini", "paper"), contexts: Sequence[int] = (1024, 4096),
                   variants: Sequence[str] = DEFAULT_VARIANTS, device: str = "auto", repeats: int = 20, warmup: int = 5,
-                  tokens_per_step: int = 32 * 1024, compile_: bool = False, progress: bool = True) -> list[dict[str, Any]]:
+                  tokens_per_step: int = 32 * 1024, compile_: bool = False, progress: bool = True,
+                  out: str | Path | None = None) -> list[dict[str, Any]]:
     """Time every variant for every (model, context); rows as described in the module docstring, with
     ``ratio_to_dense`` (dense step time / variant step time: above 1 is faster than dense),
-    ``predicted_ratio`` and ``tflops_achieved`` (the variant's counted training FLOPs per step / time)."""
+    ``predicted_ratio`` and ``tflops_achieved`` (the variant's counted training FLOPs per step / time).
+    ``out``: a JSON file rewritten (atomically) after every (model, context), so a run cut short by a time
+    limit keeps what it measured."""
+    from .results import atomic_write_json
+
     from tqdm.auto import tqdm
 
     from . import provenance
@@ -259,6 +264,8 @@ def run_benchmark(models: Sequence[str] = ("mini", "paper"), contexts: Sequence[
         for r in rows:
             if r["model"] == model and r["context"] == context and dense_ms and "error" not in r:
                 r["ratio_to_dense"] = dense_ms / r["ms_per_step_median"]
+        if out:
+            atomic_write_json(out, rows)
     bar.close()
     return rows
 
@@ -327,12 +334,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .results import atomic_write_json
-
     rows = run_benchmark(args.models, args.contexts, args.variants, args.device, args.repeats, args.warmup,
-                         args.tokens_per_step, args.compile)
-    if args.out:
-        atomic_write_json(args.out, rows)
+                         args.tokens_per_step, args.compile, out=args.out)
     print(f"{'model':6} {'T':>5} {'variant':24} {'ms/step':>9} {'tok/s':>10} {'vs dense':>8} {'pred':>6}")
     for r in rows:
         if "error" in r:

@@ -15,8 +15,8 @@ nvidia-smi --query-gpu=index,name --format=csv,noheader
 T=${T:-540}
 TAG=${TAG:-session2}
 (
-  CUDA_VISIBLE_DEVICES=0 timeout $T python3 -m mstlib bench --models mini --contexts 1024 4096 --repeats 20 \
-    --warmup 5 --out results/bench/step_times_mini_$TAG.json >"$L/bench_mini.log" 2>&1
+  CUDA_VISIBLE_DEVICES=0 timeout $T python3 -m mstlib bench --models mini --contexts 1024 4096 --repeats 15 \
+    --warmup 3 --out results/bench/step_times_mini_$TAG.json >"$L/bench_mini.log" 2>&1
 ) &
 (
   CUDA_VISIBLE_DEVICES=1 timeout 240 python3 -m pytest tests/test_attention.py tests/test_blocksparse.py tests/test_topology.py tests/test_masks.py -q \
@@ -31,8 +31,8 @@ TAG=${TAG:-session2}
     --json results/bench/topology_update_$TAG.json >"$L/topology_update.log" 2>&1
 ) &
 (
-  CUDA_VISIBLE_DEVICES=3 timeout $T python3 -m mstlib bench --models paper --contexts 1024 4096 --repeats 20 \
-    --warmup 5 --out results/bench/step_times_paper_$TAG.json >"$L/bench_paper.log" 2>&1
+  CUDA_VISIBLE_DEVICES=3 timeout $T python3 -m mstlib bench --models paper --contexts 1024 4096 --repeats 15 \
+    --warmup 3 --out results/bench/step_times_paper_$TAG.json >"$L/bench_paper.log" 2>&1
 ) &
 wait
 for f in "$L"/*.log; do echo "== $f"; grep -v "step/s\|it/s\|Warning\|warn" "$f" | tail -45; done
