@@ -410,7 +410,11 @@ def _far_summary(q, k, v, stride: int, summary: int, scale: float) -> tuple[torc
     of the blocks before its own; ``T * summary / stride`` keys in all, gathered once."""
     T = q.size(-2)
     pos = torch.arange(T, device=q.device)
-    cols = pos[pos % stride >= stride - summary]
+    # the columns in ascending order, counted in Python: no data-dependent shape (a compiled graph stays whole)
+    n_blocks = -(-T // stride)
+    cols = (torch.arange(n_blocks, device=q.device)[:, None] * stride
+            + torch.arange(stride - summary, stride, device=q.device)[None, :]).flatten()
+    cols = cols[: (T // stride) * summary + max(0, T % stride - (stride - summary))]
     allowed = (cols[None, :] // stride) < (pos[:, None] // stride)
     return _masked_attention_lse(q, k.index_select(-2, cols), v.index_select(-2, cols), allowed, scale)
 
@@ -426,31 +430,25 @@ def _merge(parts: list[tuple[torch.Tensor, torch.Tensor]], dtype: torch.dtype) -
     return out.to(dtype)
 
 
-def _flex_with_lse(q, k, v, block_mask, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """FlexAttention's output and natural log-sum-exp (differentiable), through ``return_aux`` where this
-    torch has it (``return_lse`` is deprecated there) and ``return_lse`` before."""
+def _flex_with_lse(flex, q, k, v, block_mask, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``flex`` (FlexAttention, compiled or not): output and natural log-sum-exp (differentiable), through
+    ``return_aux`` where this torch has it (``return_lse`` is deprecated there) and ``return_lse`` before."""
     from torch.nn.attention import flex_attention as fa
 
     if hasattr(fa, "AuxRequest"):
-        out, aux = fa.flex_attention(q, k, v, block_mask=block_mask, scale=scale, return_aux=fa.AuxRequest(lse=True))
+        out, aux = flex(q, k, v, block_mask=block_mask, scale=scale, return_aux=fa.AuxRequest(lse=True))
         return out, aux.lse
-    return fa.flex_attention(q, k, v, block_mask=block_mask, scale=scale, return_lse=True)
+    return flex(q, k, v, block_mask=block_mask, scale=scale, return_lse=True)
 
 
-def _split_attend(q, k, v, name: str, window: int, stride: int, summary: int, block_mask) -> torch.Tensor:
-    """The split computation (see :data:`SPLITS`); ``block_mask``: the near part's FlexAttention BlockMask,
-    or ``None`` for the masked dense fallback."""
+def _far_and_merge(q, k, v, near_out: Optional[torch.Tensor], near_lse: Optional[torch.Tensor], name: str,
+                   window: int, stride: int, summary: int) -> torch.Tensor:
+    """The far part of the split (see :data:`SPLITS`) merged with the near part's ``(out, lse)`` (``None``:
+    no near part). Plain tensor code: compiled on CUDA (:func:`_compiled_far`) so its casts, softmax and
+    merge fuse into a few kernels."""
     near, far = SPLITS[name]
     scale = q.size(-1) ** -0.5
-    T = q.size(-2)
-    parts = []
-    if near is not None:
-        if block_mask is not None:
-            out, lse = _flex_with_lse(q, k, v, block_mask, scale)
-        else:
-            pos = torch.arange(T, device=q.device)
-            out, lse = _masked_attention_lse(q, k, v, _near_allowed(near, pos[:, None], pos[None, :], window, stride), scale)
-        parts.append((out, lse))
+    parts = [] if near_out is None else [(near_out, near_lse)]
     if far == "strided":
         # local_strided: distances below the window belong to the near part; strided alone starts at 0
         m_min = 0 if near is None else max(1, -(-window // stride))
@@ -461,30 +459,49 @@ def _split_attend(q, k, v, name: str, window: int, stride: int, summary: int, bl
 
 
 @functools.lru_cache(maxsize=1)
-def _compiled_split():
-    return torch.compile(_split_attend, dynamic=False)
+def _compiled_far():
+    return torch.compile(_far_and_merge, dynamic=False)
+
+
+def _split_attend(q, k, v, name: str, window: int, stride: int, summary: int, block_mask, flex,
+                  far_fn=_far_and_merge) -> torch.Tensor:
+    """The split computation: the near part through ``flex`` with ``block_mask`` (or, when ``flex`` is
+    ``None``, masked dense math), then ``far_fn`` (:func:`_far_and_merge`, compiled or not)."""
+    near = SPLITS[name][0]
+    out = lse = None
+    if near is not None:
+        scale = q.size(-1) ** -0.5
+        if flex is not None:
+            out, lse = _flex_with_lse(flex, q, k, v, block_mask, scale)
+        else:
+            pos = torch.arange(q.size(-2), device=q.device)
+            out, lse = _masked_attention_lse(q, k, v, _near_allowed(near, pos[:, None], pos[None, :], window, stride), scale)
+    return far_fn(q, k, v, out, lse, name, window, stride, summary)
 
 
 def split_pattern_attention(
     name: str, T: int, window: int, stride: int, device, *, summary: int = FIXED_SUMMARY, compile: Optional[bool] = None,
 ) -> AttentionFn:
     """The ``"split"`` backend (module docstring): the same function as the pattern's mask, computed as a
-    FlexAttention band plus a small dense far part. ``compile``: default True on CUDA (the near part through
-    compiled FlexAttention, the whole computation in one compiled graph); on CPU the near part is masked
-    dense math, forward and backward."""
+    FlexAttention band plus a small dense far part. ``compile``: default True on CUDA (the band through the
+    process's compiled FlexAttention; the far part is plain tensor code, compiled with the model when the
+    model is); on CPU the band is masked dense math, forward and backward."""
     _check(name, window, stride, summary)
     if name == "dense":
         raise ConfigError("the split backend is for sparse patterns; dense attention needs no split")
     dev = _device_key(device)
-    use_flex = torch.device(dev).type == "cuda" and flex_available() if compile is None else compile
+    use_flex = (torch.device(dev).type == "cuda" and flex_available()) if compile is None else compile
     near = SPLITS[name][0]
-    fn = _compiled_split() if use_flex else _split_attend
+    flex = _compiled_flex() if use_flex and near is not None else None
+    far_fn = _compiled_far() if use_flex else _far_and_merge
+    # built here, not inside attend: a cached call traced inside a compiled model breaks its graph
+    full = _near_block_mask(near, T, window, stride, dev) if flex is not None else None
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         t = q.size(-2)
         _check_length(t, T)
-        bm = _near_block_mask(near, t, window, stride, dev) if use_flex and near is not None else None
-        return fn(q, k, v, name, window, stride, summary, bm)
+        bm = full if t == T or flex is None else _near_block_mask(near, t, window, stride, dev)
+        return _split_attend(q, k, v, name, window, stride, summary, bm, flex, far_fn)
 
     return attend
 

@@ -366,8 +366,11 @@ def test_masks_identical_across_real_gloo_ranks(tmp_path: Path):
 
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
-    # fork: the children inherit the imported torch (a fresh interpreter costs seconds per rank)
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    # fork: the children inherit the imported torch (a fresh interpreter costs seconds per rank); but not
+    # after CUDA was used in this process (earlier tests on a GPU machine): autograd's device threads make
+    # a forked child fail ("Unable to handle autograd's threading in combination with fork")
+    fork_ok = "fork" in mp.get_all_start_methods() and not (torch.cuda.is_available() and torch.cuda.is_initialized())
+    ctx = mp.get_context("fork" if fork_ok else "spawn")
     port = _free_port()
     procs = [ctx.Process(target=_gloo_worker, args=(r, port, str(tmp_path))) for r in range(2)]
     for p in procs:
