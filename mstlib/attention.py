@@ -383,51 +383,108 @@ def _masked_attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, all
         return out, lse.squeeze(-1).masked_fill(~has.squeeze(-1), float("-inf"))
 
 
-def _far_strided(q, k, v, stride: int, m_min: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each query ``i`` attends to the keys ``i - m * stride`` with ``m >= m_min``: the sequence (padded to
-    a multiple of ``stride``) is regrouped into residue classes ``[B, H, stride, n, D]`` (class ``r``, index
-    ``a`` is position ``a * stride + r``), where those keys are the class members ``a - m``. Padding is never
-    attended: a padded key lies after every real query of its class. Cost ``O(T * n * D)``, ``n = T/stride``."""
-    B, H, T, D = q.shape
+def _m_min(name: str, window: int, stride: int) -> int:
+    """Smallest multiple ``m`` of the stride in the far part: ``local_strided``'s band already holds the
+    distances below the window; ``strided`` alone starts at distance 0."""
+    return 0 if SPLITS[name][0] is None else max(1, -(-window // stride))
+
+
+def _n_summary(T: int, stride: int, summary: int) -> int:
+    """Number of ``fixed`` summary columns (``j % stride >= stride - summary``) among ``T`` positions."""
+    return (T // stride) * summary + max(0, T % stride - (stride - summary))
+
+
+def _to_classes(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """``[B, H, T, D]`` -> ``[B, H, stride, n, D]``, ``n = ceil(T / stride)``: residue class ``r``, index
+    ``a`` is position ``a * stride + r`` (zero padding at the end). In a class the strided keys of a query
+    are the members before it, so the far part is causal attention within each class. Padding is never
+    attended: a padded key comes after every real query of its class."""
+    B, H, T, D = x.shape
     n = -(-T // stride)
-    pad = n * stride - T
+    if n * stride > T:
+        x = F.pad(x, (0, 0, 0, n * stride - T))
+    return x.view(B, H, n, stride, D).transpose(2, 3)
 
-    def classes(x: torch.Tensor) -> torch.Tensor:
-        if pad:
-            x = F.pad(x, (0, 0, 0, pad))
-        return x.view(B, H, n, stride, D).transpose(2, 3)
 
-    a = torch.arange(n, device=q.device)
+def _from_classes(x: torch.Tensor, T: int) -> torch.Tensor:
+    """Inverse of :func:`_to_classes` for ``[B, H, stride, n, *rest]`` (``rest``: ``(D,)`` or ``()``)."""
+    B, H, stride, n = x.shape[:4]
+    return x.transpose(2, 3).reshape(B, H, n * stride, *x.shape[4:])[:, :, :T]
+
+
+def _far_strided(q, k, v, stride: int, m_min: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked dense math for the strided far part (CPU, tests): keys ``i - m * stride``, ``m >= m_min``,
+    computed inside the residue classes. Cost ``O(T * n * D)``, ``n = T / stride``."""
+    T = q.size(-2)
+    a = torch.arange(-(-T // stride), device=q.device)
     allowed = (a[:, None] - a[None, :]) >= m_min
-    out, lse = _masked_attention_lse(classes(q), classes(k), classes(v), allowed, scale)
-    out = out.transpose(2, 3).reshape(B, H, n * stride, D)[:, :, :T]
-    lse = lse.transpose(2, 3).reshape(B, H, n * stride)[:, :, :T]
-    return out, lse
+    out, lse = _masked_attention_lse(_to_classes(q, stride), _to_classes(k, stride), _to_classes(v, stride),
+                                     allowed, scale)
+    return _from_classes(out, T), _from_classes(lse, T)
+
+
+def _summary_columns(T: int, stride: int, summary: int, device) -> torch.Tensor:
+    """``fixed``'s summary positions in ascending order, built without a data-dependent shape (so a compiled
+    graph stays whole)."""
+    n_blocks = -(-T // stride)
+    cols = (torch.arange(n_blocks, device=device)[:, None] * stride
+            + torch.arange(stride - summary, stride, device=device)[None, :]).flatten()
+    return cols[: _n_summary(T, stride, summary)]
 
 
 def _far_summary(q, k, v, stride: int, summary: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``fixed``'s far part: every query attends to the summary columns (``j % stride >= stride - summary``)
+    """Masked dense math for ``fixed``'s far part (CPU, tests): every query attends to the summary columns
     of the blocks before its own; ``T * summary / stride`` keys in all, gathered once."""
     T = q.size(-2)
     pos = torch.arange(T, device=q.device)
-    # the columns in ascending order, counted in Python: no data-dependent shape (a compiled graph stays whole)
-    n_blocks = -(-T // stride)
-    cols = (torch.arange(n_blocks, device=q.device)[:, None] * stride
-            + torch.arange(stride - summary, stride, device=q.device)[None, :]).flatten()
-    cols = cols[: (T // stride) * summary + max(0, T % stride - (stride - summary))]
+    cols = _summary_columns(T, stride, summary, q.device)
     allowed = (cols[None, :] // stride) < (pos[:, None] // stride)
     return _masked_attention_lse(q, k.index_select(-2, cols), v.index_select(-2, cols), allowed, scale)
 
 
+@functools.lru_cache(maxsize=64)
+def _far_block_mask(far: str, T: int, stride: int, m_min: int, summary: int, device: str):
+    """FlexAttention BlockMask of the far part. ``strided``: over the class-major sequence of
+    ``n * stride`` positions (index ``r * n + a``), causal within each class from distance ``m_min`` on;
+    its tiles lie on the diagonal only. ``summary``: ``T`` queries against the gathered summary columns
+    (column ``c`` belongs to block ``c // summary``), allowed when that block precedes the query's."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    if far == "strided":
+        n = -(-T // stride)
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return (q_idx // n == kv_idx // n) & (q_idx % n - kv_idx % n >= m_min)
+
+        return create_block_mask(mask_mod, None, None, n * stride, n * stride, device=device, BLOCK_SIZE=FLEX_BLOCK)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return kv_idx // summary < q_idx // stride
+
+    return create_block_mask(mask_mod, None, None, T, _n_summary(T, stride, summary), device=device,
+                             BLOCK_SIZE=FLEX_BLOCK)
+
+
 def _merge(parts: list[tuple[torch.Tensor, torch.Tensor]], dtype: torch.dtype) -> torch.Tensor:
     """Exact softmax over the union of disjoint key sets from per-part ``(out, lse)``: ``sum_p out_p *
-    exp(lse_p - lse)`` with ``lse = logsumexp_p lse_p``; differentiable in every part and its ``lse``."""
+    exp(lse_p - lse)`` with ``lse = logsumexp_p lse_p``; differentiable in every part and its ``lse``. A
+    part's ``lse`` of ``-inf`` (a query without keys there) gives it weight 0."""
     if len(parts) == 1:
         return parts[0][0].to(dtype)
     dt = torch.float64 if dtype == torch.float64 else torch.float32
     lse = torch.logsumexp(torch.stack([p[1].to(dt) for p in parts]), dim=0)
     out = sum(o.to(dt) * torch.exp(l.to(dt) - lse).unsqueeze(-1) for o, l in parts)
     return out.to(dtype)
+
+
+def _merge2(o1, l1, o2, l2):
+    """:func:`_merge` of two parts as one compilable function of tensors (fused into one kernel on CUDA)."""
+    return _merge([(o1, l1), (o2, l2)], o1.dtype)
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_merge2():
+    return torch.compile(_merge2, dynamic=False)
 
 
 def _flex_with_lse(flex, q, k, v, block_mask, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -441,67 +498,80 @@ def _flex_with_lse(flex, q, k, v, block_mask, scale: float) -> tuple[torch.Tenso
     return flex(q, k, v, block_mask=block_mask, scale=scale, return_lse=True)
 
 
-def _far_and_merge(q, k, v, near_out: Optional[torch.Tensor], near_lse: Optional[torch.Tensor], name: str,
-                   window: int, stride: int, summary: int) -> torch.Tensor:
-    """The far part of the split (see :data:`SPLITS`) merged with the near part's ``(out, lse)`` (``None``:
-    no near part). Plain tensor code: compiled on CUDA (:func:`_compiled_far`) so its casts, softmax and
-    merge fuse into a few kernels."""
+def _far_flex(flex, q, k, v, far: str, stride: int, summary: int, block_mask, scale: float):
+    """The far part through FlexAttention (``block_mask`` from :func:`_far_block_mask`): the strided part on
+    the class-major sequence (then put back in order), the summary part against the gathered columns."""
+    T = q.size(-2)
+    if far == "strided":
+        B, H, _, D = q.shape
+
+        def flat(x):
+            return _to_classes(x, stride).reshape(B, H, -1, D)
+
+        out, lse = _flex_with_lse(flex, flat(q), flat(k), flat(v), block_mask, scale)
+        n = -(-T // stride)
+        return (_from_classes(out.view(B, H, stride, n, D), T), _from_classes(lse.view(B, H, stride, n), T))
+    cols = _summary_columns(T, stride, summary, q.device)
+    return _flex_with_lse(flex, q, k.index_select(-2, cols), v.index_select(-2, cols), block_mask, scale)
+
+
+def _split_attend(q, k, v, name: str, window: int, stride: int, summary: int, masks, flex, merge2=_merge2):
+    """The split computation (see :data:`SPLITS`). With ``flex`` (FlexAttention) both parts go through it,
+    ``masks = (near BlockMask, far BlockMask)``, and ``merge2`` combines them; without, masked dense math."""
     near, far = SPLITS[name]
     scale = q.size(-1) ** -0.5
-    parts = [] if near_out is None else [(near_out, near_lse)]
-    if far == "strided":
-        # local_strided: distances below the window belong to the near part; strided alone starts at 0
-        m_min = 0 if near is None else max(1, -(-window // stride))
-        parts.append(_far_strided(q, k, v, stride, m_min, scale))
-    elif far == "summary":
-        parts.append(_far_summary(q, k, v, stride, summary, scale))
-    return _merge(parts, q.dtype)
-
-
-@functools.lru_cache(maxsize=1)
-def _compiled_far():
-    return torch.compile(_far_and_merge, dynamic=False)
-
-
-def _split_attend(q, k, v, name: str, window: int, stride: int, summary: int, block_mask, flex,
-                  far_fn=_far_and_merge) -> torch.Tensor:
-    """The split computation: the near part through ``flex`` with ``block_mask`` (or, when ``flex`` is
-    ``None``, masked dense math), then ``far_fn`` (:func:`_far_and_merge`, compiled or not)."""
-    near = SPLITS[name][0]
-    out = lse = None
+    T = q.size(-2)
+    if flex is None:
+        parts = []
+        if near is not None:
+            pos = torch.arange(T, device=q.device)
+            allowed = _near_allowed(near, pos[:, None], pos[None, :], window, stride)
+            parts.append(_masked_attention_lse(q, k, v, allowed, scale))
+        if far == "strided":
+            parts.append(_far_strided(q, k, v, stride, _m_min(name, window, stride), scale))
+        elif far == "summary":
+            parts.append(_far_summary(q, k, v, stride, summary, scale))
+        return _merge(parts, q.dtype)
+    near_mask, far_mask = masks
+    parts = []
     if near is not None:
-        scale = q.size(-1) ** -0.5
-        if flex is not None:
-            out, lse = _flex_with_lse(flex, q, k, v, block_mask, scale)
-        else:
-            pos = torch.arange(q.size(-2), device=q.device)
-            out, lse = _masked_attention_lse(q, k, v, _near_allowed(near, pos[:, None], pos[None, :], window, stride), scale)
-    return far_fn(q, k, v, out, lse, name, window, stride, summary)
+        parts.append(_flex_with_lse(flex, q, k, v, near_mask, scale))
+    if far is not None:
+        parts.append(_far_flex(flex, q, k, v, far, stride, summary, far_mask, scale))
+    if len(parts) == 1:
+        return parts[0][0]
+    return merge2(parts[0][0], parts[0][1], parts[1][0], parts[1][1])
+
+
+def _split_masks(name: str, T: int, window: int, stride: int, summary: int, device: str):
+    near, far = SPLITS[name]
+    return (None if near is None else _near_block_mask(near, T, window, stride, device),
+            None if far is None else _far_block_mask(far, T, stride, _m_min(name, window, stride), summary, device))
 
 
 def split_pattern_attention(
     name: str, T: int, window: int, stride: int, device, *, summary: int = FIXED_SUMMARY, compile: Optional[bool] = None,
 ) -> AttentionFn:
     """The ``"split"`` backend (module docstring): the same function as the pattern's mask, computed as a
-    FlexAttention band plus a small dense far part. ``compile``: default True on CUDA (the band through the
-    process's compiled FlexAttention; the far part is plain tensor code, compiled with the model when the
-    model is); on CPU the band is masked dense math, forward and backward."""
+    FlexAttention band plus the far part, also through FlexAttention (the strided keys on the sequence
+    regrouped by residue class, where they form diagonal tiles only; ``fixed``'s summary columns gathered),
+    merged by log-sum-exp. ``compile``: default True on CUDA (the process's compiled FlexAttention, a
+    compiled merge); on CPU both parts are masked dense math, forward and backward."""
     _check(name, window, stride, summary)
     if name == "dense":
         raise ConfigError("the split backend is for sparse patterns; dense attention needs no split")
     dev = _device_key(device)
     use_flex = (torch.device(dev).type == "cuda" and flex_available()) if compile is None else compile
-    near = SPLITS[name][0]
-    flex = _compiled_flex() if use_flex and near is not None else None
-    far_fn = _compiled_far() if use_flex else _far_and_merge
+    flex = _compiled_flex() if use_flex else None
+    merge2 = _compiled_merge2() if use_flex else _merge2
     # built here, not inside attend: a cached call traced inside a compiled model breaks its graph
-    full = _near_block_mask(near, T, window, stride, dev) if flex is not None else None
+    full = _split_masks(name, T, window, stride, summary, dev) if use_flex else None
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         t = q.size(-2)
         _check_length(t, T)
-        bm = full if t == T or flex is None else _near_block_mask(near, t, window, stride, dev)
-        return _split_attend(q, k, v, name, window, stride, summary, bm, flex, far_fn)
+        masks = full if t == T or not use_flex else _split_masks(name, t, window, stride, summary, dev)
+        return _split_attend(q, k, v, name, window, stride, summary, masks, flex, merge2)
 
     return attend
 

@@ -110,7 +110,7 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
 
         torch._dynamo.reset()
         attention._compiled_flex.cache_clear()
-        attention._compiled_far.cache_clear()
+        attention._compiled_merge2.cache_clear()
     kind, _, pattern = variant.partition(":")
     kind, _, tile = kind.partition("@")  # "hsa_flex@64": FlexAttention with 64-token tiles
     block = int(tile) if tile else None

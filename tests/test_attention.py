@@ -3,6 +3,8 @@ and every backend against a float64 reference, forward and backward."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -239,6 +241,25 @@ def test_split_equals_float64_reference_fwd_bwd(name, T, w, s):
     for a, b in zip(ours, theirs):
         assert torch.isfinite(a).all()
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.skipif(not A.flex_available(), reason="torch.nn.attention.flex_attention not in this torch")
+@pytest.mark.parametrize("name,T,w,s", [
+    ("local_strided", 256, 32, 32), ("local_strided", 250, 32, 32), ("local_strided", 256, 64, 32),
+    ("strided", 200, 32, 32), ("fixed", 256, 32, 32), ("fixed", 230, 32, 32),
+])
+def test_split_through_flex_forward_equals_reference_on_cpu(name, T, w, s):
+    """The GPU path of the split backend (both parts through FlexAttention: the strided part on the
+    class-major sequence, the summary part against gathered columns), run with eager FlexAttention, whose
+    forward works on CPU: it must compute the pattern's function."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    q, k, v = (t.float() for t in _qkv(T, seed=4))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # eager FlexAttention warns that it is slow
+        y = A._split_attend(q, k, v, name, w, s, 1, A._split_masks(name, T, w, s, 1, "cpu"), flex_attention)
+    ref = A.reference_attention(q.double(), k.double(), v.double(), A.pattern_mask(name, T, w, s))
+    torch.testing.assert_close(y.double(), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_split_block_density_counts_only_the_band():
