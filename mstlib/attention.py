@@ -31,17 +31,19 @@ Backends for :func:`build_attention` (``AttentionConfig.backend``):
   eagerly (with a warning, through the same math as the reference) but the backward raises
   ``NotImplementedError: FlexAttention does not support backward on CPU``; compiling it on CPU takes ~20 s
   and does not add a backward. So use ``"flex"`` on CPU only for evaluation.
-* ``"split"``: the pattern cut in two parts that are each cheap, merged exactly by log-sum-exp
+* ``"split"``: the pattern cut in two parts that are each tile-sparse, merged exactly by log-sum-exp
   (:func:`split_pattern_attention`). The *near* part (``local``'s band, or ``fixed``'s own block) goes to
   FlexAttention, whose tiles then cover only the band; the *far* part (the strided keys ``i - m * stride``,
-  or ``fixed``'s summary columns) has only ``T / stride`` keys per query, so it is a small dense product:
-  for ``strided`` the sequence is regrouped into its ``stride`` residue classes (positions ``r, r + stride,
-  r + 2 stride, ...``), in which the strided keys are contiguous, and each class attends causally within
-  itself. Why: with ``stride = 128`` (the official value) every 128 x 128 tile holds a strided pair, so one
-  FlexAttention call over the whole pattern skips no tile and runs *slower* than dense attention. On CPU
-  the near part falls back to masked dense math (forward and backward), which the tests use.
-* ``"auto"``: on CUDA with FlexAttention, ``"split"`` for the patterns with a far part and ``"flex"`` for
-  ``local``; elsewhere ``"sdpa_mask"``.
+  or ``fixed``'s summary columns) has only ``T / stride`` keys per query: for ``strided`` the sequence is
+  regrouped by residue class (positions ``r, r + stride, r + 2 stride, ...``), where the strided keys are
+  contiguous and the far part's tiles lie on the diagonal. Why try it: with ``stride = 128`` (the official
+  value) every 128 x 128 tile holds a strided pair, so one FlexAttention call over the whole pattern skips no
+  tile. **Measured on an H200 it is slower than that one call** at context 1024 and only at 4096 catches up
+  with it for ``local_strided`` (and beats dense for ``fixed`` and ``strided``); the regrouping copies, the
+  second kernel and the merge cost more than the skipped tiles save at these sizes (the training-speed
+  chapter has the table). So ``"auto"`` does not pick it. On CPU both parts fall back to masked dense math
+  (forward and backward), which the tests use.
+* ``"auto"``: ``"flex"`` on CUDA when FlexAttention imports, else ``"sdpa_mask"``.
 
 Units: ``T`` tokens; ``q, k, v`` of shape ``(batch, heads, T, head_dim)``; densities are fractions of pairs.
 """
@@ -187,15 +189,13 @@ def flex_available() -> bool:
 
 
 def resolve_backend(backend: str, device: torch.device | str, pattern: Optional[str] = None) -> str:
-    """``"auto"`` -> on CUDA with FlexAttention: ``"split"`` for the patterns with a strided/summary part
-    (``strided``, ``local_strided``, ``fixed``: one FlexAttention call skips no tile there), ``"flex"`` for
-    the others; without: ``"sdpa_mask"``. Other names are checked (``"split"`` runs anywhere: without
-    FlexAttention its band part uses masked dense math)."""
+    """``"auto"`` -> ``"flex"`` on CUDA when FlexAttention imports, else ``"sdpa_mask"`` (``pattern`` is
+    accepted for a rule that depends on it; measured on an H200, one FlexAttention call was the fastest
+    for every pattern, see the ``"split"`` backend's note). Other names are checked (``"split"`` runs
+    anywhere: without FlexAttention both of its parts use masked dense math)."""
     dev = torch.device(device)
     if backend == "auto":
-        if not (dev.type == "cuda" and flex_available()):
-            return "sdpa_mask"
-        return "split" if pattern is not None and SPLITS.get(pattern, (None, None))[1] is not None else "flex"
+        return "flex" if dev.type == "cuda" and flex_available() else "sdpa_mask"
     if backend == "flex":
         if not flex_available():
             raise ConfigError(

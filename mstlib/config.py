@@ -204,8 +204,8 @@ class AttentionConfig:
     (empty = all layers, official). ``backend``: ``"flex"`` (FlexAttention block masks, skips empty
     blocks), ``"split"`` (the pattern cut into a FlexAttention band and a strided/summary part computed
     as small dense products, merged by log-sum-exp: see :mod:`mstlib.attention`), ``"sdpa_mask"`` (a dense
-    boolean mask passed to SDPA: the official way, no savings), ``"auto"`` (on CUDA: split for the
-    patterns with a strided/summary part, flex for local; elsewhere sdpa_mask).
+    boolean mask passed to SDPA: the official way, no savings), ``"auto"`` (flex on CUDA when
+    available, else sdpa_mask).
     """
 
     pattern: AttentionPatternName = "dense"

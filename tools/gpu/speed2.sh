@@ -21,7 +21,7 @@ done
 ( CUDA_VISIBLE_DEVICES=1 timeout 300 python3 -m pytest tests/test_attention.py tests/test_topology.py tests/test_masks.py \
     -q -p no:cacheprovider >"$L/pytest_gpu.log" 2>&1 ) &
 ( CUDA_VISIBLE_DEVICES=2 timeout 450 python3 benchmarks/train_speed.py --preset mini --steps 200 --repeats 3 \
-    --data synthetic --methods dense mst --json results/bench/train_speed_repeats_mini_$TAG.json >"$L/train_speed.log" 2>&1 ) &
+    --data synthetic --methods dense mst ${SPEED_EXTRA:-} --json results/bench/train_speed_repeats_mini_$TAG.json >"$L/train_speed.log" 2>&1 ) &
 wait
 for f in "$L"/*.log; do echo "== $f"; grep -v "step/s\|it/s\|Warn\|warn" "$f" | tail -32; done
 tar czf "$OUT/speed2.tar.gz" results/bench "$L"
