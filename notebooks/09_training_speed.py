@@ -28,9 +28,11 @@
 # gradient clipping, AdamW) of each variant in the same process, on the same device, with the same model,
 # context and tokens per step, one after the other: dense; MST in each phase (masks at the phase's
 # mid-point density, gradients masked before the step and weights after it, the topology update timed
-# separately and amortised over its interval; the ultra phase with hybrid sparse attention); and dense
-# weights with a sparse attention pattern through FlexAttention block masks (which skip the tiles the
-# pattern leaves empty) or through the official masked SDPA. Each time is the median over repeated steps
+# separately and amortised over its preset's interval; the ultra phase with hybrid sparse attention); and
+# dense weights with a sparse attention pattern through one FlexAttention block mask (which skips the tiles
+# the pattern leaves empty), through our *split* backend (the pattern cut into a FlexAttention band and a
+# strided part regrouped so that its tiles are few too, merged exactly by log-sum-exp; see
+# `mstlib.attention`), or through the official masked SDPA. Each time is the median over repeated steps
 # after untimed warm-up steps. "Speed vs dense" is dense's time per step divided by the variant's: above 1
 # is faster than dense.
 #
@@ -45,7 +47,7 @@ device = "auto"  # where the smoke benchmark runs ("auto", "cpu", "cuda")
 results_dir = "results"  # stored benchmark files are read from <results_dir>/bench/*.json
 # the smoke benchmark (ignored for the GPU presets): variants, timed steps and untimed warm-up steps
 bench_variants = ["dense", "mst_warmup", "mst_ultra", "mst_restoration", "hsa_sdpa:local_strided",
-                  "hsa_flex:local_strided"]
+                  "hsa_split:local_strided", "hsa_flex:local_strided"]
 repeats = 3
 warmup = 1
 
@@ -96,8 +98,15 @@ else:
             f"python -m mstlib bench --models mini paper --contexts 1024 4096 --out {bench_dir}/h200.json "
             "(or run this notebook with preset='smoke' to measure a toy model here)"
         )
-    # a later file replaces an earlier one's row for the same device, model, context and variant
-    bench = bench.sort_values("file").drop_duplicates(["device_name", "model", "context", "variant"], keep="last")
+    # every ratio compares variants timed in the same process: for each device, model and context only the
+    # rows of the latest file that measured it are used (earlier files stay in results/bench for the record)
+    latest = bench.groupby(["device_name", "model", "context"])["file"].transform("max")
+    bench = bench[bench["file"] == latest]
+    if "error" in bench:
+        failed = bench[bench["error"].notna()]
+        bench = bench[bench["error"].isna()]
+        for r in failed.itertuples():
+            print(f"not timed: {r.model} {r.context} {r.variant}: {r.error[:120]}")
     source = f"stored in {bench_dir}/ ({', '.join(sorted(bench['file'].unique()))})"
 
 required = {"model", "context", "variant", "ms_per_step_median", "ms_p10", "ms_p90", "tokens_per_s",
@@ -119,7 +128,8 @@ def variant_name(v: str) -> str:
     if v in VARIANT_NAMES:
         return VARIANT_NAMES[v]
     kind, _, pattern = v.partition(":")
-    return f"{pattern} attention, " + ("FlexAttention" if kind == "hsa_flex" else "masked SDPA (official)")
+    how = {"hsa_flex": "FlexAttention", "hsa_split": "split (band + strided part)", "hsa_sdpa": "masked SDPA (official)"}
+    return f"{pattern} attention, " + how.get(kind.split("@")[0], kind)
 
 
 bench = bench.assign(
@@ -215,45 +225,121 @@ fig.tight_layout()
 plt.show()
 
 # %%
-def ratio_text(variant: str) -> str:
-    """Measured speed vs dense of ``variant`` in the largest setting it was measured in, as text."""
+def ratio_text(variant: str, context: int | None = None) -> str:
+    """Measured speed vs dense of ``variant`` (at ``context``, else in the largest setting it was
+    measured in), as text."""
     d = bench[bench["variant"] == variant]
+    if context is not None:
+        d = d[d["context"] == context]
     if d.empty:
         return "not measured here"
     r = d.sort_values(["context", "flops_per_step"]).iloc[-1]
-    return f"{r.ratio_to_dense:.2f}x dense speed ({r.model} model, context {r.context}, {r.device_name})"
+    return f"{r.ratio_to_dense:.2f}x dense speed ({r.model} model, context {r.context})"
 
 
-mst = bench[bench["variant"].astype(str).str.startswith("mst_")]
-if mst.empty:
+def span(variants: list[str]) -> tuple[float, float]:
+    d = bench[bench["variant"].isin(variants)]["ratio_to_dense"]
+    return (float(d.min()), float(d.max())) if len(d) else (float("nan"), float("nan"))
+
+
+lo, hi = span(["mst_warmup", "mst_restoration"])
+if np.isnan(lo):
     mst_summary = "were not measured here"
+elif hi > 1.05:
+    # masks leave every product dense, so a clear speed-up over dense can only be timing noise
+    mst_summary = (
+        f"ran at {lo:.2f} to {hi:.2f} times dense speed in the warm-up and restoration phases. A ratio clearly "
+        "above 1 cannot come from masks, which leave every product dense: these timings are dominated by noise "
+        "on this device (with the smoke preset on a shared CPU they are), so they say nothing about speed"
+    )
 else:
-    lo, hi = mst["ratio_to_dense"].min(), mst["ratio_to_dense"].max()
-    if hi > 1.05:
-        # masks leave every product dense, so a clear speed-up over dense can only be timing noise
-        mst_summary = (
-            f"ran at {lo:.2f} to {hi:.2f} times dense speed over its phases and settings. A ratio clearly "
-            "above 1 cannot come from masks, which leave every product dense: these timings are dominated by "
-            "noise on this device (with the smoke preset on a shared CPU they are), so they say nothing "
-            "about speed"
-        )
-    else:
-        mst_summary = (
-            f"ran at {lo:.2f} to {hi:.2f} times dense speed over its phases and settings, an overhead of up "
-            f"to {100.0 * (1.0 / lo - 1.0):.1f}% of a dense step for masking gradients and weights every step "
-            "and the amortised topology update (the target of the training-speed issue is at most 3%)"
-        )
+    mst_summary = (
+        f"ran at {lo:.3f} to {hi:.3f} times dense speed in the warm-up and restoration phases: an overhead of at "
+        f"most {max(0.0, 100.0 * (1.0 / lo - 1.0)):.1f}% of a dense step for masking the gradients every step and "
+        "the amortised topology update (the target of the training-speed issue is at most 3%)"
+    )
 glue("mst_summary", mst_summary, display=False)
-flex_best = bench[bench["variant"].astype(str).str.startswith("hsa_flex")]
-glue("flex_best", "not measured here (FlexAttention has no CPU backward)" if flex_best.empty else
-     f"{flex_best['ratio_to_dense'].max():.2f}x ({variant_name(str(flex_best.loc[flex_best['ratio_to_dense'].idxmax(), 'variant']))}, "
-     f"{flex_best.loc[flex_best['ratio_to_dense'].idxmax(), 'setting']})", display=False)
+u_lo, u_hi = span(["mst_ultra"])
+glue("mst_ultra_span", "not measured here" if np.isnan(u_lo) else f"{u_lo:.2f} to {u_hi:.2f}", display=False)
+
+
+def best_of(prefix: str) -> str:
+    d = bench[bench["variant"].astype(str).str.startswith(prefix)]
+    if d.empty:
+        return "not measured here (FlexAttention has no CPU backward)" if prefix == "hsa_flex" else "not measured here"
+    r = d.loc[d["ratio_to_dense"].idxmax()]
+    return f"{r.ratio_to_dense:.2f}x ({variant_name(str(r.variant))}, {r.setting})"
+
+
+glue("flex_best", best_of("hsa_flex"), display=False)
+glue("split_best", best_of("hsa_split"), display=False)
 sdpa = bench[bench["variant"] == "hsa_sdpa:local_strided"]
 sdpa_verdict = "" if sdpa.empty else (
     ", slower than dense" if sdpa["ratio_to_dense"].min() < 0.97 else ", not measurably slower on this device"
 )
 glue("sdpa_local_strided", ratio_text("hsa_sdpa:local_strided") + sdpa_verdict, display=False)
 glue("flex_local_strided", ratio_text("hsa_flex:local_strided"), display=False)
+glue("flex_local_strided_1024", ratio_text("hsa_flex:local_strided", 1024), display=False)
+glue("split_local_strided", ratio_text("hsa_split:local_strided"), display=False)
+glue("split_local_strided_1024", ratio_text("hsa_split:local_strided", 1024), display=False)
+glue("flex_local_1024", ratio_text("hsa_flex:local", 1024), display=False)
+
+# %% [markdown]
+# ### Hybrid sparse attention: three ways to run the same pattern
+#
+# One FlexAttention call over the `local_strided` pattern ran at {glue:text}`flex_local_strided_1024` and
+# {glue:text}`flex_local_strided`: slower than dense although it computes a quarter of the scores. With the
+# official stride of 128 every 128 x 128 tile of scores holds one strided pair, so no tile is skipped and
+# every tile pays for evaluating the mask ("predicted" says 1.0 for it for that reason). The `local` band
+# alone skips tiles and ran at {glue:text}`flex_local_1024`, and faster at the longer context.
+#
+# Our split backend cuts the pattern into that band and the strided remainder, regrouped by residue class so
+# that its tiles lie on the diagonal, and merges the two softmaxes exactly by their log-sum-exp (tested
+# against a float64 reference, forward and backward). By tile count it should beat dense (the "predicted"
+# column); measured, it ran at {glue:text}`split_local_strided_1024` and {glue:text}`split_local_strided`,
+# its best case being {glue:text}`split_best`. The second attention kernel, the regrouping copies and the
+# merge cost more than the skipped tiles save at a context of 1024, where FlashAttention's dense causal
+# kernel is hard to beat. So the trainer's default (`attention.backend="auto"`) stays one FlexAttention
+# call. Two earlier versions of the split (strided part as batched dense products) were slower still; their
+# files are in `results/bench/history/`.
+
+# %% [markdown]
+# ## Where MST's overhead went: the topology update
+#
+# Masking gradients costs one fused multiply per step. The topology update (drop and grow in every sparse
+# matrix, every `topology.update_interval` steps) was the larger part: `benchmarks/topology_update.py` times
+# one update of each model size in each phase on the GPU. The first version looped over the matrices with
+# about 30 small operations each, most of the time being kernel launches; the current one stacks matrices of
+# equal shape and selects in batches (`mstlib.topology`, checked against the per-matrix loop in
+# `tests/test_topology.py`). The cost per step divides the update by each preset's interval (`mini`: 25,
+# `paper`: 100, the official value) and compares it with dense's step time from the table above.
+
+# %%
+upd_files = [] if preset == "smoke" else benchmark.load_json_results(results_dir, "topology_update_*.json")
+if upd_files:
+    dense_ms = bench[(bench["variant"] == "dense") & (bench["context"] == 1024)].set_index("model")["ms_per_step_median"]
+    upd = pd.concat([pd.DataFrame(f["rows"]).assign(commit=str(f["git"]["commit"])[:10], file=f["file"])
+                     for f in upd_files], ignore_index=True)
+    upd["version"] = np.where(upd["file"].str.contains("profile"), "per-matrix loop", "grouped by shape")
+    upd["interval"] = [presets.make(m, "mst").topology.update_interval for m in upd["model"]]
+    upd["ms per step"] = upd["update_ms_median"] / upd["interval"]
+    upd["% of a dense step"] = 100 * upd["ms per step"] / upd["model"].map(dense_ms)
+    upd_table = upd.pivot_table(index=["model", "phase"], columns="version",
+                                values=["update_ms_median", "% of a dense step"], sort=False)
+    upd_table.columns = [f"{a.replace('update_ms_median', 'update (ms)')}, {b}" for a, b in upd_table.columns]
+    display(upd_table.style.format("{:.2f}"))
+    after = upd[upd["version"] == "grouped by shape"]
+    glue("update_after", f"{after['update_ms_median'].min():.0f} to {after['update_ms_median'].max():.0f} ms "
+         f"per update ({after['% of a dense step'].max():.2f}% of a dense step at most, amortised)", display=False)
+    before = upd[upd["version"] == "per-matrix loop"]
+    glue("update_before", f"{before['update_ms_median'].min():.0f} to {before['update_ms_median'].max():.0f} ms",
+         display=False)
+else:
+    glue("update_after", "not measured here (smoke preset)", display=False)
+    glue("update_before", "not measured here", display=False)
+
+# %% [markdown]
+# An update took {glue:text}`update_before` before and {glue:text}`update_after` after the change.
 
 # %% [markdown]
 # ## Whole training runs: `mstlib` against a plain loop, and data-parallel training
@@ -261,46 +347,64 @@ glue("flex_local_strided", ratio_text("hsa_flex:local_strided"), display=False)
 # The step benchmark above times single steps without compilation. Training runs are what the book pays
 # for, so `benchmarks/train_speed.py` also times whole compiled runs of the `mini` model in one process: a
 # plain nanoGPT-style loop (no masks, no logging to disk), `mstlib.train` dense, full MST (all three phases,
-# topology updates every 25 steps, hybrid sparse attention switched on and off) and MST with dense
-# attention. Tokens/s is the median over log windows after the first two (compilation); the mean counts all
-# training time, compilation and the recompilations when the attention pattern switches included. And
-# `benchmarks/compare_logs.py` compares a 2-GPU DDP run with the 1-GPU run of the same global batch, using a
-# repeat of the 1-GPU run as the noise level.
+# topology updates every 25 steps, hybrid sparse attention switched on and off) and MST with the split
+# attention backend. Each variant runs three times, interleaved (plain, dense, MST, ..., then in reverse
+# order, then again), and each run is compared with dense of the same repeat: the spread of these paired
+# ratios is the measurement noise. Tokens/s is the median over log windows after the first two
+# (compilation). And `benchmarks/compare_logs.py` compares a 2-GPU DDP run with the 1-GPU run of the same
+# global batch, using a repeat of the 1-GPU run as the noise level.
 
 # %%
 speed_files = [] if preset == "smoke" else benchmark.load_json_results(results_dir, "train_speed_*.json")
 ddp_files = [] if preset == "smoke" else benchmark.load_json_results(results_dir, "ddp_compare_*.json")
-if speed_files:
-    # one table for every stored whole-run comparison (each file is one process: its ratios are comparable)
-    speed = pd.concat([pd.DataFrame(f["rows"]).assign(file=f["file"], commit=str(f["git"]["commit"])[:10],
-                                                      device=f["device_name"])
-                       for f in speed_files], ignore_index=True).set_index(["file", "variant"])
-    show = speed[["commit", "device", "tokens_per_s_median", "ratio_median_to_dense", "tokens_per_s_mean",
-                  "ratio_mean_to_dense"]]
-    display(show.rename(columns={
-        "tokens_per_s_median": "median tokens/s", "ratio_median_to_dense": "median vs mstlib dense",
-        "tokens_per_s_mean": "mean tokens/s", "ratio_mean_to_dense": "mean vs mstlib dense"}).style.format(
-            {"median tokens/s": "{:,.0f}", "mean tokens/s": "{:,.0f}", "median vs mstlib dense": "{:.3f}",
-             "mean vs mstlib dense": "{:.3f}"}))
-    with_mst = [f for f in speed_files if any(r["variant"] == "mstlib mst" for r in f["rows"])]
-    sp = (with_mst or speed_files)[-1]
-    rows = {r["variant"]: r for r in sp["rows"]}
-    glue("speed_device", f"{sp['device_name']} ({sp['preset']} model, {sp['steps']} steps per variant, "
-         f"torch {sp['packages']['torch']}, commit {str(sp['git']['commit'])[:10]})", display=False)
-    glue("speed_mst_vs_dense", rows["mstlib mst"]["tokens_per_s_median"] / rows["mstlib dense"]["tokens_per_s_median"]
-         if "mstlib mst" in rows else float("nan"), display=False)
-    glue("speed_mst_mean_vs_dense", float(rows["mstlib mst"]["ratio_mean_to_dense"]) if "mstlib mst" in rows
-         else float("nan"), display=False)
-    dense_vs_plain = [f["rows"] and {r["variant"]: r["tokens_per_s_median"] for r in f["rows"]} for f in speed_files]
-    ratios = [d["mstlib dense"] / d["plain nanoGPT loop"] for d in dense_vs_plain
-              if "mstlib dense" in d and "plain nanoGPT loop" in d]
-    glue("speed_dense_vs_plain", ratios[0] if ratios else float("nan"), display=False)
-    glue("speed_dense_vs_plain_last", ratios[-1] if ratios else float("nan"), display=False)
+repeated = [f for f in speed_files if f.get("summary")]
+
+
+def describe(f: dict) -> str:
+    return (f"{f['device_name']}, {f['preset']} model, {f['steps']} steps per run, torch {f['packages']['torch']}, "
+            f"commit {str(f['git']['commit'])[:10]}")
+
+
+if repeated:
+    rows = []
+    for f in repeated:
+        for r in f["summary"]:
+            rows.append({"file": f["file"], "commit": str(f["git"]["commit"])[:10], "variant": r["variant"],
+                         "median tokens/s": r["tokens_per_s_median"],
+                         "vs mstlib dense (paired, median)": r["paired_ratio_median"],
+                         "paired ratios per repeat": ", ".join(f"{x:.3f}" for x in r["paired_ratios_to_dense"])})
+    display(pd.DataFrame(rows).set_index(["file", "variant"]).style.format(
+        {"median tokens/s": "{:,.0f}", "vs mstlib dense (paired, median)": "{:.3f}"}))
+    last = repeated[-1]
+    by = {r["variant"]: r for r in last["summary"]}
+    glue("speed_device", describe(last), display=False)
+    plain = by.get("plain nanoGPT loop")
+    glue("speed_dense_vs_plain", 1.0 / plain["paired_ratio_median"] if plain else float("nan"), display=False)
+    glue("speed_plain_pairs", ", ".join(f"{1.0 / x:.3f}" for x in plain["paired_ratios_to_dense"]) if plain
+         else "not measured", display=False)
+    mst = by.get("mstlib mst")
+    glue("speed_mst_vs_dense", mst["paired_ratio_median"] if mst else float("nan"), display=False)
+    glue("speed_mst_pairs", ", ".join(f"{x:.3f}" for x in mst["paired_ratios_to_dense"]) if mst else "not measured",
+         display=False)
+    split = next((r for v, r in by.items() if "split" in v), None)
+    glue("speed_split_vs_dense", split["paired_ratio_median"] if split else float("nan"), display=False)
+    first = repeated[0]
+    p0 = {r["variant"]: r for r in first["summary"]}.get("plain nanoGPT loop")
+    glue("speed_dense_vs_plain_before", 1.0 / p0["paired_ratio_median"] if p0 else float("nan"), display=False)
+    glue("speed_before_commit", str(first["git"]["commit"])[:10], display=False)
 else:
-    for key in ("speed_device",):
-        glue(key, "not measured (smoke preset: no stored GPU run)", display=False)
-    for key in ("speed_mst_vs_dense", "speed_dense_vs_plain", "speed_dense_vs_plain_last", "speed_mst_mean_vs_dense"):
+    glue("speed_device", "not measured (smoke preset: no stored GPU run)", display=False)
+    for key in ("speed_mst_vs_dense", "speed_dense_vs_plain", "speed_split_vs_dense", "speed_dense_vs_plain_before"):
         glue(key, float("nan"), display=False)
+    for key in ("speed_plain_pairs", "speed_mst_pairs", "speed_before_commit"):
+        glue(key, "not measured", display=False)
+single = [f for f in speed_files if not f.get("summary")]
+if single:
+    print("Earlier single-run comparisons (one run per variant, first session):")
+    display(pd.concat([pd.DataFrame(f["rows"]).assign(file=f["file"], commit=str(f["git"]["commit"])[:10])
+                       for f in single], ignore_index=True).set_index(["file", "variant"])[
+        ["commit", "tokens_per_s_median", "ratio_median_to_dense"]].style.format(
+        {"tokens_per_s_median": "{:,.0f}", "ratio_median_to_dense": "{:.3f}"}))
 if ddp_files:
     dd = ddp_files[-1]
     glue("ddp_diff", float(dd["loss: B - A"]["mean_abs"]), display=False)
@@ -312,36 +416,78 @@ else:
     glue("ddp_steps", 0, display=False)
 
 # %% [markdown]
-# Measured on {glue:text}`speed_device`: full MST trains at {glue:text}`speed_mst_vs_dense:.3f` of dense's
-# median tokens/s (the target was at least 0.97). `mstlib`'s dense loop ran at
-# {glue:text}`speed_dense_vs_plain:.3f` of the plain loop's median in that call (the target was at least
-# 1.0); after it reads the next micro-batch while the forward runs, as the plain loop does, the last stored
-# comparison gives {glue:text}`speed_dense_vs_plain_last:.3f`: closer, still below 1. With one run of each
-# per call we cannot tell how much of the remaining gap is noise; repeated, interleaved runs would.
-# Over whole short runs MST's mean is
-# {glue:text}`speed_mst_mean_vs_dense:.3f` of dense's: each switch of the attention pattern recompiles the
-# model, which a 200-step run cannot amortise and a real run hardly notices. The 2-GPU DDP run's loss curve
-# differs from the 1-GPU run's by {glue:text}`ddp_diff:.4f` nats per step on average over
-# {glue:text}`ddp_steps` steps, against {glue:text}`ddp_noise:.4f` between two 1-GPU runs: within bf16 noise.
+# Measured on {glue:text}`speed_device`: `mstlib`'s dense loop runs at {glue:text}`speed_dense_vs_plain:.3f`
+# of the plain loop's tokens/s (median of the paired ratios {glue:text}`speed_plain_pairs`; the target was
+# at least 1.0; the pairs' spread, a few tenths of a percent, is the noise, so the two loops are as fast
+# as each other). In the first interleaved measurement (commit {glue:text}`speed_before_commit`) it ran at
+# {glue:text}`speed_dense_vs_plain_before:.3f`, consistently below; the trainer then stopped adding work the
+# plain loop does not do: no per-step `found_inf` tensor for the fused AdamW (losses and gradient norms are
+# checked once per log window on the GPU, before anything is saved), the step's loss summed without an
+# extra buffer, and no re-masking of weights that AdamW already keeps at zero. Full MST trains at
+# {glue:text}`speed_mst_vs_dense:.3f` of dense's tokens/s (paired ratios {glue:text}`speed_mst_pairs`; the
+# target was at least 0.97); with the split attention backend at {glue:text}`speed_split_vs_dense:.3f`. The
+# 2-GPU DDP run's loss curve differs from the 1-GPU run's by {glue:text}`ddp_diff:.4f` nats per step on
+# average over {glue:text}`ddp_steps` steps, against {glue:text}`ddp_noise:.4f` between two 1-GPU runs:
+# within bf16 noise.
+
+# %% [markdown]
+# ## Real savings from weight sparsity? Block-sparse matrix products
+#
+# Masks save nothing, so we tried the most promising structure for real savings: block sparsity, where a
+# weight keeps whole `block x block` tiles and only those are stored and multiplied
+# (`mstlib.blocksparse`: a linear layer whose forward, input gradient and tile gradient all skip the
+# missing tiles). `benchmarks/block_sparse.py` times forward plus backward of one GPT-2 small matrix
+# against the dense matmul on the GPU, for two kernels: a pure-PyTorch gather and batched matmul, and
+# PyTorch's own Triton block-sparse (BSR) kernels. The table gives, per matrix and density, the best
+# measured speed over block sizes 32, 64 and 128 against the FLOP count's promise (1 / density).
+
+# %%
+bs_files = [] if preset == "smoke" else benchmark.load_json_results(results_dir, "block_sparse_*.json")
+if bs_files:
+    bsf = bs_files[-1]
+    summ = pd.DataFrame(bsf["summary"])
+    summ = summ[summ["tokens"] == summ["tokens"].max()]
+    bs_table = summ.pivot_table(index=["name", "shape", "density"], columns="backend", values="ratio_to_dense",
+                                sort=False)
+    pred = summ.groupby(["name", "shape", "density"], sort=False)["predicted_ratio"].max()
+    bs_table["FLOP-count promise"] = pred
+    print(f"{bsf['provenance'].get('device_name', bsf['provenance'].get('device'))}, {int(summ['tokens'].max())} tokens, "
+          f"bf16; speed vs dense F.linear (above 1 is faster)")
+    display(bs_table.style.format("{:.2f}"))
+    sparse_kernels = summ[summ["backend"].isin(["gather", "triton_bsr"])]
+    best = sparse_kernels.loc[sparse_kernels["ratio_to_dense"].idxmax()]
+    glue("bs_best", f"{best['ratio_to_dense']:.2f}x dense ({best['backend']}, {best['name']} at density "
+         f"{best['density']}, FLOP count {best['predicted_ratio']:.0f}x)", display=False)
+else:
+    glue("bs_best", "not measured here (smoke preset)", display=False)
+
+# %% [markdown]
+# The best block-sparse result was {glue:text}`bs_best`: at GPT-2 small's sizes neither kernel comes near
+# dense, let alone the FLOP count. The gather kernel copies a slice of the activations for every stored
+# tile, so it is bound by memory traffic; PyTorch's Triton BSR kernels are tuned for other shapes and
+# GPUs, and their sampled product for the tile gradients runs few programs. We found no real saving from
+# weight sparsity on this hardware and report it as such; a kernel written for these shapes (or 2:4
+# semi-structured sparsity, which `docs/gpu.md` measured 2.5-4x slower at these shapes) would be the next
+# thing to try.
 
 # %% [markdown]
 # ## What it shows
 #
-# * **Weight sparsity through masks saves no time.** MST's steps {glue:text}`mst_summary`. Its ultra
-#   phase counts a fraction of dense's FLOPs (last column of the table), but masks change which numbers are
-#   zero, not how many are multiplied: what a masked step can add is overhead, never a saving.
-# * **FlexAttention skips the empty tiles.** With a sparse attention pattern as FlexAttention block masks,
-#   the best measured speed was {glue:text}`flex_best`; for the `local_strided` pattern MST uses,
-#   {glue:text}`flex_local_strided`. The gain is bounded by attention's share of the step, which grows with
-#   the context: at a context of 1024 most of a GPT-2 small step is the weight matrices.
+# * **Weight sparsity through masks saves no time, and now costs little.** MST's steps {glue:text}`mst_summary`.
+#   Its ultra phase counts a fraction of dense's FLOPs (last column of the table), but masks change which
+#   numbers are zero, not how many are multiplied. With hybrid sparse attention switched on, the ultra phase
+#   ran at {glue:text}`mst_ultra_span` of dense speed: the attention pattern, not the masks, is what costs.
+# * **FlexAttention skips empty tiles, but the official pattern has none.** The best FlexAttention speed was
+#   {glue:text}`flex_best`; for the `local_strided` pattern MST uses, {glue:text}`flex_local_strided`. The
+#   split backend's best was {glue:text}`split_best`. The gain is bounded by attention's share of the step,
+#   which grows with the context: at a context of 1024 most of a GPT-2 small step is the weight matrices.
 # * **The official way is slower** (the method notes report 1.9x slower than causal attention on an
-#   H200). The same `local_strided` pattern as a dense boolean mask passed to
-#   SDPA ran at {glue:text}`sdpa_local_strided`: a mask disables the fused causal kernels and still computes
-#   every score.
+#   H200). The same `local_strided` pattern as a dense boolean mask passed to SDPA ran at
+#   {glue:text}`sdpa_local_strided`: a mask disables the fused causal kernels and still computes every score.
+# * **Block-sparse weights did not pay** at these sizes: {glue:text}`bs_best`.
 #
 # So the FLOP chapter's 4x is a statement about arithmetic, not about time: with masked dense weights, MST
-# cannot train faster than dense, and the table shows what its masks cost. Real savings need sparse kernels: structured (block) sparsity with
-# block-sparse matrix products for the weights, and skipped tiles for attention as FlexAttention does.
+# cannot train faster than dense; the table shows what its masks and its attention pattern cost.
 #
 # ## Caveats
 #
@@ -349,6 +495,8 @@ else:
 #   the same call are compared here. With the `smoke` preset the "benchmark" is a toy model on whatever
 #   machine runs the notebook (on a shared CPU the ratios are noise); read the GPU numbers from a `mini` or
 #   `paper` execution.
+# * The step benchmark runs the model without `torch.compile` (compiling every variant would take longer
+#   than timing it); the whole-run comparison compiles.
 # * The MST rows use the phase's mid-point density with a random mask; a real run's masks differ in where
 #   the nonzeros are, which masked dense products do not care about.
 # * The topology update's time is measured on a few calls and amortised; on update steps the official
