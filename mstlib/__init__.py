@@ -4,7 +4,8 @@ Modules, one idea each: ``config`` (typed configs), ``presets`` (smoke/mini/pape
 (nanoGPT's GPT), ``masks`` (sparse weights over dense storage), ``topology`` (drop and grow),
 ``schedule`` (sparsity variation, LR), ``attention`` (hybrid sparse attention), ``flops`` (training-FLOP
 accounting), ``tokenizer``/``corpus``/``evalsets`` (data), ``train``/``results``/``sweep`` (runs),
-``evaluate`` (zero- and few-shot), ``plots``/``stats`` (for the notebooks).
+``evaluate`` (zero- and few-shot), ``benchmark``/``blocksparse`` (measured speed: step times, block-sparse
+weights with their own kernels), ``plots``/``stats`` (for the notebooks).
 """
 
 __version__ = "0.1.0"

@@ -176,16 +176,23 @@ def test_flex_forward_equals_sdpa_on_cpu(name):
     torch.testing.assert_close(y_flex, y_sdpa, atol=1e-5, rtol=1e-5)
 
 
+def _cuda_reference(name: str, T: int, w: int):
+    """float64 q, k, v on the GPU, the pattern's reference output and an output gradient, with the
+    reference gradients in ``.grad`` (for the backends to be compared with)."""
+    q64, k64, v64 = (t.cuda().requires_grad_() for t in _qkv(T, B=2, H=4, D=64))
+    ref = A.reference_attention(q64, k64, v64, A.pattern_mask(name, T, w, w, device="cuda"))
+    g = torch.randn_like(ref)
+    ref.backward(g)
+    return (q64, k64, v64), ref, g
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=(
     "FlexAttention has no backward on CPU (torch 2.13: NotImplementedError 'FlexAttention does not support "
     "backward on CPU'); this test runs on the GPU machine"))
 @pytest.mark.parametrize("name", ["local", "strided", "local_strided", "fixed"])
 def test_flex_equals_sdpa_and_reference_fwd_bwd_cuda(name):
     T, w = 1024, 128
-    q64, k64, v64 = (t.cuda().requires_grad_() for t in _qkv(T, B=2, H=4, D=64))
-    ref = A.reference_attention(q64, k64, v64, A.pattern_mask(name, T, w, w, device="cuda"))
-    g = torch.randn_like(ref)
-    ref.backward(g)
+    (q64, k64, v64), ref, g = _cuda_reference(name, T, w)
     outs = {}
     for backend in ("flex", "split", "sdpa_mask"):
         q, k, v = (t.detach().float().requires_grad_() for t in (q64, k64, v64))
@@ -207,10 +214,7 @@ def test_split_bf16_matches_flex_cuda(name):
     """In training precision the split backend must be as close to the float64 truth as one FlexAttention
     call over the whole pattern (both compute the same function)."""
     T, w = 2048, 128
-    q64, k64, v64 = (t.cuda().requires_grad_() for t in _qkv(T, B=2, H=4, D=64))
-    ref = A.reference_attention(q64, k64, v64, A.pattern_mask(name, T, w, w, device="cuda"))
-    g = torch.randn_like(ref)
-    ref.backward(g)
+    (q64, k64, v64), ref, g = _cuda_reference(name, T, w)
     err = {}
     for backend in ("flex", "split"):
         q, k, v = (t.detach().bfloat16().requires_grad_() for t in (q64, k64, v64))
