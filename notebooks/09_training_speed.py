@@ -420,7 +420,7 @@ else:
 # of the plain loop's tokens/s (median of the paired ratios {glue:text}`speed_plain_pairs`; the target was
 # at least 1.0; the pairs' spread, a few tenths of a percent, is the noise, so the two loops are as fast
 # as each other). In the first interleaved measurement (commit {glue:text}`speed_before_commit`) it ran at
-# {glue:text}`speed_dense_vs_plain_before:.3f`, consistently below; the trainer then stopped adding work the
+# {glue:text}`speed_dense_vs_plain_before:.3f` (never above the plain loop in its three pairs); the trainer then stopped adding work the
 # plain loop does not do: no per-step `found_inf` tensor for the fused AdamW (losses and gradient norms are
 # checked once per log window on the GPU, before anything is saved), the step's loss summed without an
 # extra buffer, and no re-masking of weights that AdamW already keeps at zero. Full MST trains at
@@ -467,7 +467,7 @@ else:
 # tile, so it is bound by memory traffic; PyTorch's Triton BSR kernels are tuned for other shapes and
 # GPUs, and their sampled product for the tile gradients runs few programs. We found no real saving from
 # weight sparsity on this hardware and report it as such; a kernel written for these shapes (or 2:4
-# semi-structured sparsity, which `docs/gpu.md` measured 2.5-4x slower at these shapes) would be the next
+# semi-structured sparsity, which the project's GPU notes measured 2.5-4x slower than dense at these shapes) would be the next
 # thing to try.
 
 # %% [markdown]
