@@ -383,6 +383,12 @@ def estimate_loss(model: nn.Module, batches: Batches, n_batches: int, ctx: Any, 
     return total.item() / n_batches
 
 
+def _check_every_step(device: torch.device) -> bool:
+    """Whether losses and gradient norms are checked before every optimizer step (CPU: free) or once per
+    log window (CUDA: a check is a sync that stalls the GPU queue); see the module docstring."""
+    return device.type != "cuda"
+
+
 def _mean_over_ranks(t: torch.Tensor, dd: Dist) -> torch.Tensor:
     """``t`` averaged over the DDP ranks (itself without DDP); each rank holds its own micro-batches' loss."""
     if not dd.enabled:
@@ -501,7 +507,7 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
     # On CPU every check is free. On CUDA a check is a sync that stalls the GPU queue, so losses and norms
     # are checked once per log window, before anything is written: a NaN stops the run there, and the
     # checkpoint (written only after the check) stays the last good one.
-    check_every_step = dev.type != "cuda"
+    check_every_step = _check_every_step(dev)
 
     # -- data ----------------------------------------------------------------------------------------
     T, B = run.model.block_size, tc.batch_size

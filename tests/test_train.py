@@ -223,6 +223,23 @@ def test_nan_loss_stops_before_the_step_and_keeps_last_good_checkpoint(data_dir,
     assert_same_checkpoint(clean.checkpoint_path(run), store.checkpoint_path(run))
 
 
+def test_nan_checked_per_log_window_keeps_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+    """The GPU path (checks once per log window, no per-step sync), forced on CPU: a NaN at step 7 is found
+    at the end of its window, before the checkpoint of that window is written, so the stored checkpoint is
+    still the last good one and the message says the weights in memory are spoiled."""
+    run = tiny_run(data_dir, "mst", **{"train.checkpoint_interval": 3, "train.log_interval": 3})
+    store = RunStore(tmp_path / "r")
+    monkeypatch.setattr(T, "_check_every_step", lambda device: False)
+    monkeypatch.setattr(T, "build_model", _poisoning_builder(at_forward=2 * 7 + 1))
+    with pytest.raises(TrainingError) as err:
+        T.train(run, store, device="cpu", progress=False)
+    msg = str(err.value)
+    assert "step 7" in msg and "end of that log window" in msg and str(store.checkpoint_path(run)) in msg
+    ck = T.load_checkpoint(store.checkpoint_path(run))
+    assert ck["step"] == 6 and all(torch.isfinite(v).all() for v in ck["model"].values())
+    assert not store.is_done(run)
+
+
 def test_nan_without_checkpoint_says_so(data_dir, tmp_path, monkeypatch):
     run = tiny_run(data_dir, "dense", **{"train.max_iters": 4})
     monkeypatch.setattr(T, "build_model", _poisoning_builder(at_forward=3))
