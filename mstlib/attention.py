@@ -188,11 +188,11 @@ def flex_available() -> bool:
     return True
 
 
-def resolve_backend(backend: str, device: torch.device | str, pattern: Optional[str] = None) -> str:
-    """``"auto"`` -> ``"flex"`` on CUDA when FlexAttention imports, else ``"sdpa_mask"`` (``pattern`` is
-    accepted for a rule that depends on it; measured on an H200, one FlexAttention call was the fastest
-    for every pattern, see the ``"split"`` backend's note). Other names are checked (``"split"`` runs
-    anywhere: without FlexAttention both of its parts use masked dense math)."""
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """``"auto"`` -> ``"flex"`` on CUDA when FlexAttention imports, else ``"sdpa_mask"`` (measured on an
+    H200, one FlexAttention call was faster than the ``"split"`` backend for every pattern it serves).
+    Other names are checked (``"split"`` runs anywhere: without FlexAttention both of its parts use masked
+    dense math)."""
     dev = torch.device(device)
     if backend == "auto":
         return "flex" if dev.type == "cuda" and flex_available() else "sdpa_mask"
@@ -325,7 +325,7 @@ def build_attention(cfg: AttentionConfig, T: int, device: torch.device | str) ->
             f"attention window/stride ({cfg.window}/{cfg.stride}) larger than the context T={T}; "
             "lower attention.window/stride"
         )
-    backend = resolve_backend(cfg.backend, device, cfg.pattern)
+    backend = resolve_backend(cfg.backend, device)
     if backend == "flex":
         return flex_pattern_attention(cfg.pattern, T, cfg.window, cfg.stride, device)
     if backend == "split":
@@ -350,7 +350,7 @@ def _near_allowed(near: str, i: torch.Tensor, j: torch.Tensor, window: int, stri
     """The near part's rule: ``local`` (``0 <= i - j < window``) or ``block`` (causal within the block of
     ``stride`` tokens)."""
     if near == "local":
-        return (i >= j) & (i - j < window)
+        return _allowed("local", i, j, window, stride, FIXED_SUMMARY)
     return (i >= j) & (i // stride == j // stride)
 
 

@@ -159,8 +159,8 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
         torch.nn.utils.clip_grad_norm_(model.parameters(), run.train.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if sparsifier is not None and not sparsifier.mask_optimizer_moments:  # as mstlib.train does
-            sparsifier.apply_()
+        if sparsifier is not None:
+            sparsifier.after_step_()
 
     timer = _timer(device)
     for _ in range(warmup):
@@ -190,7 +190,7 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
         b = block or FLEX_BLOCK
         # tiles computed relative to causal attention at the default tile size (what dense costs); the
         # split backend computes only its band's tiles
-        tiles = (split_block_density(p, T, w, st, b) if resolve_backend(attn_cfg.backend, device, p) == "split"
+        tiles = (split_block_density(p, T, w, st, b) if resolve_backend(attn_cfg.backend, device) == "split"
                  else block_density(p, T, w, st, block=b))
         row["attn_block_density"] = tiles / block_density("dense", T)
     del model, opt, fwd, sparsifier
@@ -213,11 +213,10 @@ def run_benchmark(models: Sequence[str] = ("mini", "paper"), contexts: Sequence[
     ``predicted_ratio`` and ``tflops_achieved`` (the variant's counted training FLOPs per step / time).
     ``out``: a JSON file rewritten (atomically) after every (model, context), so a run cut short by a time
     limit keeps what it measured."""
-    from .results import atomic_write_json
-
     from tqdm.auto import tqdm
 
     from . import provenance
+    from .results import atomic_write_json
     from .train import resolve_device
 
     dev = resolve_device(device)

@@ -7,7 +7,7 @@ Per training step (the trainer's side)::
         stats = sparsifier.update(step)          # drop / grow / change density; uses the dense gradient
         # (optimizer step skipped here when topology.skip_step_on_update, as the official code)
     sparsifier.mask_grads_()                     # before clipping, so the norm is the sparse model's
-    clip; optimizer.step(); sparsifier.apply_()  # apply_ is a safety net: see below
+    clip; optimizer.step(); sparsifier.after_step_()  # re-zeroes only without masked moments: see below
 
 An update at step ``t`` (progress ``p = t / max_iters``), for each sparse matrix (layer index ``l``):
 
@@ -126,8 +126,16 @@ class Sparsifier:
         return sched.is_update_step(step, self.run)
 
     def apply_(self) -> None:
-        """Zero the masked weights (call after the optimizer step)."""
+        """Zero the masked weights."""
         self.masks.apply_()
+
+    def after_step_(self) -> None:
+        """Call after every optimizer step: zero the masked weights where the optimizer may have moved them.
+        With masked gradients and masked moments AdamW leaves them exactly 0 by itself (tested), so this is
+        a no-op then and costs the hot path nothing; with the official behaviour (stale moments,
+        ``mask_optimizer_moments=False``) it re-zeroes them."""
+        if not self.mask_optimizer_moments:
+            self.masks.apply_()
 
     def mask_grads_(self) -> None:
         """Zero the masked weights' gradients (call before clipping and the optimizer step)."""
@@ -180,7 +188,6 @@ class Sparsifier:
             on_off.append(self._update_group(step, layers, [plans[i] for i in layers]))
         for name, plan in zip(ms.names, plans):
             ms.nnz_host[name] = plan.target
-        ms.apply_()  # zero the weights that switched off
         ms.mask_grads_()
 
         # 3. statistics, with one host sync for all layers
@@ -211,8 +218,8 @@ class Sparsifier:
     def _update_group(self, step: int, layers: list[int], plans: list[_Plan]) -> torch.Tensor:
         """Steps 2-4 of the module docstring for the same-shape matrices ``layers`` (layer indices, with
         their counts ``plans``), stacked as the rows of ``[G, N]`` tensors (``N`` weights per matrix): new
-        masks written, born weights zeroed, optimizer slots zeroed at born|died. The switched-off weights are
-        zeroed by the caller's ``apply_``. Returns ``[G, 2]`` device counts: (switched on, switched on or off).
+        masks written, born and switched-off weights zeroed, optimizer slots zeroed at born|died. Returns
+        ``[G, 2]`` device counts: (switched on, switched on or off).
         """
         ms = self.masks
         params = [ms.params[i] for i in layers]
@@ -247,9 +254,9 @@ class Sparsifier:
 
         changed = new ^ old  # switched on or off
         on_off = torch.stack([(changed & new).sum(1), changed.sum(1)], dim=1)
-        # grown weights start at 0: born positions are outside the old mask, where the weights are zero
-        # anyway (dense storage may hold stale values there), so multiplying by the old mask zeroes them
-        torch._foreach_mul_(params, masks)
+        # one pass over the weights: only those active before and after keep their value; born ones start
+        # at 0 (dense storage may hold stale values there), switched-off ones become 0
+        torch._foreach_mul_(params, list((new & old).to(masks[0].dtype).view(G, *shape).unbind(0)))
         new_rows = new.to(masks[0].dtype).view(G, *shape).unbind(0)
         torch._foreach_copy_(masks, list(new_rows))
         if self.optimizer is not None and self.mask_optimizer_moments:

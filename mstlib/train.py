@@ -627,10 +627,8 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
             raise TrainingError(_nonfinite_msg(step, "the gradient norm", grad_norm.item(), last_good))
         if not (is_update and run.topology.skip_step_on_update):
             optimizer.step()
-        if sparsifier is not None and not sparsifier.mask_optimizer_moments:
-            # with masked gradients and moments AdamW keeps masked weights exactly 0 by itself
-            # (tests/test_topology.py checks it); the official behaviour (stale moments) needs re-zeroing
-            sparsifier.apply_()
+        if sparsifier is not None:
+            sparsifier.after_step_()
         optimizer.zero_grad(set_to_none=True)
 
         pending.append({

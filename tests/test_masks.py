@@ -29,13 +29,7 @@ from mstlib.model import GPT
 TINY = ModelConfig(n_layer=2, n_head=2, n_embd=16, block_size=16, vocab_size=64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is ~40x faster than two on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see tests/conftest.py
 
 
 def tiny_model(seed: int = 0) -> GPT:

@@ -26,13 +26,7 @@ TINY = ModelConfig(n_layer=2, n_head=2, n_embd=16, block_size=16, vocab_size=64)
 MST = ScheduleConfig(kind="mst", s_max=0.9, s_end=0.5, warmup_end=0.25, restore_start=0.75)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is ~40x faster than two on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see tests/conftest.py
 
 
 def make_run(schedule: ScheduleConfig = MST, max_iters: int = 40, seed: int = 0, sparsity=None, **topo) -> RunConfig:
@@ -246,6 +240,20 @@ def test_official_moment_behaviour_switch():
         )
     assert results[True] == 0 and results[False] > 0
     assert not Sparsifier(make_model(), run, mask_optimizer_moments=False).mask_optimizer_moments  # override
+
+
+def test_after_step_rezeroes_only_without_masked_moments():
+    """after_step_ (the trainer's call after every optimizer step) is a no-op when moments are masked (AdamW
+    keeps masked weights at 0 by itself) and re-zeroes the masked weights for the official behaviour."""
+    run = make_run(ScheduleConfig(kind="constant", sparsity=0.6), growth="random")
+    for flag in (True, False):
+        sp = Sparsifier(make_model(), run, mask_optimizer_moments=flag)
+        name, param = sp.masks.names[0], sp.masks.params[0]
+        off = ~sp.masks.bool_mask(name)
+        with torch.no_grad():
+            param[off] = 1.0  # as stale moments would move them
+        sp.after_step_()
+        assert bool((param[off] == 0).all()) is (not flag)
 
 
 def test_gradient_growth_needs_gradients():
