@@ -203,9 +203,11 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
                 f"not in torch {torch.__version__}; use backend='sdpa_mask' or 'auto'"
             )
         return backend
-    if backend in ("sdpa_mask", "split"):
+    if backend in ("sdpa_mask", "split", "flash_split"):
         return backend
-    raise ConfigError(f"unknown attention backend {backend!r}; choose 'auto', 'flex', 'split' or 'sdpa_mask'")
+    raise ConfigError(
+        f"unknown attention backend {backend!r}; choose 'auto', 'flex', 'flash_split', 'split' or 'sdpa_mask'"
+    )
 
 
 @functools.lru_cache(maxsize=64)
@@ -330,6 +332,10 @@ def build_attention(cfg: AttentionConfig, T: int, device: torch.device | str) ->
         return flex_pattern_attention(cfg.pattern, T, cfg.window, cfg.stride, device)
     if backend == "split":
         return split_pattern_attention(cfg.pattern, T, cfg.window, cfg.stride, device)
+    if backend == "flash_split":
+        from .flash_split import flash_split_attention
+
+        return flash_split_attention(cfg.pattern, T, cfg.window, cfg.stride, device)
     return sdpa_mask_attention(cfg.pattern, T, cfg.window, cfg.stride, device)
 
 

@@ -11,10 +11,12 @@ Variants:
 * ``mst_warmup`` / ``mst_ultra`` / ``mst_restoration``: masks at the sparsity each phase has at its middle
   (the schedule of the ``mst`` preset), gradients masked before the step and weights after it, the update
   amortised; in the ultra phase with hybrid sparse attention (the preset's pattern, FlexAttention).
-* ``hsa_flex:<pattern>`` / ``hsa_split:<pattern>`` / ``hsa_sdpa:<pattern>``: dense weights with the
-  attention pattern through one FlexAttention block mask (skips empty tiles), the split backend (a
-  FlexAttention band plus the strided/summary keys as small dense products, see :mod:`mstlib.attention`) or
-  the official code's dense boolean mask passed to SDPA.
+* ``hsa_flex:<pattern>`` / ``hsa_flash:<pattern>`` / ``hsa_split:<pattern>`` / ``hsa_sdpa:<pattern>``:
+  dense weights with the attention pattern through one FlexAttention block mask (skips empty tiles), the
+  ``flash_split`` backend (FlashAttention's sliding window for the band, the strided/summary keys as
+  compiled tensor algebra, one custom backward: :mod:`mstlib.flash_split`), the ``split`` backend (a
+  FlexAttention band plus the far part through FlexAttention, see :mod:`mstlib.attention`) or the official
+  code's dense boolean mask passed to SDPA.
 
 Each model size takes its own preset's MST settings (``mini``: update every 25 steps; ``paper``: every 100,
 the official interval), so the amortised update is the one that preset's runs pay.
@@ -22,7 +24,8 @@ the official interval), so the amortised update is the one that preset's runs pa
 ``predicted_ratio`` says what we expected before measuring: masks over dense storage do the same dense
 matrix products, so MST phases are predicted at 1.0 (no saving); the attention variants at
 ``1 / (1 - f_attn * (1 - b))`` where ``b`` is the fraction of 128x128 tiles FlexAttention computes
-(relative to causal attention; for ``split`` the tiles of its band part, the far part counted as free) and
+(relative to causal attention; for ``split`` and ``flash_split`` the tiles of the band part, the far part
+counted as free) and
 ``f_attn`` the share of attention in the dense step's FLOPs.
 """
 
@@ -45,6 +48,7 @@ from .errors import ConfigError
 #: failed to compile on the H200 with torch 2.11 (``NoValidChoicesError``), so they are not in the default.
 VARIANTS = ("dense", "mst_warmup", "mst_ultra", "mst_restoration",
             "hsa_flex:local", "hsa_flex:local_strided", "hsa_flex:fixed", "hsa_flex:strided",
+            "hsa_flash:local", "hsa_flash:local_strided", "hsa_flash:fixed", "hsa_flash:strided",
             "hsa_split:local_strided", "hsa_split:fixed", "hsa_split:strided",
             "hsa_flex@64:local_strided", "hsa_flex@32:local_strided",
             "hsa_sdpa:local", "hsa_sdpa:local_strided")
@@ -106,11 +110,12 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
     if device.type == "cuda":
         # every variant compiles its own FlexAttention graph; past dynamo's recompile limit (8) it would
         # silently fall back to eager FlexAttention (10x slower), so start each variant from a clean cache
-        from . import attention
+        from . import attention, flash_split
 
         torch._dynamo.reset()
         attention._compiled_flex.cache_clear()
         attention._compiled_merge2.cache_clear()
+        flash_split._compiled.cache_clear()
     kind, _, pattern = variant.partition(":")
     kind, _, tile = kind.partition("@")  # "hsa_flex@64": FlexAttention with 64-token tiles
     block = int(tile) if tile else None
@@ -128,8 +133,8 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
         density = sparsifier.density()
         if phase == "ultra" and run.attention.pattern != "dense":
             attn_cfg = run.attention.__class__(**{**run.attention.__dict__, "backend": "auto"})
-    elif kind in ("hsa_flex", "hsa_split", "hsa_sdpa"):
-        backend = {"hsa_flex": "flex", "hsa_split": "split", "hsa_sdpa": "sdpa_mask"}[kind]
+    elif kind in ("hsa_flex", "hsa_flash", "hsa_split", "hsa_sdpa"):
+        backend = {"hsa_flex": "flex", "hsa_flash": "flash_split", "hsa_split": "split", "hsa_sdpa": "sdpa_mask"}[kind]
         attn_cfg = run.attention.__class__(**{**run.attention.__dict__, "pattern": pattern, "backend": backend})
     if attn_cfg is not None:
         if block is not None:
@@ -190,7 +195,7 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
         b = block or FLEX_BLOCK
         # tiles computed relative to causal attention at the default tile size (what dense costs); the
         # split backend computes only its band's tiles
-        tiles = (split_block_density(p, T, w, st, b) if resolve_backend(attn_cfg.backend, device) == "split"
+        tiles = (split_block_density(p, T, w, st, b) if resolve_backend(attn_cfg.backend, device) in ("split", "flash_split")
                  else block_density(p, T, w, st, block=b))
         row["attn_block_density"] = tiles / block_density("dense", T)
     del model, opt, fwd, sparsifier

@@ -190,7 +190,7 @@ class TopologyConfig:
 
 AttentionPatternName = Literal["dense", "local", "strided", "local_strided", "fixed"]
 AttentionWindow = Literal["ultra", "always", "never", "custom"]
-AttentionBackend = Literal["auto", "flex", "split", "sdpa_mask"]
+AttentionBackend = Literal["auto", "flex", "flash_split", "split", "sdpa_mask"]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,185 @@
+"""The ``flash_split`` attention backend (:mod:`mstlib.flash_split`): the pattern's exact function, forward
+and backward, with a custom backward that uses the merged output and log-sum-exp (ring-attention style).
+
+On CPU the near part runs as masked dense math through the same autograd function, so the construction
+(the far part on the class view, the merge, the backward with merged statistics) is checked against the
+float64 reference here; the GPU tests run FlashAttention's windowed kernel and the compiled far part."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mstlib import attention as A
+from mstlib import flash_split as FS
+from mstlib.config import AttentionConfig
+from mstlib.errors import ConfigError
+
+
+def _qkv(T: int, B: int = 2, H: int = 3, D: int = 8, seed: int = 0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(B, H, T, D, generator=g, dtype=dtype) for _ in range(3))
+
+
+def _check_against_reference(fn, name, T, w, s, q, k, v, atol, rtol):
+    """Output and input gradients of ``fn`` against the float64 reference (inputs may be any dtype)."""
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = A.reference_attention(q64, k64, v64, A.pattern_mask(name, T, w, s, device=q.device))
+    g = torch.randn_like(ref)
+    theirs = torch.autograd.grad(ref, (q64, k64, v64), g)
+    qx, kx, vx = (t.detach().requires_grad_() for t in (q, k, v))
+    y = fn(qx, kx, vx)
+    ours = torch.autograd.grad(y, (qx, kx, vx), g.to(y.dtype))
+    err = [(y.double() - ref).abs().max().item()]
+    torch.testing.assert_close(y.double(), ref, atol=atol, rtol=rtol)
+    for a, b in zip(ours, theirs):
+        assert torch.isfinite(a).all()
+        err.append((a.double() - b).abs().max().item())
+        torch.testing.assert_close(a.double(), b, atol=atol, rtol=rtol)
+    return err
+
+
+@pytest.mark.parametrize("name,T,w,s", [
+    ("local_strided", 64, 8, 8), ("local_strided", 61, 8, 8),  # T not a multiple of the stride
+    ("local_strided", 64, 16, 8), ("local_strided", 64, 8, 16),  # window wider / narrower than the stride
+    ("local_strided", 64, 12, 8),  # window not a multiple of the stride
+    ("strided", 50, 8, 8), ("strided", 64, 8, 8), ("fixed", 64, 8, 8), ("fixed", 45, 8, 8), ("local", 40, 8, 8),
+])
+def test_flash_split_equals_float64_reference_fwd_bwd_cpu(name, T, w, s):
+    """The whole autograd function (masked near part on CPU, far part on the class view, merge, backward
+    through the merged statistics) is the pattern's function to float64 rounding."""
+    q, k, v = _qkv(T, seed=5)
+    fn = FS.flash_split_attention(name, T, w, s, "cpu", compile=False)
+    _check_against_reference(fn, name, T, w, s, q, k, v, atol=1e-12, rtol=1e-12)
+
+
+def test_flash_split_shorter_sequence_and_float32_cpu():
+    """Built for T, it serves shorter sequences (prefix-consistent patterns) and float32 inputs."""
+    fn = FS.flash_split_attention("local_strided", 64, 8, 8, "cpu", compile=False)
+    q, k, v = (t.float() for t in _qkv(37, seed=6))
+    _check_against_reference(fn, "local_strided", 37, 8, 8, q, k, v, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ConfigError, match="rebuild"):
+        fn(*_qkv(65))
+
+
+def test_flash_split_far_part_keeps_no_pair_twice():
+    """The far part's keys start beyond the band (``m_min``): with the near part removed, the far part alone
+    (through the same function) must equal the pattern minus the band."""
+    T, w, s = 48, 12, 8
+    spec = FS._Spec(None, "strided", w, s, 1, A._m_min("local_strided", w, s), False)
+    q, k, v = (t.transpose(1, 2) for t in _qkv(T, seed=7))
+    out, lse = FS._far_forward(q, k, v, spec, q.size(-1) ** -0.5)
+    pos = torch.arange(T)
+    d = pos[:, None] - pos[None, :]
+    far = (d >= w) & (d % s == 0)
+    has = far.any(-1)
+    ref = A.reference_attention(*(t.transpose(1, 2) for t in (q, k, v)), far | ~has[:, None])
+    torch.testing.assert_close(out.transpose(1, 2)[:, :, has], ref[:, :, has])
+    assert torch.isneginf(lse[:, ~has]).all() and torch.isfinite(lse[:, has]).all()
+
+
+def test_flash_split_under_autocast_cpu():
+    """Under bf16 autocast (how the model runs) the function keeps its own precision: no matmul is
+    autocast to bf16 inside it, so float32 inputs give a float32-accurate result."""
+    fn = FS.flash_split_attention("local_strided", 64, 8, 8, "cpu", compile=False)
+    q, k, v = (t.float() for t in _qkv(64, seed=8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = fn(q, k, v)
+    ref = A.reference_attention(q.double(), k.double(), v.double(), A.pattern_mask("local_strided", 64, 8, 8))
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_flash_split_choices():
+    assert A.resolve_backend("flash_split", "cpu") == "flash_split"
+    fn = A.build_attention(AttentionConfig(pattern="local_strided", window=8, stride=8, backend="flash_split"),
+                           32, "cpu")
+    assert fn is not None
+    with pytest.raises(ConfigError, match="flash_split"):
+        FS.flash_split_attention("dense", 32, 8, 8, "cpu")
+    with pytest.raises(ConfigError, match="window and stride"):
+        FS.flash_split_attention("local", 32, 0, 8, "cpu")
+
+
+def test_near_bounds_pack_blocks():
+    cu, n = FS._near_bounds("block", 2, 10, 4, torch.device("cpu"))
+    assert cu.tolist() == [0, 4, 8, 10, 14, 18, 20] and n == 4
+    cu, n = FS._near_bounds("local", 3, 10, 4, torch.device("cpu"))
+    assert cu.tolist() == [0, 10, 20, 30] and n == 10
+
+
+# ----------------------------------------------------------------------------------------------- GPU
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="FlashAttention's windowed kernel and the "
+                          "compiled far part need the GPU; these tests run on the GPU machine")
+
+
+@cuda
+def test_flash_window_is_in_this_torch():
+    assert FS.flash_window_available()
+
+
+@cuda
+@pytest.mark.parametrize("name,T,w", [
+    ("local_strided", 1024, 128), ("local_strided", 1000, 128), ("local_strided", 512, 96),
+    ("local", 1024, 128), ("strided", 1024, 128), ("fixed", 1024, 128), ("fixed", 1000, 128),
+])
+def test_flash_split_bf16_matches_flex_cuda(name, T, w):
+    """In training precision (bf16, FlashAttention's kernel, compiled far part) the backend must be as close
+    to the float64 truth as one FlexAttention call over the whole pattern, forward and backward."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(4, 6, T, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    errs = {}
+    for backend in ("flex", "flash_split"):
+        fn = A.build_attention(AttentionConfig(pattern=name, window=w, stride=w, backend=backend), T, "cuda")
+        torch.manual_seed(1)
+        errs[backend] = _check_against_reference(fn, name, T, w, w, q, k, v, atol=5e-2, rtol=5e-2)
+    for ours, flex in zip(errs["flash_split"], errs["flex"]):
+        assert ours <= 2 * flex + 2e-3, errs
+
+
+@cuda
+@pytest.mark.parametrize("name", ["local_strided", "fixed", "strided"])
+def test_flash_split_float32_cuda(name):
+    """float32 inputs on the GPU take the masked near part (FlashAttention is half precision only) and stay
+    float32-accurate."""
+    T, w = 256, 32
+    q, k, v = (t.float().cuda() for t in _qkv(T, B=2, H=4, D=32, seed=9))
+    fn = FS.flash_split_attention(name, T, w, w, "cuda")
+    with _no_tf32():
+        _check_against_reference(fn, name, T, w, w, q, k, v, atol=1e-4, rtol=1e-4)
+
+
+class _no_tf32:
+    def __enter__(self):
+        self.prev = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+    def __exit__(self, *exc):
+        torch.backends.cuda.matmul.allow_tf32 = self.prev
+
+
+@cuda
+def test_flash_split_inside_compiled_model_cuda():
+    """A model compiled with torch.compile (how whole training runs go) gets the same output and gradients
+    from the backend as the eager model."""
+    from mstlib.model import GPT
+    from mstlib.config import ModelConfig
+
+    cfg = ModelConfig(n_layer=2, n_head=4, n_embd=128, block_size=512, vocab_size=512)
+    torch.manual_seed(0)
+    model = GPT(cfg).cuda()
+    fn = A.build_attention(AttentionConfig(pattern="local_strided", window=64, stride=64,
+                                           backend="flash_split"), 512, "cuda")
+    model.set_attention(fn, ())
+    idx = torch.randint(0, 512, (4, 512), device="cuda")
+    outs = []
+    for m in (model, torch.compile(model)):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits, loss = m(idx, idx)
+        loss.backward()
+        outs.append((loss.detach().float(), [p.grad.float().clone() for p in model.parameters()]))
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=2e-2, rtol=2e-2)
+    for a, b in zip(outs[0][1], outs[1][1]):
+        torch.testing.assert_close(a, b, atol=5e-2, rtol=5e-2)
