@@ -9,9 +9,12 @@ key sets, merged exactly by log-sum-exp:
   tiles that the window reaches, so at context 1024 with a 128-token band it does ~42 % of causal
   attention's tiles, and at 4096 ~12 %.
 * **far** (the strided keys ``i - m * stride``, ``m >= m_min``; or ``fixed``'s summary columns) has only
-  ``T / stride`` keys per query. It is computed with plain tensor algebra on the free view ``[B, T / stride,
-  stride, H, D]`` of the sequence (a residue class is one column of it), so nothing is copied or regrouped;
-  on CUDA the far part, the merge and their backward are each one ``torch.compile``'d function.
+  ``T / stride`` keys per query. For the strided keys on CUDA in half precision, two Triton kernels
+  (:mod:`mstlib._far_triton`) read ``q, k, v`` in place, one program per (batch, head, a few residue
+  classes), and fuse the merge with the near part into the forward and the accumulation into the near
+  part's gradients into the backward. Elsewhere (``fixed``'s summary columns, CPU, float32) the far part is
+  plain tensor algebra on the free view ``[B, T / stride, stride, H, D]`` of the sequence (a residue class
+  is one column of it), through ``torch.compile`` on CUDA.
 
 Gradients: FlashAttention's log-sum-exp has no gradient, so the two parts are one
 :class:`torch.autograd.Function` whose backward follows ring attention: each part's gradient is computed
@@ -38,6 +41,11 @@ import torch.nn.functional as F
 
 from .errors import ConfigError
 
+try:  # the strided far part's kernels; Triton comes with CUDA builds of torch
+    from . import _far_triton
+except Exception:  # no Triton (CPU-only installs): the far part runs as torch code
+    _far_triton = None
+
 NEG_INF = float("-inf")
 
 
@@ -62,6 +70,7 @@ class _Spec:
     summary: int
     m_min: int
     use_flash: bool  # the near part through FlashAttention (CUDA, half precision)
+    triton_far: bool  # the strided far part (and merge) through the Triton kernels of mstlib._far_triton
 
 
 # ---------------------------------------------------------------------------------------- far part math
@@ -274,7 +283,10 @@ class _FlashSplit(torch.autograd.Function):
                 flash_state = (cu, max_len, rng, unused)
             elif spec.near is not None:
                 o_near, lse_near = _near_forward_math(q, k, v, spec, scale)
-            out, lse = fwd_piece(q, k, v, o_near, lse_near, spec, scale)
+            if spec.triton_far:
+                out, lse = _far_triton.far_forward(q, k, v, o_near, lse_near, spec.stride, spec.m_min, scale)
+            else:
+                out, lse = fwd_piece(q, k, v, o_near, lse_near, spec, scale)
         ctx.spec, ctx.scale, ctx.flash_state, ctx.bwd_piece = spec, scale, flash_state, bwd_piece
         ctx.save_for_backward(q, k, v, out, lse)
         return out
@@ -286,17 +298,22 @@ class _FlashSplit(torch.autograd.Function):
         B, T, H, D = q.shape
         dq = dk = dv = None
         with torch.autocast(q.device.type, enabled=False):
+            dout = dout if dout.stride(-1) == 1 else dout.contiguous()
             if spec.near is not None and spec.use_flash:
                 cu, max_len, rng, unused = ctx.flash_state
+                dout = dout.reshape(B * T, H, D).contiguous().view(B, T, H, D)
                 dq, dk, dv = torch.ops.aten._flash_attention_backward(
-                    dout.reshape(B * T, H, D).contiguous(), q.reshape(B * T, H, D), k.reshape(B * T, H, D),
+                    dout.view(B * T, H, D), q.reshape(B * T, H, D), k.reshape(B * T, H, D),
                     v.reshape(B * T, H, D), out.reshape(B * T, H, D), lse.reshape(H, B * T).contiguous(), cu, cu,
                     max_len, max_len, 0.0, True, rng, unused, scale=scale,
                     window_size_left=_flash_window(spec), window_size_right=0)
                 dq, dk, dv = dq.view(B, T, H, D), dk.view(B, T, H, D), dv.view(B, T, H, D)
             elif spec.near is not None:
                 dq, dk, dv = _near_backward_math(q, k, v, out, lse, dout, spec, scale)
-            if spec.far is not None:
+            if spec.triton_far:
+                dq, dk, dv = _far_triton.far_backward(q, k, v, out, lse, dout, dq, dk, dv, spec.stride,
+                                                      spec.m_min, scale)
+            elif spec.far is not None:
                 dq, dk, dv = ctx.bwd_piece(q, k, v, out, lse, dout, dq, dk, dv, spec, scale)
             else:
                 dq, dk, dv = dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
@@ -304,14 +321,17 @@ class _FlashSplit(torch.autograd.Function):
 
 
 def flash_split_attention(name: str, T: int, window: int, stride: int, device, *, summary: int = 1,
-                          compile: Optional[bool] = None):
+                          compile: Optional[bool] = None, far_kernel: str = "auto"):
     """The ``"flash_split"`` backend for pattern ``name`` (module docstring): ``(q, k, v) -> y``, all
-    ``[B, H, T, D]``. ``compile``: far part and merge through ``torch.compile`` (default: on CUDA). The near
-    part uses FlashAttention for half-precision CUDA inputs when this torch has windowed FlashAttention,
-    masked dense math otherwise."""
+    ``[B, H, T, D]``. ``compile``: the torch far part and merge through ``torch.compile`` (default: on
+    CUDA). The near part uses FlashAttention for half-precision CUDA inputs when this torch has windowed
+    FlashAttention, masked dense math otherwise. ``far_kernel``: ``"auto"`` (the Triton kernels for the
+    strided far part where they apply), ``"torch"`` (always the torch far part; for comparisons)."""
     from .attention import SPLITS, _check, _check_length, _device_key, _m_min
 
     _check(name, window, stride, summary)
+    if far_kernel not in ("auto", "torch"):
+        raise ConfigError(f"far_kernel must be 'auto' or 'torch', got {far_kernel!r}")
     if name == "dense":
         raise ConfigError("the flash_split backend is for sparse patterns; dense attention needs no split")
     dev = torch.device(_device_key(device))
@@ -325,7 +345,9 @@ def flash_split_attention(name: str, T: int, window: int, stride: int, device, *
         t = q.size(-2)
         _check_length(t, T)
         use_flash = flash_ok and q.dtype in (torch.float16, torch.bfloat16) and q.size(-1) <= 256
-        spec = _Spec(near, far, window, stride, summary, _m_min(name, window, stride), use_flash)
+        triton_far = (far == "strided" and far_kernel == "auto" and _far_triton is not None and (use_flash or near is None)
+                      and _far_triton.supported(q, t, stride))
+        spec = _Spec(near, far, window, stride, summary, _m_min(name, window, stride), use_flash, triton_far)
         y = _FlashSplit.apply(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), spec, q.size(-1) ** -0.5,
                               fwd_piece, bwd_piece)
         return y.transpose(1, 2)

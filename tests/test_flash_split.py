@@ -66,7 +66,7 @@ def test_flash_split_far_part_keeps_no_pair_twice():
     """The far part's keys start beyond the band (``m_min``): with the near part removed, the far part alone
     (through the same function) must equal the pattern minus the band."""
     T, w, s = 48, 12, 8
-    spec = FS._Spec(None, "strided", w, s, 1, A._m_min("local_strided", w, s), False)
+    spec = FS._Spec(None, "strided", w, s, 1, A._m_min("local_strided", w, s), False, False)
     q, k, v = (t.transpose(1, 2) for t in _qkv(T, seed=7))
     out, lse = FS._far_forward(q, k, v, spec, q.size(-1) ** -0.5)
     pos = torch.arange(T)
@@ -183,3 +183,45 @@ def test_flash_split_inside_compiled_model_cuda():
     torch.testing.assert_close(outs[0][0], outs[1][0], atol=2e-2, rtol=2e-2)
     for a, b in zip(outs[0][1], outs[1][1]):
         torch.testing.assert_close(a, b, atol=5e-2, rtol=5e-2)
+
+
+_INTERPRET_CHECK = r"""
+import os, sys, torch
+os.environ["TRITON_INTERPRET"] = "1"
+from mstlib import _far_triton as FT, flash_split as FS
+torch.manual_seed(0)
+worst = 0.0
+for B, T, H, D, stride, m_min, near in [(2, 64, 3, 16, 8, 1, True), (2, 61, 3, 16, 8, 1, True),
+                                          (1, 50, 2, 16, 8, 0, False), (2, 64, 2, 32, 16, 2, True)]:
+    q, k, v, do = (torch.randn(B, T, H, D, dtype=torch.float64).float() for _ in range(4))
+    scale = D ** -0.5
+    spec = FS._Spec("local" if near else None, "strided", stride * m_min if near else stride, stride, 1, m_min,
+                    False, False)
+    ob, lb = ((x.contiguous() for x in FS._near_forward_math(q, k, v, spec, scale)) if near else (None, None))
+    ref_o, ref_l = FS._fwd_merge(q, k, v, ob, lb, spec, scale)
+    o, l = FT.far_forward(q, k, v, ob, lb, stride, m_min, scale)
+    band = ([x.contiguous() for x in FS._near_backward_math(q, k, v, ref_o, ref_l, do, spec, scale)]
+            if near else [None] * 3)
+    ref_g = FS._bwd_far(q, k, v, ref_o, ref_l, do, *band, spec, scale)
+    g = FT.far_backward(q, k, v, ref_o, ref_l, do, *[None if x is None else x.clone() for x in band],
+                        stride, m_min, scale)
+    for a, b in zip((o, l) + tuple(g), (ref_o, ref_l) + tuple(ref_g)):
+        worst = max(worst, (a - b).abs().max().item())
+print(worst)
+sys.exit(0 if worst < 1e-5 else 1)
+"""
+
+
+def test_triton_far_kernels_match_torch_far_part_in_interpreter():
+    """The Triton kernels (forward with the merge, backward adding into the band's gradients) compute the
+    same numbers as the torch far part, on CPU through Triton's interpreter (``TRITON_INTERPRET=1``, set
+    before Triton is imported, hence a subprocess). Needs Triton installed; CUDA builds of torch have it."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton", reason="Triton is not installed (CPU-only torch); the GPU tests cover it")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    res = subprocess.run([sys.executable, "-c", _INTERPRET_CHECK], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
