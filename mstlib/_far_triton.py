@@ -11,7 +11,8 @@ classes once, doing the dot products on CUDA cores. Every input is read once fro
 * forward: far softmax (online over key classes), then ``L = logaddexp(lse_band, lse_far)`` and
   ``O = O_band * exp(lse_band - L) + O_far * exp(lse_far - L)``, written as the output;
 * backward (given the merged ``O``, ``L`` and ``dO``, ring-attention style): ``P = exp(S - L)``,
-  ``dS = P * (dO V^T - rowsum(dO * O))``; the far part's ``dq``, ``dk``, ``dv`` are added to the band's
+  ``dS = P * (dO V^T - rowsum(dO * O))``, in two kernels (queries' side: ``dq``; keys' side: ``dk``, ``dv``,
+  each program holding its key classes so nothing is reduced across classes), added to the band's
   (FlashAttention's) gradients in place. Each key belongs to exactly one program, so there are no races.
 
 Only imported where Triton is (the GPU machine); the CPU path of the backend is plain torch.
@@ -19,17 +20,36 @@ Only imported where Triton is (the GPU machine); the CPU path of the backend is 
 
 from __future__ import annotations
 
+import os
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
 
 
+def _prune(configs, named_args, **kwargs):
+    """Keep the configurations whose register tile ``M x R x D`` stays within 8192 values (and ``R`` within
+    the residues there are)."""
+    M = kwargs.get("M", named_args.get("M"))
+    D = kwargs.get("D", named_args.get("D"))
+    stride = named_args.get("STRIDE", kwargs.get("STRIDE"))
+    keep = [c for c in configs if M * c.kwargs["R"] * D <= 8192 and c.kwargs["R"] <= max(1, stride)]
+    return keep or configs[:1]
+
+
+_CONFIGS = [triton.Config({"R": r}, num_warps=w, num_stages=st)
+            for r in (4, 8, 16) for w in (2, 4) for st in (1, 2)]
+_KEY = ["T", "STRIDE", "M", "D"]
+
+
+@triton.autotune(configs=_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _far_fwd_kernel(Q, K, V, OB, LB, O, L,
                     sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_t, so_h,
                     B, T, H, STRIDE, scale,
-                    M: tl.constexpr, R: tl.constexpr, D: tl.constexpr, M_MIN: tl.constexpr,
-                    HAS_NEAR: tl.constexpr):
+                    M: tl.constexpr, D: tl.constexpr, M_MIN: tl.constexpr, HAS_NEAR: tl.constexpr,
+                    R: tl.constexpr):
     pid_bh = tl.program_id(0)
     b = pid_bh // H
     h = pid_bh % H
@@ -39,7 +59,8 @@ def _far_fwd_kernel(Q, K, V, OB, LB, O, L,
     t = a[:, None] * STRIDE + r[None, :]  # [M, R] query positions
     valid = (t < T) & (r[None, :] < STRIDE)
     q = tl.load(Q + b * sq_b + h * sq_h + t[:, :, None] * sq_t + d[None, None, :],
-                mask=valid[:, :, None], other=0.0).to(tl.float32)
+                mask=valid[:, :, None], other=0.0).to(tl.float32) * scale
+    q = q.to(tl.float32)
     mx = tl.full([M, R], float("-inf"), tl.float32)
     den = tl.zeros([M, R], tl.float32)
     acc = tl.zeros([M, R, D], tl.float32)
@@ -50,7 +71,7 @@ def _far_fwd_kernel(Q, K, V, OB, LB, O, L,
                      other=0.0).to(tl.float32)
         vn = tl.load(V + b * sv_b + h * sv_h + tk[:, None] * sv_t + d[None, :], mask=kvalid[:, None],
                      other=0.0).to(tl.float32)
-        s = tl.sum(q * kn[None, :, :], axis=2) * scale
+        s = tl.sum(q * kn[None, :, :], axis=2)
         allowed = ((a[:, None] - n) >= M_MIN) & kvalid[None, :] & valid
         s = tl.where(allowed, s, float("-inf"))
         m_new = tl.maximum(mx, s)
@@ -75,13 +96,16 @@ def _far_fwd_kernel(Q, K, V, OB, LB, O, L,
     tl.store(L + l_off, lse, mask=valid)
 
 
+@triton.autotune(configs=_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune},
+                 restore_value=["DQ"])
 @triton.jit
-def _far_bwd_kernel(Q, K, V, O, DO, L, DQ, DK, DV,
-                    sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_t, so_h,
-                    sdo_b, sdo_t, sdo_h, sg_b, sg_t, sg_h,
-                    B, T, H, STRIDE, scale,
-                    M: tl.constexpr, R: tl.constexpr, D: tl.constexpr, M_MIN: tl.constexpr,
-                    HAS_NEAR: tl.constexpr):
+def _far_bwd_dq_kernel(Q, K, V, O, DO, L, DELTA, DQ,
+                       sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_t, so_h,
+                       sdo_b, sdo_t, sdo_h, sg_b, sg_t, sg_h,
+                       B, T, H, STRIDE, scale,
+                       M: tl.constexpr, D: tl.constexpr, M_MIN: tl.constexpr, HAS_NEAR: tl.constexpr,
+                       R: tl.constexpr):
+    """Queries' side: ``dq`` (added to the band's) and ``delta = rowsum(dO * O)`` for the keys' kernel."""
     pid_bh = tl.program_id(0)
     b = pid_bh // H
     h = pid_bh % H
@@ -96,7 +120,9 @@ def _far_bwd_kernel(Q, K, V, O, DO, L, DQ, DK, DV,
                  other=0.0).to(tl.float32)
     o = tl.load(O + b * so_b + h * so_h + t[:, :, None] * so_t + d[None, None, :], mask=vm, other=0.0).to(tl.float32)
     delta = tl.sum(do * o, axis=2)
-    lse = tl.load(L + h * B * T + b * T + t, mask=valid, other=0.0)
+    l_off = h * B * T + b * T + t
+    tl.store(DELTA + l_off, delta, mask=valid)
+    lse = tl.load(L + l_off, mask=valid, other=0.0)
     dq = tl.zeros([M, R, D], tl.float32)
     for n in range(0, M):
         tk = n * STRIDE + r
@@ -105,74 +131,153 @@ def _far_bwd_kernel(Q, K, V, O, DO, L, DQ, DK, DV,
                      other=0.0).to(tl.float32)
         vn = tl.load(V + b * sv_b + h * sv_h + tk[:, None] * sv_t + d[None, :], mask=kvalid[:, None],
                      other=0.0).to(tl.float32)
-        s = tl.sum(q * kn[None, :, :], axis=2) * scale
+        s = (tl.sum(q * kn[None, :, :], axis=2) * scale).to(tl.float32)
         allowed = ((a[:, None] - n) >= M_MIN) & kvalid[None, :] & valid
         p = tl.where(allowed, tl.exp(s - lse), 0.0)
-        dv_n = tl.sum(p[:, :, None] * do, axis=0)
         dp = tl.sum(do * vn[None, :, :], axis=2)
-        ds = p * (dp - delta) * scale
-        dk_n = tl.sum(ds[:, :, None] * q, axis=0)
+        ds = p * (dp - delta)
         dq += ds[:, :, None] * kn[None, :, :]
-        g_off = b * sg_b + h * sg_h + tk[:, None] * sg_t + d[None, :]
-        if HAS_NEAR:
-            dk_n += tl.load(DK + g_off, mask=kvalid[:, None], other=0.0).to(tl.float32)
-            dv_n += tl.load(DV + g_off, mask=kvalid[:, None], other=0.0).to(tl.float32)
-        tl.store(DK + g_off, dk_n.to(DK.dtype.element_ty), mask=kvalid[:, None])
-        tl.store(DV + g_off, dv_n.to(DV.dtype.element_ty), mask=kvalid[:, None])
+    dq = (dq * scale).to(tl.float32)
     q_off = b * sg_b + h * sg_h + t[:, :, None] * sg_t + d[None, None, :]
     if HAS_NEAR:
         dq += tl.load(DQ + q_off, mask=vm, other=0.0).to(tl.float32)
     tl.store(DQ + q_off, dq.to(DQ.dtype.element_ty), mask=vm)
 
 
-def _tiles(T: int, stride: int) -> tuple[int, int, int]:
-    """``(M, R, warps)``: key classes padded to a power of two, residues per program (``M * R = 64`` rows of
-    ``D`` per program, at most the stride rounded up), warps per program."""
-    M = triton.next_power_of_2(-(-T // stride))
-    R = max(1, min(triton.next_power_of_2(stride), 64 // M if M <= 64 else 1))
-    return M, R, 4
+@triton.autotune(configs=_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune},
+                 restore_value=["DK", "DV"])
+@triton.jit
+def _far_bwd_dkdv_kernel(Q, K, V, DO, L, DELTA, DK, DV,
+                         sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h,
+                         sdo_b, sdo_t, sdo_h, sg_b, sg_t, sg_h,
+                         B, T, H, STRIDE, scale,
+                         M: tl.constexpr, D: tl.constexpr, M_MIN: tl.constexpr, HAS_NEAR: tl.constexpr,
+                         R: tl.constexpr):
+    """Keys' side: the program holds its residues' ``M`` key classes and streams the query classes, so
+    ``dk`` and ``dv`` accumulate without reductions across classes."""
+    pid_bh = tl.program_id(0)
+    b = pid_bh // H
+    h = pid_bh % H
+    n = tl.arange(0, M)
+    r = tl.program_id(1) * R + tl.arange(0, R)
+    d = tl.arange(0, D)
+    tk = n[:, None] * STRIDE + r[None, :]  # [M, R] key positions
+    kvalid = (tk < T) & (r[None, :] < STRIDE)
+    km = kvalid[:, :, None]
+    k = tl.load(K + b * sk_b + h * sk_h + tk[:, :, None] * sk_t + d[None, None, :], mask=km, other=0.0).to(tl.float32)
+    v = tl.load(V + b * sv_b + h * sv_h + tk[:, :, None] * sv_t + d[None, None, :], mask=km, other=0.0).to(tl.float32)
+    dk = tl.zeros([M, R, D], tl.float32)
+    dv = tl.zeros([M, R, D], tl.float32)
+    for a in range(0, M):
+        t = a * STRIDE + r
+        valid = (t < T) & (r < STRIDE)
+        qa = tl.load(Q + b * sq_b + h * sq_h + t[:, None] * sq_t + d[None, :], mask=valid[:, None],
+                     other=0.0).to(tl.float32)
+        doa = tl.load(DO + b * sdo_b + h * sdo_h + t[:, None] * sdo_t + d[None, :], mask=valid[:, None],
+                      other=0.0).to(tl.float32)
+        l_off = h * B * T + b * T + t
+        lse = tl.load(L + l_off, mask=valid, other=0.0)
+        delta = tl.load(DELTA + l_off, mask=valid, other=0.0)
+        s = (tl.sum(k * qa[None, :, :], axis=2) * scale).to(tl.float32)  # [M keys, R]
+        allowed = ((a - n[:, None]) >= M_MIN) & kvalid & valid[None, :]
+        p = tl.where(allowed, tl.exp(s - lse[None, :]), 0.0)
+        dv += p[:, :, None] * doa[None, :, :]
+        dp = tl.sum(v * doa[None, :, :], axis=2)
+        ds = p * (dp - delta[None, :])
+        dk += ds[:, :, None] * qa[None, :, :]
+    dk = (dk * scale).to(tl.float32)
+    g_off = b * sg_b + h * sg_h + tk[:, :, None] * sg_t + d[None, None, :]
+    if HAS_NEAR:
+        dk += tl.load(DK + g_off, mask=km, other=0.0).to(tl.float32)
+        dv += tl.load(DV + g_off, mask=km, other=0.0).to(tl.float32)
+    tl.store(DK + g_off, dk.to(DK.dtype.element_ty), mask=km)
+    tl.store(DV + g_off, dv.to(DV.dtype.element_ty), mask=km)
+
+
+def _classes(T: int, stride: int) -> int:
+    """Key classes per residue, padded to a power of two (a Triton tile edge)."""
+    return triton.next_power_of_2(-(-T // stride))
 
 
 def supported(q: torch.Tensor, T: int, stride: int) -> bool:
-    """Shapes these kernels serve: half precision, a power-of-two head dim up to 128, at most 256 key
-    classes (T / stride)."""
+    """Shapes these kernels serve: half precision, a power-of-two head dim up to 128, at most 64 key
+    classes (T / stride) so that one class column fits in registers."""
     D = q.size(-1)
     return (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and D in (16, 32, 64, 128)
-            and -(-T // stride) <= 256)
+            and _classes(T, stride) * D <= 8192)
 
 
 def _bth(x: torch.Tensor) -> tuple[int, int, int]:
     return x.stride(0), x.stride(1), x.stride(2)
 
 
-def far_forward(q, k, v, o_near, lse_near, stride: int, m_min: int, scale: float):
+def _grid(B: int, H: int, stride: int):
+    return lambda meta: (B * H, triton.cdiv(stride, meta["R"]))
+
+
+def _launch(kernel, B: int, H: int, stride: int, *args, **kwargs) -> None:
+    """Launch an autotuned kernel; under Triton's CPU interpreter (``TRITON_INTERPRET=1``, the tests) the
+    autotuner cannot time configurations, so the plain kernel runs with a fixed one."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        r = max(1, min(triton.next_power_of_2(stride), 8192 // (kwargs["M"] * kwargs["D"]), 8))
+        kernel.fn[(B * H, triton.cdiv(stride, r))](*args, **kwargs, R=r)
+        return
+    kernel[_grid(B, H, stride)](*args, **kwargs)
+
+
+@torch.library.custom_op("mstlib::far_strided_fwd", mutates_args=())
+def far_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o_near: Optional[torch.Tensor],
+                lse_near: Optional[torch.Tensor], stride: int, m_min: int, scale: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Strided far part fused with the merge. ``q, k, v``: ``[B, T, H, D]`` (last dim contiguous);
     ``o_near`` ``[B, T, H, D]`` contiguous and ``lse_near`` ``[H, B, T]`` contiguous, or both ``None``.
-    Returns ``(out [B, T, H, D] contiguous, q's dtype; lse [H, B, T] float32)``."""
+    Returns ``(out [B, T, H, D] contiguous, q's dtype; lse [H, B, T] float32)``. A custom operator, so a
+    model compiled as a whole calls it as one opaque op."""
     B, T, H, D = q.shape
     out = torch.empty((B, T, H, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((H, B, T), dtype=torch.float32, device=q.device)
-    M, R, warps = _tiles(T, stride)
     has_near = o_near is not None
-    ob = o_near if has_near else out
-    lb = lse_near if has_near else lse
-    grid = (B * H, triton.cdiv(stride, R))
-    _far_fwd_kernel[grid](q, k, v, ob, lb, out, lse, *_bth(q), *_bth(k), *_bth(v), *_bth(out),
-                          B, T, H, stride, scale, M=M, R=R, D=D, M_MIN=m_min, HAS_NEAR=has_near,
-                          num_warps=warps)
+    _launch(
+        _far_fwd_kernel, B, H, stride, q, k, v, o_near if has_near else out, lse_near if has_near else lse,
+        out, lse, *_bth(q), *_bth(k), *_bth(v), *_bth(out), B, T, H, stride, float(scale),
+        M=_classes(T, stride), D=D, M_MIN=m_min, HAS_NEAR=has_near)
     return out, lse
 
 
-def far_backward(q, k, v, out, lse, dout, dq, dk, dv, stride: int, m_min: int, scale: float):
-    """Adds the far part's gradients to ``dq, dk, dv`` (``[B, T, H, D]`` contiguous, the band's gradients,
-    updated in place) or, when they are ``None``, returns new ones. ``out``/``lse``: the merged forward."""
+@far_forward.register_fake
+def _(q, k, v, o_near, lse_near, stride, m_min, scale):
     B, T, H, D = q.shape
-    has_near = dq is not None
-    if not has_near:
-        dq, dk, dv = (torch.empty((B, T, H, D), dtype=x.dtype, device=x.device) for x in (q, k, v))
-    M, R, warps = _tiles(T, stride)
-    grid = (B * H, triton.cdiv(stride, R))
-    _far_bwd_kernel[grid](q, k, v, out, dout, lse, dq, dk, dv, *_bth(q), *_bth(k), *_bth(v), *_bth(out),
-                          *_bth(dout), *_bth(dq), B, T, H, stride, scale, M=M, R=R, D=D, M_MIN=m_min,
-                          HAS_NEAR=has_near, num_warps=warps)
+    return q.new_empty((B, T, H, D)), q.new_empty((H, B, T), dtype=torch.float32)
+
+
+@torch.library.custom_op("mstlib::far_strided_bwd", mutates_args=("dq", "dk", "dv"))
+def far_backward_(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                  dout: torch.Tensor, dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, stride: int,
+                  m_min: int, scale: float, accumulate: bool) -> None:
+    """The far part's gradients into ``dq, dk, dv`` (``[B, T, H, D]`` contiguous): added to what they hold
+    (the band's gradients) with ``accumulate``, else written. ``out``/``lse``: the merged forward."""
+    B, T, H, D = q.shape
+    delta = torch.empty((H, B, T), dtype=torch.float32, device=q.device)
+    M = _classes(T, stride)
+    _launch(
+        _far_bwd_dq_kernel, B, H, stride, q, k, v, out, dout, lse, delta, dq, *_bth(q), *_bth(k), *_bth(v),
+        *_bth(out), *_bth(dout), *_bth(dq), B, T, H, stride, float(scale), M=M, D=D, M_MIN=m_min,
+        HAS_NEAR=accumulate)
+    _launch(
+        _far_bwd_dkdv_kernel, B, H, stride, q, k, v, dout, lse, delta, dk, dv, *_bth(q), *_bth(k), *_bth(v),
+        *_bth(dout), *_bth(dk), B, T, H, stride, float(scale), M=M, D=D, M_MIN=m_min, HAS_NEAR=accumulate)
+
+
+@far_backward_.register_fake
+def _(q, k, v, out, lse, dout, dq, dk, dv, stride, m_min, scale, accumulate):
+    return None
+
+
+def far_backward(q, k, v, out, lse, dout, dq, dk, dv, stride: int, m_min: int, scale: float):
+    """Adds the far part's gradients to ``dq, dk, dv`` (the band's, updated in place) or, when they are
+    ``None``, returns new ones."""
+    accumulate = dq is not None
+    if not accumulate:
+        dq, dk, dv = (torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in (q, k, v))
+    far_backward_(q, k, v, out, lse, dout, dq, dk, dv, stride, m_min, float(scale), accumulate)
     return dq, dk, dv

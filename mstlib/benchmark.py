@@ -10,7 +10,8 @@ Variants:
 * ``dense``: the plain GPT step (bf16 autocast on CUDA, fused AdamW).
 * ``mst_warmup`` / ``mst_ultra`` / ``mst_restoration``: masks at the sparsity each phase has at its middle
   (the schedule of the ``mst`` preset), gradients masked before the step and weights after it, the update
-  amortised; in the ultra phase with hybrid sparse attention (the preset's pattern, FlexAttention).
+  amortised; in the ultra phase with hybrid sparse attention (the preset's pattern, backend ``"auto"``;
+  ``mst_ultra_flash``: the same through the ``flash_split`` backend).
 * ``hsa_flex:<pattern>`` / ``hsa_flash:<pattern>`` / ``hsa_split:<pattern>`` / ``hsa_sdpa:<pattern>``:
   dense weights with the attention pattern through one FlexAttention block mask (skips empty tiles), the
   ``flash_split`` backend (FlashAttention's sliding window for the band, the strided/summary keys as
@@ -46,7 +47,7 @@ from .errors import ConfigError
 
 #: Every variant :func:`time_variant` knows; ``hsa_flex@64``/``@32`` (FlexAttention with smaller tiles)
 #: failed to compile on the H200 with torch 2.11 (``NoValidChoicesError``), so they are not in the default.
-VARIANTS = ("dense", "mst_warmup", "mst_ultra", "mst_restoration",
+VARIANTS = ("dense", "mst_warmup", "mst_ultra", "mst_ultra_flash", "mst_restoration",
             "hsa_flex:local", "hsa_flex:local_strided", "hsa_flex:fixed", "hsa_flex:strided",
             "hsa_flash:local", "hsa_flash:local_strided", "hsa_flash:fixed", "hsa_flash:strided",
             "hsa_split:local_strided", "hsa_split:fixed", "hsa_split:strided",
@@ -127,12 +128,14 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
     if kind.startswith("mst_"):
         from .topology import Sparsifier
 
-        phase = kind.removeprefix("mst_")
+        # "mst_ultra_flash": the ultra phase with HSA through the flash_split backend instead of "auto"
+        phase, _, via = kind.removeprefix("mst_").partition("_")
         sparsifier = Sparsifier(model, run, opt)
         sparsifier.masks.init(_phase_sparsity(run, phase), run.seed, "random")
         density = sparsifier.density()
         if phase == "ultra" and run.attention.pattern != "dense":
-            attn_cfg = run.attention.__class__(**{**run.attention.__dict__, "backend": "auto"})
+            backend = {"": "auto", "flash": "flash_split"}[via]
+            attn_cfg = run.attention.__class__(**{**run.attention.__dict__, "backend": backend})
     elif kind in ("hsa_flex", "hsa_flash", "hsa_split", "hsa_sdpa"):
         backend = {"hsa_flex": "flex", "hsa_flash": "flash_split", "hsa_split": "split", "hsa_sdpa": "sdpa_mask"}[kind]
         attn_cfg = run.attention.__class__(**{**run.attention.__dict__, "pattern": pattern, "backend": backend})
@@ -174,7 +177,7 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
     update_ms = 0.0
     if sparsifier is not None:
         fwd_bwd()  # dense gradients for the update, as on a real update step
-        ph = {"warmup": 0.0, "ultra": 0.5, "restoration": 1.0}[kind.removeprefix("mst_")]
+        ph = {"warmup": 0.0, "ultra": 0.5, "restoration": 1.0}[phase]
         upd_step = max(run.topology.update_interval, int(ph * run.train.max_iters) // run.topology.update_interval * run.topology.update_interval)
         upd_step = min(upd_step, run.train.max_iters - 1)
         update_ms = statistics.median(timer(lambda: sparsifier.update(upd_step)) for _ in range(3))
@@ -288,7 +291,7 @@ def _step_flops(run: RunConfig, row: dict[str, Any]) -> float:
     ad = 1.0
     if ":" in variant:
         ad = pattern_density(variant.split(":")[1], m.block_size, run.attention.window, run.attention.stride)
-    elif variant == "mst_ultra" and run.attention.pattern != "dense":
+    elif variant in ("mst_ultra", "mst_ultra_flash") and run.attention.pattern != "dense":
         ad = pattern_density(run.attention.pattern, m.block_size, run.attention.window, run.attention.stride)
     return (6 * n * row["density"] + attn * ad) * row["tokens_per_step"]
 

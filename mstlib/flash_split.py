@@ -284,7 +284,7 @@ class _FlashSplit(torch.autograd.Function):
             elif spec.near is not None:
                 o_near, lse_near = _near_forward_math(q, k, v, spec, scale)
             if spec.triton_far:
-                out, lse = _far_triton.far_forward(q, k, v, o_near, lse_near, spec.stride, spec.m_min, scale)
+                out, lse = _far_triton.far_forward(q, k, v, o_near, lse_near, spec.stride, spec.m_min, float(scale))
             else:
                 out, lse = fwd_piece(q, k, v, o_near, lse_near, spec, scale)
         ctx.spec, ctx.scale, ctx.flash_state, ctx.bwd_piece = spec, scale, flash_state, bwd_piece
