@@ -43,7 +43,15 @@ Backends for :func:`build_attention` (``AttentionConfig.backend``):
   second kernel and the merge cost more than the skipped tiles save at these sizes (the training-speed
   chapter has the table). So ``"auto"`` does not pick it. On CPU both parts fall back to masked dense math
   (forward and backward), which the tests use.
-* ``"auto"``: ``"flex"`` on CUDA when FlexAttention imports, else ``"sdpa_mask"``.
+* ``"flash_split"``: the same cut, with the near part through FlashAttention's own sliding-window kernel
+  and the strided part through Triton kernels that read ``q, k, v`` in place and fuse the merge; one
+  autograd function whose backward uses the merged output and log-sum-exp (:mod:`mstlib.flash_split`).
+  **Measured on an H200** (training-speed chapter): faster than one FlexAttention call for
+  ``local_strided`` at context 4096 (0.90 of dense speed against 0.83, paper model), slower at 1024 (0.91
+  against 0.93), where the 128-token band alone costs as much as causal attention in either kernel.
+* ``"auto"``: ``"flex"`` on CUDA when FlexAttention imports, else ``"sdpa_mask"``. (MST trains at context
+  1024, where one FlexAttention call is the fastest way we measured; choose ``"flash_split"`` for long
+  contexts.)
 
 Units: ``T`` tokens; ``q, k, v`` of shape ``(batch, heads, T, head_dim)``; densities are fractions of pairs.
 """
@@ -190,9 +198,9 @@ def flex_available() -> bool:
 
 def resolve_backend(backend: str, device: torch.device | str) -> str:
     """``"auto"`` -> ``"flex"`` on CUDA when FlexAttention imports, else ``"sdpa_mask"`` (measured on an
-    H200, one FlexAttention call was faster than the ``"split"`` backend for every pattern it serves).
-    Other names are checked (``"split"`` runs anywhere: without FlexAttention both of its parts use masked
-    dense math)."""
+    H200 at MST's context of 1024, one FlexAttention call was faster than the ``"split"`` and
+    ``"flash_split"`` backends for ``local_strided``). Other names are checked (``"split"`` and
+    ``"flash_split"`` run anywhere: without their GPU kernels they use masked dense math)."""
     dev = torch.device(device)
     if backend == "auto":
         return "flex" if dev.type == "cuda" and flex_available() else "sdpa_mask"

@@ -203,7 +203,9 @@ class AttentionConfig:
     [``start``, ``end``) as fractions of training. ``layers``: block indices that use the pattern
     (empty = all layers, official). ``backend``: ``"flex"`` (FlexAttention block masks, skips empty
     blocks), ``"split"`` (the pattern cut into a FlexAttention band and a strided/summary part computed
-    as small dense products, merged by log-sum-exp: see :mod:`mstlib.attention`), ``"sdpa_mask"`` (a dense
+    as small dense products, merged by log-sum-exp: see :mod:`mstlib.attention`), ``"flash_split"`` (the
+    same cut with a FlashAttention sliding-window band and Triton kernels for the strided part: see
+    :mod:`mstlib.flash_split`), ``"sdpa_mask"`` (a dense
     boolean mask passed to SDPA: the official way, no savings), ``"auto"`` (flex on CUDA when
     available, else sdpa_mask).
     """

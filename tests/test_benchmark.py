@@ -21,6 +21,18 @@ def test_cpu_benchmark_rows_and_ratios(tmp_path):
     assert by["mst_warmup"]["flops_per_step"] < by["dense"]["flops_per_step"]
 
 
+def test_ultra_phase_through_flash_split_on_cpu():
+    """``mst_ultra_flash`` is the ultra phase with its attention through the flash_split backend (masked near
+    part on CPU): it runs, at the ultra phase's density, and counts the pattern's attention FLOPs."""
+    rows = benchmark.run_benchmark(["smoke"], [64], ["dense", "mst_ultra", "mst_ultra_flash", "hsa_flash:local_strided"],
+                                   device="cpu", repeats=1, warmup=0, tokens_per_step=128, progress=False)
+    by = {r["variant"]: r for r in rows}
+    assert set(by) == {"dense", "mst_ultra", "mst_ultra_flash", "hsa_flash:local_strided"}
+    assert by["mst_ultra_flash"]["density"] == by["mst_ultra"]["density"] < 1
+    assert by["mst_ultra_flash"]["flops_per_step"] == by["mst_ultra"]["flops_per_step"]
+    assert by["hsa_flash:local_strided"]["flops_per_step"] < by["dense"]["flops_per_step"]
+
+
 def test_unknown_variant_and_loading(tmp_path):
     with pytest.raises(ConfigError, match="unknown benchmark variant"):
         benchmark.run_benchmark(["smoke"], [64], ["dense", "sparse_magic"], device="cpu")
