@@ -4,9 +4,11 @@ The far part of ``local_strided`` / ``strided`` gives query ``t = a * stride + r
 ``n * stride + r`` with ``n <= a - m_min``: within residue class ``r``, a causal attention over
 ``M = ceil(T / stride)`` members (8 at T = 1024, stride = 128). Tensor cores need 16 x 16 tiles, so a
 tile-based kernel would waste most of its work on these 8 x 8 problems; instead one program takes
-``(batch, head, R residues)``, keeps the ``M x R x D`` queries in registers and streams the ``M`` key
-classes once, doing the dot products on CUDA cores. Every input is read once from its place in the
-``[B, T, H, D]`` tensors (no regrouping copies), and the merge with the band's output is fused in:
+``(batch, head, R residues)`` and holds a 2D tile of ``M * R`` rows of ``D`` (one row per (class,
+residue)); it streams the ``M`` classes of the other side, each row loading the row of its own residue
+(rows of one residue share it through the cache, and rows the pattern does not allow load nothing), and
+does the dot products on CUDA cores. Inputs are read from their place in the ``[B, T, H, D]`` tensors (no
+regrouping copies), and the merge with the band's output is fused in:
 
 * forward: far softmax (online over key classes), then ``L = logaddexp(lse_band, lse_far)`` and
   ``O = O_band * exp(lse_band - L) + O_far * exp(lse_far - L)``, written as the output;
@@ -29,8 +31,8 @@ import triton.language as tl
 
 
 def _prune(configs, named_args, **kwargs):
-    """Keep the configurations whose register tile ``M x R x D`` stays within 8192 values (and ``R`` within
-    the residues there are)."""
+    """Keep the configurations whose register tile ``(M * R) x D`` stays within 8192 values (and ``R``
+    within the residues there are)."""
     M = kwargs.get("M", named_args.get("M"))
     D = kwargs.get("D", named_args.get("D"))
     stride = named_args.get("STRIDE", kwargs.get("STRIDE"))
@@ -39,7 +41,7 @@ def _prune(configs, named_args, **kwargs):
 
 
 _CONFIGS = [triton.Config({"R": r}, num_warps=w, num_stages=st)
-            for r in (4, 8, 16) for w in (2, 4) for st in (1, 2)]
+            for r in (2, 4, 8, 16) for w in (2, 4) for st in (1, 2)]
 _KEY = ["T", "STRIDE", "M", "D"]
 
 
@@ -53,46 +55,45 @@ def _far_fwd_kernel(Q, K, V, OB, LB, O, L,
     pid_bh = tl.program_id(0)
     b = pid_bh // H
     h = pid_bh % H
-    a = tl.arange(0, M)
-    r = tl.program_id(1) * R + tl.arange(0, R)
+    i = tl.arange(0, M * R)  # one row per (query class a, residue r): rows are 2D tiles [M * R, D]
+    a = i // R
+    r = tl.program_id(1) * R + i % R
     d = tl.arange(0, D)
-    t = a[:, None] * STRIDE + r[None, :]  # [M, R] query positions
-    valid = (t < T) & (r[None, :] < STRIDE)
-    q = tl.load(Q + b * sq_b + h * sq_h + t[:, :, None] * sq_t + d[None, None, :],
-                mask=valid[:, :, None], other=0.0).to(tl.float32) * scale
-    q = q.to(tl.float32)
-    mx = tl.full([M, R], float("-inf"), tl.float32)
-    den = tl.zeros([M, R], tl.float32)
-    acc = tl.zeros([M, R, D], tl.float32)
+    t = a * STRIDE + r
+    valid = (t < T) & (r < STRIDE)
+    q = tl.load(Q + b * sq_b + h * sq_h + t[:, None] * sq_t + d[None, :], mask=valid[:, None], other=0.0)
+    q = (q.to(tl.float32) * scale).to(tl.float32)
+    mx = tl.full([M * R], float("-inf"), tl.float32)
+    den = tl.zeros([M * R], tl.float32)
+    acc = tl.zeros([M * R, D], tl.float32)
     for n in range(0, M):
         tk = n * STRIDE + r
-        kvalid = (tk < T) & (r < STRIDE)
-        kn = tl.load(K + b * sk_b + h * sk_h + tk[:, None] * sk_t + d[None, :], mask=kvalid[:, None],
+        allowed = ((a - n) >= M_MIN) & (tk < T) & valid
+        # each row loads the key of its own residue (rows of one residue share it, from cache)
+        kn = tl.load(K + b * sk_b + h * sk_h + tk[:, None] * sk_t + d[None, :], mask=allowed[:, None],
                      other=0.0).to(tl.float32)
-        vn = tl.load(V + b * sv_b + h * sv_h + tk[:, None] * sv_t + d[None, :], mask=kvalid[:, None],
+        vn = tl.load(V + b * sv_b + h * sv_h + tk[:, None] * sv_t + d[None, :], mask=allowed[:, None],
                      other=0.0).to(tl.float32)
-        s = tl.sum(q * kn[None, :, :], axis=2)
-        allowed = ((a[:, None] - n) >= M_MIN) & kvalid[None, :] & valid
-        s = tl.where(allowed, s, float("-inf"))
+        s = tl.where(allowed, tl.sum(q * kn, axis=1), float("-inf"))
         m_new = tl.maximum(mx, s)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp(mx - m_safe)
         p = tl.exp(s - m_safe)
         den = den * alpha + p
-        acc = acc * alpha[:, :, None] + p[:, :, None] * vn[None, :, :]
+        acc = acc * alpha[:, None] + p[:, None] * vn
         mx = m_new
     has = den > 0
     lse_far = tl.where(has, mx + tl.log(tl.where(has, den, 1.0)), float("-inf"))
-    out = acc / tl.where(has, den, 1.0)[:, :, None]
+    out = acc / tl.where(has, den, 1.0)[:, None]
     l_off = h * B * T + b * T + t
-    o_off = b * so_b + h * so_h + t[:, :, None] * so_t + d[None, None, :]
+    o_off = b * so_b + h * so_h + t[:, None] * so_t + d[None, :]
     lse = lse_far
     if HAS_NEAR:
-        ob = tl.load(OB + o_off, mask=valid[:, :, None], other=0.0).to(tl.float32)
+        ob = tl.load(OB + o_off, mask=valid[:, None], other=0.0).to(tl.float32)
         lb = tl.load(LB + l_off, mask=valid, other=0.0)
         lse = tl.maximum(lb, lse_far) + tl.log(1.0 + tl.exp(-tl.abs(lb - lse_far)))
-        out = ob * tl.exp(lb - lse)[:, :, None] + out * tl.exp(lse_far - lse)[:, :, None]
-    tl.store(O + o_off, out.to(O.dtype.element_ty), mask=valid[:, :, None])
+        out = ob * tl.exp(lb - lse)[:, None] + out * tl.exp(lse_far - lse)[:, None]
+    tl.store(O + o_off, out.to(O.dtype.element_ty), mask=valid[:, None])
     tl.store(L + l_off, lse, mask=valid)
 
 
@@ -109,36 +110,34 @@ def _far_bwd_dq_kernel(Q, K, V, O, DO, L, DELTA, DQ,
     pid_bh = tl.program_id(0)
     b = pid_bh // H
     h = pid_bh % H
-    a = tl.arange(0, M)
-    r = tl.program_id(1) * R + tl.arange(0, R)
+    i = tl.arange(0, M * R)
+    a = i // R
+    r = tl.program_id(1) * R + i % R
     d = tl.arange(0, D)
-    t = a[:, None] * STRIDE + r[None, :]
-    valid = (t < T) & (r[None, :] < STRIDE)
-    vm = valid[:, :, None]
-    q = tl.load(Q + b * sq_b + h * sq_h + t[:, :, None] * sq_t + d[None, None, :], mask=vm, other=0.0).to(tl.float32)
-    do = tl.load(DO + b * sdo_b + h * sdo_h + t[:, :, None] * sdo_t + d[None, None, :], mask=vm,
-                 other=0.0).to(tl.float32)
-    o = tl.load(O + b * so_b + h * so_h + t[:, :, None] * so_t + d[None, None, :], mask=vm, other=0.0).to(tl.float32)
-    delta = tl.sum(do * o, axis=2)
+    t = a * STRIDE + r
+    valid = (t < T) & (r < STRIDE)
+    vm = valid[:, None]
+    q = tl.load(Q + b * sq_b + h * sq_h + t[:, None] * sq_t + d[None, :], mask=vm, other=0.0).to(tl.float32)
+    do = tl.load(DO + b * sdo_b + h * sdo_h + t[:, None] * sdo_t + d[None, :], mask=vm, other=0.0).to(tl.float32)
+    o = tl.load(O + b * so_b + h * so_h + t[:, None] * so_t + d[None, :], mask=vm, other=0.0).to(tl.float32)
+    delta = tl.sum(do * o, axis=1)
     l_off = h * B * T + b * T + t
     tl.store(DELTA + l_off, delta, mask=valid)
     lse = tl.load(L + l_off, mask=valid, other=0.0)
-    dq = tl.zeros([M, R, D], tl.float32)
+    dq = tl.zeros([M * R, D], tl.float32)
     for n in range(0, M):
         tk = n * STRIDE + r
-        kvalid = (tk < T) & (r < STRIDE)
-        kn = tl.load(K + b * sk_b + h * sk_h + tk[:, None] * sk_t + d[None, :], mask=kvalid[:, None],
+        allowed = ((a - n) >= M_MIN) & (tk < T) & valid
+        kn = tl.load(K + b * sk_b + h * sk_h + tk[:, None] * sk_t + d[None, :], mask=allowed[:, None],
                      other=0.0).to(tl.float32)
-        vn = tl.load(V + b * sv_b + h * sv_h + tk[:, None] * sv_t + d[None, :], mask=kvalid[:, None],
+        vn = tl.load(V + b * sv_b + h * sv_h + tk[:, None] * sv_t + d[None, :], mask=allowed[:, None],
                      other=0.0).to(tl.float32)
-        s = (tl.sum(q * kn[None, :, :], axis=2) * scale).to(tl.float32)
-        allowed = ((a[:, None] - n) >= M_MIN) & kvalid[None, :] & valid
+        s = (tl.sum(q * kn, axis=1) * scale).to(tl.float32)
         p = tl.where(allowed, tl.exp(s - lse), 0.0)
-        dp = tl.sum(do * vn[None, :, :], axis=2)
-        ds = p * (dp - delta)
-        dq += ds[:, :, None] * kn[None, :, :]
+        ds = p * (tl.sum(do * vn, axis=1) - delta)
+        dq += ds[:, None] * kn
     dq = (dq * scale).to(tl.float32)
-    q_off = b * sg_b + h * sg_h + t[:, :, None] * sg_t + d[None, None, :]
+    q_off = b * sg_b + h * sg_h + t[:, None] * sg_t + d[None, :]
     if HAS_NEAR:
         dq += tl.load(DQ + q_off, mask=vm, other=0.0).to(tl.float32)
     tl.store(DQ + q_off, dq.to(DQ.dtype.element_ty), mask=vm)
@@ -153,40 +152,39 @@ def _far_bwd_dkdv_kernel(Q, K, V, DO, L, DELTA, DK, DV,
                          B, T, H, STRIDE, scale,
                          M: tl.constexpr, D: tl.constexpr, M_MIN: tl.constexpr, HAS_NEAR: tl.constexpr,
                          R: tl.constexpr):
-    """Keys' side: the program holds its residues' ``M`` key classes and streams the query classes, so
-    ``dk`` and ``dv`` accumulate without reductions across classes."""
+    """Keys' side: one row per (key class n, residue r); the program streams the query classes, so ``dk``
+    and ``dv`` accumulate in place without reductions across rows."""
     pid_bh = tl.program_id(0)
     b = pid_bh // H
     h = pid_bh % H
-    n = tl.arange(0, M)
-    r = tl.program_id(1) * R + tl.arange(0, R)
+    i = tl.arange(0, M * R)
+    n = i // R
+    r = tl.program_id(1) * R + i % R
     d = tl.arange(0, D)
-    tk = n[:, None] * STRIDE + r[None, :]  # [M, R] key positions
-    kvalid = (tk < T) & (r[None, :] < STRIDE)
-    km = kvalid[:, :, None]
-    k = tl.load(K + b * sk_b + h * sk_h + tk[:, :, None] * sk_t + d[None, None, :], mask=km, other=0.0).to(tl.float32)
-    v = tl.load(V + b * sv_b + h * sv_h + tk[:, :, None] * sv_t + d[None, None, :], mask=km, other=0.0).to(tl.float32)
-    dk = tl.zeros([M, R, D], tl.float32)
-    dv = tl.zeros([M, R, D], tl.float32)
+    tk = n * STRIDE + r
+    kvalid = (tk < T) & (r < STRIDE)
+    km = kvalid[:, None]
+    k = tl.load(K + b * sk_b + h * sk_h + tk[:, None] * sk_t + d[None, :], mask=km, other=0.0).to(tl.float32)
+    v = tl.load(V + b * sv_b + h * sv_h + tk[:, None] * sv_t + d[None, :], mask=km, other=0.0).to(tl.float32)
+    dk = tl.zeros([M * R, D], tl.float32)
+    dv = tl.zeros([M * R, D], tl.float32)
     for a in range(0, M):
         t = a * STRIDE + r
-        valid = (t < T) & (r < STRIDE)
-        qa = tl.load(Q + b * sq_b + h * sq_h + t[:, None] * sq_t + d[None, :], mask=valid[:, None],
-                     other=0.0).to(tl.float32)
-        doa = tl.load(DO + b * sdo_b + h * sdo_h + t[:, None] * sdo_t + d[None, :], mask=valid[:, None],
+        allowed = ((a - n) >= M_MIN) & (t < T) & kvalid
+        am = allowed[:, None]
+        qa = tl.load(Q + b * sq_b + h * sq_h + t[:, None] * sq_t + d[None, :], mask=am, other=0.0).to(tl.float32)
+        doa = tl.load(DO + b * sdo_b + h * sdo_h + t[:, None] * sdo_t + d[None, :], mask=am,
                       other=0.0).to(tl.float32)
         l_off = h * B * T + b * T + t
-        lse = tl.load(L + l_off, mask=valid, other=0.0)
-        delta = tl.load(DELTA + l_off, mask=valid, other=0.0)
-        s = (tl.sum(k * qa[None, :, :], axis=2) * scale).to(tl.float32)  # [M keys, R]
-        allowed = ((a - n[:, None]) >= M_MIN) & kvalid & valid[None, :]
-        p = tl.where(allowed, tl.exp(s - lse[None, :]), 0.0)
-        dv += p[:, :, None] * doa[None, :, :]
-        dp = tl.sum(v * doa[None, :, :], axis=2)
-        ds = p * (dp - delta[None, :])
-        dk += ds[:, :, None] * qa[None, :, :]
+        lse = tl.load(L + l_off, mask=allowed, other=0.0)
+        delta = tl.load(DELTA + l_off, mask=allowed, other=0.0)
+        s = (tl.sum(k * qa, axis=1) * scale).to(tl.float32)
+        p = tl.where(allowed, tl.exp(s - lse), 0.0)
+        dv += p[:, None] * doa
+        ds = p * (tl.sum(v * doa, axis=1) - delta)
+        dk += ds[:, None] * qa
     dk = (dk * scale).to(tl.float32)
-    g_off = b * sg_b + h * sg_h + tk[:, :, None] * sg_t + d[None, None, :]
+    g_off = b * sg_b + h * sg_h + tk[:, None] * sg_t + d[None, :]
     if HAS_NEAR:
         dk += tl.load(DK + g_off, mask=km, other=0.0).to(tl.float32)
         dv += tl.load(DV + g_off, mask=km, other=0.0).to(tl.float32)
