@@ -46,11 +46,12 @@ Backends for :func:`build_attention` (``AttentionConfig.backend``):
 * ``"flash_split"``: the same cut, with the near part through FlashAttention's own sliding-window kernel
   and the strided part through Triton kernels that read ``q, k, v`` in place and fuse the merge; one
   autograd function whose backward uses the merged output and log-sum-exp (:mod:`mstlib.flash_split`).
-  **Measured on an H200** (training-speed chapter): faster than one FlexAttention call for
-  ``local_strided`` at context 4096 (0.90 of dense speed against 0.83, paper model), slower at 1024 (0.91
-  against 0.93), where the 128-token band alone costs as much as causal attention in either kernel.
+  **Measured on an H200** (training-speed chapter, paper model, ``local_strided``): faster than one
+  FlexAttention call at context 4096 (0.93 of dense speed against 0.85 in the same call); at 1024 the two
+  are within noise of each other (0.95 against 0.94) and both below dense, because there the 128-token band
+  alone costs as much as causal attention in either kernel.
 * ``"auto"``: ``"flex"`` on CUDA when FlexAttention imports, else ``"sdpa_mask"``. (MST trains at context
-  1024, where one FlexAttention call is the fastest way we measured; choose ``"flash_split"`` for long
+  1024, where one FlexAttention call is as fast as anything we measured; choose ``"flash_split"`` for long
   contexts.)
 
 Units: ``T`` tokens; ``q, k, v`` of shape ``(batch, heads, T, head_dim)``; densities are fractions of pairs.
@@ -198,8 +199,9 @@ def flex_available() -> bool:
 
 def resolve_backend(backend: str, device: torch.device | str) -> str:
     """``"auto"`` -> ``"flex"`` on CUDA when FlexAttention imports, else ``"sdpa_mask"`` (measured on an
-    H200 at MST's context of 1024, one FlexAttention call was faster than the ``"split"`` and
-    ``"flash_split"`` backends for ``local_strided``). Other names are checked (``"split"`` and
+    H200 at MST's context of 1024, ``"flash_split"`` and one FlexAttention call are within noise of each other
+    for ``local_strided`` on the paper model, and FlexAttention was faster on the mini model with the first
+    version of the far-part kernels; ``"split"`` is slower than both). Other names are checked (``"split"`` and
     ``"flash_split"`` run anywhere: without their GPU kernels they use masked dense math)."""
     dev = torch.device(device)
     if backend == "auto":

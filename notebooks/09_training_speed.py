@@ -340,22 +340,27 @@ print("calls (files):", ", ".join(sorted(hsa["file"].unique())))
 # %%
 attn_files = [] if preset == "smoke" else benchmark.load_json_results(results_dir, "attention_speed_*.json")
 if attn_files:
-    attn = pd.concat([pd.DataFrame(f["rows"]).assign(file=f["file"]) for f in attn_files], ignore_index=True)
-    attn = attn[attn["file"] == attn.groupby("model")["file"].transform("max")]
-    dense_k = attn[attn["variant"] == "dense"].set_index(["model", "context"])["gpu_ms"]
-    attn["kernel time vs dense"] = [dense_k.get((r.model, r.context), np.nan) / r.gpu_ms for r in attn.itertuples()]
-    attn["tiles vs causal"] = attn["tile_fraction"]
+    every = pd.concat([pd.DataFrame(f["rows"]).assign(file=f["file"]) for f in attn_files], ignore_index=True)
+    every = every[every["error"].isna()] if "error" in every else every
+    # kernel time relative to dense *in the same call*, then the latest call per (model, context, variant)
+    dense_k = every[every["variant"] == "dense"].set_index(["file", "model", "context"])["gpu_ms"]
+    every["kernel time vs dense"] = [dense_k.get((r.file, r.model, r.context), np.nan) / r.gpu_ms
+                                     for r in every.itertuples()]
+    attn = every[every["file"] == every.groupby(["model", "context", "variant"])["file"].transform("max")]
+    attn = attn.assign(call=attn["file"].str.removesuffix(".json"))
     attn_table = attn.set_index(["model", "context", "variant"])[
-        ["fwd_ms", "fwd_bwd_ms", "gpu_ms", "ratio_to_dense", "kernel time vs dense", "tiles vs causal", "max_abs_err"]
+        ["fwd_ms", "fwd_bwd_ms", "gpu_ms", "ratio_to_dense", "kernel time vs dense", "tile_fraction",
+         "max_abs_err", "call"]
     ].rename(columns={"fwd_ms": "forward (ms, events)", "fwd_bwd_ms": "fwd + bwd (ms, events)",
                       "gpu_ms": "fwd + bwd kernels (ms, profiler)", "ratio_to_dense": "event time vs dense",
-                      "max_abs_err": "max |error| vs float32"})
-    display(attn_table.style.format({c: "{:.3f}" for c in attn_table.columns if c != "max |error| vs float32"}
-                                    | {"max |error| vs float32": "{:.1e}"}))
+                      "tile_fraction": "tiles vs causal", "max_abs_err": "max |error| vs float32"})
+    display(attn_table.sort_index().style.format(
+        {c: "{:.3f}" for c in attn_table.columns if c not in ("max |error| vs float32", "call")}
+        | {"max |error| vs float32": "{:.1e}"}))
 
-    def kernel_ms(model: str, context: int, variant: str) -> float:
-        d = attn[(attn["model"] == model) & (attn["context"] == context) & (attn["variant"] == variant)]
-        return float(d["gpu_ms"].iloc[0]) if len(d) and pd.notna(d["gpu_ms"].iloc[0]) else float("nan")
+    def kernel_ms(model: str, context: int, variant: str, frame: pd.DataFrame = attn) -> float:
+        d = frame[(frame["model"] == model) & (frame["context"] == context) & (frame["variant"] == variant)]
+        return float(d["gpu_ms"].iloc[-1]) if len(d) and pd.notna(d["gpu_ms"].iloc[-1]) else float("nan")
 
     m = "paper" if "paper" in set(attn["model"]) else sorted(attn["model"])[0]
     glue("attn_model", m, display=False)
@@ -366,16 +371,26 @@ if attn_files:
         glue(f"attn_far_{T}", kernel_ms(m, T, "flash_split:strided"), display=False)
         glue(f"attn_ls_flash_{T}", kernel_ms(m, T, "flash_split:local_strided"), display=False)
         glue(f"attn_ls_flex_{T}", kernel_ms(m, T, "flex:local_strided"), display=False)
-    glue("attn_files", ", ".join(sorted(attn["file"].unique())), display=False)
+    far = every[(every["model"] == m) & (every["context"] == 1024) & (every["variant"] == "flash_split:strided")]
+    far = far.sort_values("file")
+    glue("attn_far_history", ", then ".join(f"{r.gpu_ms:.3f} ms ({r.file.removesuffix('.json')})"
+                                            for r in far.itertuples()) or "not measured", display=False)
+    # rows of the table from an older call than the newest one of their model (e.g. a call that ran out of time)
+    newest = attn.groupby("model")["file"].transform("max")
+    stale = attn[(attn["file"] != newest) & attn["variant"].str.startswith("flash_split")]
+    glue("attn_stale", "none" if stale.empty else "; ".join(
+        f"{r.variant} at {r.context} ({r.model}) from {r.call}" for r in stale.itertuples()), display=False)
 else:
     glue("attn_model", "none (smoke preset: no stored GPU run)", display=False)
     for T in (1024, 4096):
         for key in ("dense", "band_flash", "band_flex", "far", "ls_flash", "ls_flex"):
             glue(f"attn_{key}_{T}", float("nan"), display=False)
-    glue("attn_files", "none", display=False)
+    glue("attn_far_history", "not measured here", display=False)
+    glue("attn_stale", "none", display=False)
 
 # %% [markdown]
-# Kernel times of one layer of the {glue:text}`attn_model` model (files {glue:text}`attn_files`), fwd + bwd:
+# Kernel times of one layer of the {glue:text}`attn_model` model, fwd + bwd (latest call per variant; rows
+# of `flash_split` that come from an older call than their model's newest: {glue:text}`attn_stale`):
 #
 # | context | dense causal | band alone: FlashAttention window | band alone: FlexAttention | strided far part alone (Triton) | `local_strided`: flash_split | `local_strided`: one FlexAttention call |
 # |---|---|---|---|---|---|---|
@@ -384,13 +399,14 @@ else:
 #
 # This is why hybrid sparse attention cannot beat dense at the paper's context of 1024 with these kernels:
 # **the 128-token band alone costs about as much as the whole causal attention** there, in FlashAttention's
-# windowed kernel and in FlexAttention alike, although it visits 42% of the tiles: the band's tiles are all
-# partial (masked) and the backward's fixed costs do not shrink with the band. Whatever the strided keys
-# then cost comes on top. At 4096 the band costs about the same time as at 1024 while causal attention
-# grows with the context, so there the split pays: `flash_split` beats one FlexAttention call. Its Triton
-# far part is the weak point. It moves little data (a few passes over `q, k, v`) but runs on CUDA cores in
-# 8 x 8 (at 1024) or 32 x 32 (at 4096) problems per residue class, and costs about as much as causal
-# attention at 1024. Compiled tensor algebra for the same far part (`flash_split@torch`, in the earlier call
+# windowed kernel and in FlexAttention alike, although it visits 42% of the tiles. (We did not profile
+# inside the kernels; likely every band tile is a partial, masked one, and the backward's per-token work does
+# not shrink with the band.) Whatever the strided keys then cost comes on top. At 4096 the band costs about the same time as at 1024 while causal attention
+# grows with the context, so there the split pays. The strided far part runs in our Triton kernels. It moves
+# little data (a few passes over `q, k, v`) but does 8 x 8 (at 1024) or 32 x 32 (at 4096) problems per
+# residue class on CUDA cores; at 1024 its kernel time was, call after call, {glue:text}`attn_far_history`
+# (the first Triton version held 3D tiles; the current one holds 2D tiles, one row per class and residue).
+# Compiled tensor algebra for the same far part (`flash_split@torch`, the earlier call
 # in `results/bench/history/`) was two to four times slower still.
 
 # %% [markdown]
@@ -569,10 +585,11 @@ else:
 #   ran at {glue:text}`mst_ultra_span` of dense speed: the attention pattern, not the masks, is what costs.
 # * **FlexAttention skips empty tiles, but the official pattern has none.** The best FlexAttention speed was
 #   {glue:text}`flex_best`; for the `local_strided` pattern MST uses, {glue:text}`flex_local_strided`.
-# * **Splitting the pattern helps only at long contexts.** `flash_split` (FlashAttention band, Triton far
-#   part) was best at {glue:text}`flash_best`; for `local_strided` {glue:text}`flash_local_strided_1024`
-#   and {glue:text}`flash_local_strided`. At 1024 the band alone costs as much as causal attention (the
-#   layer table above), so no split built on these kernels can be faster than dense there. The gain is
+# * **Splitting the pattern gets closer to dense, but not past it at 1024.** `flash_split` (FlashAttention
+#   band, Triton far part) was best at {glue:text}`flash_best`; for `local_strided`
+#   {glue:text}`flash_local_strided_1024` and {glue:text}`flash_local_strided`. At 1024 the band alone
+#   costs as much as causal attention (the layer table above), so no split built on these kernels can be
+#   faster than dense there. The gain is
 #   bounded by attention's share of the step anyway: at a context of 1024 most of a GPT-2 small step is the
 #   weight matrices.
 # * **The official way is slower** (the method notes report 1.9x slower than causal attention on an
