@@ -90,7 +90,8 @@ if preset == "smoke":
         tokens_per_step=2 * smoke_context, progress=False,
     ))
     source = "measured in this notebook (smoke preset)"
-    bench_all = bench.assign(file="this notebook")
+    bench = bench.assign(file="this notebook")
+    bench_all = bench.copy()
 else:
     bench = benchmark.load_benchmarks(results_dir)
     if bench.empty:
