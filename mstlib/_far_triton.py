@@ -30,13 +30,17 @@ import triton
 import triton.language as tl
 
 
+#: Largest register tile a program holds, in values: ``(M * R) x D`` rows of the 2D tiles.
+TILE_VALUES = 8192
+
+
 def _prune(configs, named_args, **kwargs):
-    """Keep the configurations whose register tile ``(M * R) x D`` stays within 8192 values (and ``R``
+    """Keep the configurations whose register tile ``(M * R) x D`` stays within ``TILE_VALUES`` (and ``R``
     within the residues there are)."""
     M = kwargs.get("M", named_args.get("M"))
     D = kwargs.get("D", named_args.get("D"))
     stride = named_args.get("STRIDE", kwargs.get("STRIDE"))
-    keep = [c for c in configs if M * c.kwargs["R"] * D <= 8192 and c.kwargs["R"] <= max(1, stride)]
+    keep = [c for c in configs if M * c.kwargs["R"] * D <= TILE_VALUES and c.kwargs["R"] <= max(1, stride)]
     return keep or configs[:1]
 
 
@@ -198,11 +202,11 @@ def _classes(T: int, stride: int) -> int:
 
 
 def supported(q: torch.Tensor, T: int, stride: int) -> bool:
-    """Shapes these kernels serve: half precision, a power-of-two head dim up to 128, at most 64 key
-    classes (T / stride) so that one class column fits in registers."""
+    """Shapes these kernels serve: half precision, a power-of-two head dim up to 128, and few enough key
+    classes (``T / stride``, padded to a power of two) that one residue's ``M x D`` values fit in a tile."""
     D = q.size(-1)
     return (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and D in (16, 32, 64, 128)
-            and _classes(T, stride) * D <= 8192)
+            and _classes(T, stride) * D <= TILE_VALUES)
 
 
 def _bth(x: torch.Tensor) -> tuple[int, int, int]:
@@ -217,7 +221,7 @@ def _launch(kernel, B: int, H: int, stride: int, *args, **kwargs) -> None:
     """Launch an autotuned kernel; under Triton's CPU interpreter (``TRITON_INTERPRET=1``, the tests) the
     autotuner cannot time configurations, so the plain kernel runs with a fixed one."""
     if os.environ.get("TRITON_INTERPRET") == "1":
-        r = max(1, min(triton.next_power_of_2(stride), 8192 // (kwargs["M"] * kwargs["D"]), 8))
+        r = max(1, min(triton.next_power_of_2(stride), TILE_VALUES // (kwargs["M"] * kwargs["D"]), 8))
         kernel.fn[(B * H, triton.cdiv(stride, r))](*args, **kwargs, R=r)
         return
     kernel[_grid(B, H, stride)](*args, **kwargs)

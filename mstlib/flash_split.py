@@ -9,10 +9,10 @@ key sets, merged exactly by log-sum-exp:
   tiles that the window reaches, so at context 1024 with a 128-token band it does ~42 % of causal
   attention's tiles, and at 4096 ~12 %.
 * **far** (the strided keys ``i - m * stride``, ``m >= m_min``; or ``fixed``'s summary columns) has only
-  ``T / stride`` keys per query. For the strided keys on CUDA in half precision, two Triton kernels
-  (:mod:`mstlib._far_triton`) read ``q, k, v`` in place, one program per (batch, head, a few residue
-  classes), and fuse the merge with the near part into the forward and the accumulation into the near
-  part's gradients into the backward. Elsewhere (``fixed``'s summary columns, CPU, float32) the far part is
+  ``T / stride`` keys per query. For the strided keys on CUDA in half precision, Triton kernels
+  (:mod:`mstlib._far_triton`: one forward, two backward) read ``q, k, v`` in place, one program per (batch,
+  head, a few residue classes), and fuse the merge with the near part into the forward and the
+  accumulation into the near part's gradients into the backward. Elsewhere (``fixed``'s summary columns, CPU, float32) the far part is
   plain tensor algebra on the free view ``[B, T / stride, stride, H, D]`` of the sequence (a residue class
   is one column of it), through ``torch.compile`` on CUDA.
 
@@ -39,6 +39,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .attention import (SPLITS, _check, _check_length, _device_key, _m_min, _masked_attention_lse,
+                        _near_allowed, _summary_columns)
 from .errors import ConfigError
 
 try:  # the strided far part's kernels; Triton comes with CUDA builds of torch
@@ -110,22 +112,24 @@ def _strided_scores(q, k, stride: int, m_min: int, scale: float) -> torch.Tensor
     return s.masked_fill(~allowed[:, :, None, None], NEG_INF)
 
 
-def _summary_cols(T: int, stride: int, summary: int, device) -> torch.Tensor:
-    from .attention import _summary_columns
-
-    return _summary_columns(T, stride, summary, device)
-
-
 def _summary_scores(q, k, stride: int, summary: int, scale: float) -> torch.Tensor:
     """Scaled scores against ``fixed``'s summary columns, ``[B, T, N, H]``, ``-inf`` unless the column's
     block precedes the query's."""
     T = q.size(1)
-    cols = _summary_cols(T, stride, summary, q.device)
+    cols = _summary_columns(T, stride, summary, q.device)
     kc = _acc(k.index_select(1, cols))
     s = (_acc(q)[:, :, None] * kc[:, None]).sum(-1) * scale
     pos = torch.arange(T, device=q.device)
     allowed = (cols[None, :] // stride) < (pos[:, None] // stride)
     return s.masked_fill(~allowed[:, :, None], NEG_INF)
+
+
+def _softmax_over_keys(s: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax of the scores ``s`` (keys on dim 2) applied to ``values`` (keys on dim 1, broadcast over
+    dim 1 of ``s``): ``(out, lse)``, with ``lse = -inf`` and ``out = 0`` for a row without keys."""
+    lse = torch.logsumexp(s, dim=2)
+    p = torch.exp(s - lse.masked_fill(torch.isinf(lse), 0.0)[:, :, None])
+    return (p[..., None] * values[:, None]).sum(2), lse
 
 
 def _far_forward(q, k, v, spec: _Spec, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,16 +138,11 @@ def _far_forward(q, k, v, spec: _Spec, scale: float) -> tuple[torch.Tensor, torc
     T = q.size(1)
     if spec.far == "strided":
         s = _strided_scores(q, k, spec.stride, spec.m_min, scale)  # [B, Mq, Mk, S, H]
-        lse = torch.logsumexp(s, dim=2)
-        p = torch.exp(s - lse.masked_fill(torch.isinf(lse), 0.0)[:, :, None])
-        o = (p[..., None] * _acc(_classes(v, spec.stride))[:, None]).sum(2)
+        o, lse = _softmax_over_keys(s, _acc(_classes(v, spec.stride)))
         return _unclasses(o, T), _unclasses(lse, T)
     s = _summary_scores(q, k, spec.stride, spec.summary, scale)  # [B, T, N, H]
-    lse = torch.logsumexp(s, dim=2)
-    p = torch.exp(s - lse.masked_fill(torch.isinf(lse), 0.0)[:, :, None])
-    cols = _summary_cols(T, spec.stride, spec.summary, q.device)
-    o = (p[..., None] * _acc(v.index_select(1, cols))[:, None]).sum(2)
-    return o, lse
+    cols = _summary_columns(T, spec.stride, spec.summary, q.device)
+    return _softmax_over_keys(s, _acc(v.index_select(1, cols)))
 
 
 def _far_backward(q, k, v, do, lse, delta, spec: _Spec, scale: float):
@@ -161,7 +160,7 @@ def _far_backward(q, k, v, do, lse, delta, spec: _Spec, scale: float):
         dq = (ds[..., None] * _acc(_classes(k, st))[:, None]).sum(2)
         dk = (ds[..., None] * _acc(_classes(q, st))[:, :, None]).sum(1)
         return _unclasses(dq, T), _unclasses(dk, T), _unclasses(dv, T)
-    cols = _summary_cols(T, spec.stride, spec.summary, q.device)
+    cols = _summary_columns(T, spec.stride, spec.summary, q.device)
     s = _summary_scores(q, k, spec.stride, spec.summary, scale)  # [B, T, N, H]
     p = torch.exp(s - lse[:, :, None])
     dof, kc, vc = _acc(do), _acc(k.index_select(1, cols)), _acc(v.index_select(1, cols))
@@ -231,20 +230,15 @@ def _flash_window(spec: _Spec) -> int:
 
 
 def _near_mask(spec: _Spec, T: int, device) -> torch.Tensor:
-    from .attention import _near_allowed
-
     pos = torch.arange(T, device=device)
     return _near_allowed(spec.near, pos[:, None], pos[None, :], spec.window, spec.stride)
 
 
 def _near_forward_math(q, k, v, spec: _Spec, scale: float):
     """Masked dense math for the near part: ``(out [B, T, H, D] float32, lse [H, B, T])``."""
-    allowed = _near_mask(spec, q.size(1), q.device)
-    s = torch.einsum("bthd,bshd->bhts", _acc(q), _acc(k)) * scale
-    s = s.masked_fill(~allowed, NEG_INF)
-    lse = torch.logsumexp(s, dim=-1)  # every query has itself in the near part: finite
-    out = torch.einsum("bhts,bshd->bthd", torch.exp(s - lse[..., None]), _acc(v))
-    return out, lse.permute(1, 0, 2)
+    out, lse = _masked_attention_lse(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                     _near_mask(spec, q.size(1), q.device), scale)
+    return out.transpose(1, 2), lse.permute(1, 0, 2)
 
 
 def _near_backward_math(q, k, v, o, lse, do, spec: _Spec, scale: float):
@@ -298,10 +292,10 @@ class _FlashSplit(torch.autograd.Function):
         B, T, H, D = q.shape
         dq = dk = dv = None
         with torch.autocast(q.device.type, enabled=False):
-            dout = dout if dout.stride(-1) == 1 else dout.contiguous()
+            dout = dout if dout.stride(-1) == 1 else dout.contiguous()  # the Triton kernels take row strides
             if spec.near is not None and spec.use_flash:
                 cu, max_len, rng, unused = ctx.flash_state
-                dout = dout.reshape(B * T, H, D).contiguous().view(B, T, H, D)
+                dout = dout.reshape(B * T, H, D).contiguous().view(B, T, H, D)  # FlashAttention's backward
                 dq, dk, dv = torch.ops.aten._flash_attention_backward(
                     dout.view(B * T, H, D), q.reshape(B * T, H, D), k.reshape(B * T, H, D),
                     v.reshape(B * T, H, D), out.reshape(B * T, H, D), lse.reshape(H, B * T).contiguous(), cu, cu,
@@ -327,8 +321,6 @@ def flash_split_attention(name: str, T: int, window: int, stride: int, device, *
     CUDA). The near part uses FlashAttention for half-precision CUDA inputs when this torch has windowed
     FlashAttention, masked dense math otherwise. ``far_kernel``: ``"auto"`` (the Triton kernels for the
     strided far part where they apply), ``"torch"`` (always the torch far part; for comparisons)."""
-    from .attention import SPLITS, _check, _check_length, _device_key, _m_min
-
     _check(name, window, stride, summary)
     if far_kernel not in ("auto", "torch"):
         raise ConfigError(f"far_kernel must be 'auto' or 'torch', got {far_kernel!r}")
@@ -340,14 +332,15 @@ def flash_split_attention(name: str, T: int, window: int, stride: int, device, *
     use_compile = on_cuda if compile is None else compile
     flash_ok = on_cuda and flash_window_available()
     fwd_piece, bwd_piece = _compiled() if use_compile else (_fwd_merge, _bwd_far)
+    m_min = _m_min(name, window, stride)
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         t = q.size(-2)
         _check_length(t, T)
         use_flash = flash_ok and q.dtype in (torch.float16, torch.bfloat16) and q.size(-1) <= 256
-        triton_far = (far == "strided" and far_kernel == "auto" and _far_triton is not None and (use_flash or near is None)
-                      and _far_triton.supported(q, t, stride))
-        spec = _Spec(near, far, window, stride, summary, _m_min(name, window, stride), use_flash, triton_far)
+        triton_far = (far == "strided" and far_kernel == "auto" and _far_triton is not None
+                      and (use_flash or near is None) and _far_triton.supported(q, t, stride))
+        spec = _Spec(near, far, window, stride, summary, m_min, use_flash, triton_far)
         y = _FlashSplit.apply(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), spec, q.size(-1) ** -0.5,
                               fwd_piece, bwd_piece)
         return y.transpose(1, 2)
