@@ -49,16 +49,11 @@ DEFAULT_VARIANTS = ("dense",) + tuple(f"{b}:{p}" for b in ("flex", "flash_split"
 
 
 def tile_fraction(variant: str, T: int, window: int, stride: int) -> float:
-    """Tiles visited relative to causal attention (the far part of the split backends counted as free)."""
+    """Tiles visited relative to causal attention (:func:`mstlib.attention.tile_fraction`)."""
     if variant == "dense":
         return 1.0
     backend, pattern = variant.split(":")
-    dense = A.block_density("dense", T)
-    if backend in ("split", "flash_split", "flash_split@torch"):
-        return A.split_block_density(pattern, T, window, stride) / dense
-    if backend == "sdpa_mask":
-        return 1.0
-    return A.block_density(pattern, T, window, stride) / dense
+    return A.tile_fraction(backend.partition("@")[0], pattern, T, window, stride)
 
 
 def attention_fn(variant: str, T: int, window: int, stride: int, device: torch.device):
@@ -119,14 +114,16 @@ def measure(variant: str, model: str, T: int, tokens: int, window: int, stride: 
     row.update(fwd_ms=percentile(f, 50), fwd_bwd_ms=percentile(fb, 50), fwd_bwd_p10=percentile(fb, 10),
                fwd_bwd_p90=percentile(fb, 90), repeats=repeats)
     if device.type == "cuda":
-        row["gpu_ms"] = kernel_ms(step, 10)
+        row["gpu_ms"], row["kernels"] = kernel_profile(step, 10)
     return row
 
 
-def kernel_ms(step, n: int) -> float | None:
+def kernel_profile(step, n: int) -> tuple[float | None, list[dict[str, Any]]]:
     """GPU kernel time of one ``step`` (torch.profiler: the sum of the device time of every kernel, averaged
-    over ``n`` steps). Unlike the CUDA-event time it leaves out the gaps where the GPU waits for Python, which
-    in a whole training step are hidden behind the other layers' kernels."""
+    over ``n`` steps), and the same per kernel name (longest first). Unlike the CUDA-event time it leaves
+    out the gaps where the GPU waits for Python, which in a whole training step are hidden behind the other
+    layers' kernels. The per-kernel list says where a variant's time goes (e.g. FlashAttention's forward,
+    backward, and the small conversion kernels around them)."""
     from torch.profiler import ProfilerActivity, profile
 
     try:
@@ -134,10 +131,12 @@ def kernel_ms(step, n: int) -> float | None:
             for _ in range(n):
                 step()
             torch.cuda.synchronize()
-        total_us = sum(getattr(e, "self_device_time_total", 0) for e in prof.key_averages())
+        per = [{"name": e.key[:160], "ms": getattr(e, "self_device_time_total", 0) / 1e3 / n,
+                "calls": e.count / n} for e in prof.key_averages()]
     except Exception:  # the profiler is a diagnostic here; its failure is not the benchmark's
-        return None
-    return total_us / 1e3 / n
+        return None, []
+    per = sorted((k for k in per if k["ms"] > 0), key=lambda k: -k["ms"])
+    return sum(k["ms"] for k in per), per
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -185,6 +185,23 @@ def split_block_density(name: str, T: int, window: int = 128, stride: int = 128,
     return _tile_fraction(_near_allowed(near, pos[:, None], pos[None, :], window, stride), block)
 
 
+def tile_fraction(backend: str, name: str, T: int, window: int = 128, stride: int = 128,
+                  block: int = FLEX_BLOCK) -> float:
+    """Score tiles a resolved ``backend`` computes for pattern ``name``, relative to causal attention: the
+    prediction if attention time followed tiles. ``flex`` computes the tiles holding an allowed pair
+    (:func:`block_density`); ``split`` / ``flash_split`` their band's tiles (:func:`split_block_density`; the
+    far part, ``O(T^2 / stride)``, counted as free); ``sdpa_mask`` every score, masked or not (1.0, like
+    ``dense``)."""
+    if name == "dense" or backend == "sdpa_mask":
+        return 1.0
+    causal = block_density("dense", T, block=block)
+    if backend in ("split", "flash_split"):
+        return split_block_density(name, T, window, stride, block) / causal
+    if backend == "flex":
+        return block_density(name, T, window, stride, block=block) / causal
+    raise ConfigError(f"tile_fraction: unknown resolved backend {backend!r}")
+
+
 # ------------------------------------------------------------------------------------------ backends
 
 

@@ -24,10 +24,11 @@ the official interval), so the amortised update is the one that preset's runs pa
 
 ``predicted_ratio`` says what we expected before measuring: masks over dense storage do the same dense
 matrix products, so MST phases are predicted at 1.0 (no saving); the attention variants at
-``1 / (1 - f_attn * (1 - b))`` where ``b`` is the fraction of 128x128 tiles FlexAttention computes
-(relative to causal attention; for ``split`` and ``flash_split`` the tiles of the band part, the far part
-counted as free) and
-``f_attn`` the share of attention in the dense step's FLOPs.
+``1 / (1 - f_attn * (1 - b))`` where ``b`` is the fraction of 128x128 score tiles the backend computes,
+relative to causal attention (:func:`mstlib.attention.tile_fraction`: FlexAttention's non-empty tiles; for
+``split`` and ``flash_split`` the tiles of the band part, the far part counted as free; 1.0 for the masked
+SDPA way, which computes every score), and ``f_attn`` the share of attention in the dense step's FLOPs.
+Step files written before this rule gave ``hsa_sdpa`` FlexAttention's tiles (a prediction above 1).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def attention_share(run: RunConfig) -> float:
 
 def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: int, warmup: int) -> dict[str, Any]:
     """Median time of one optimizer step of ``variant`` (see the module docstring)."""
-    from .attention import FLEX_BLOCK, block_density, build_attention
+    from .attention import FLEX_BLOCK, build_attention
     from .train import autocast_dtype, build_model, build_optimizer
 
     if device.type == "cuda":
@@ -192,15 +193,11 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
         "tokens_per_s": tokens / (ms / 1e3), "tokens_per_step": tokens,
     }
     if attn_cfg is not None:
-        from .attention import resolve_backend, split_block_density
+        from .attention import resolve_backend, tile_fraction
 
-        p, w, st = attn_cfg.pattern, attn_cfg.window, attn_cfg.stride
-        b = block or FLEX_BLOCK
-        # tiles computed relative to causal attention at the default tile size (what dense costs); the
-        # split backend computes only its band's tiles
-        tiles = (split_block_density(p, T, w, st, b) if resolve_backend(attn_cfg.backend, device) in ("split", "flash_split")
-                 else block_density(p, T, w, st, block=b))
-        row["attn_block_density"] = tiles / block_density("dense", T)
+        # tiles computed relative to causal attention (masked SDPA computes every score: 1.0)
+        row["attn_block_density"] = tile_fraction(resolve_backend(attn_cfg.backend, device), attn_cfg.pattern, T,
+                                                  attn_cfg.window, attn_cfg.stride, block=block or FLEX_BLOCK)
     del model, opt, fwd, sparsifier
     if device.type == "cuda":
         torch.cuda.empty_cache()

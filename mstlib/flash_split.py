@@ -10,7 +10,7 @@ key sets, merged exactly by log-sum-exp:
   attention's tiles, and at 4096 ~12 %.
 * **far** (the strided keys ``i - m * stride``, ``m >= m_min``; or ``fixed``'s summary columns) has only
   ``T / stride`` keys per query. For the strided keys on CUDA in half precision, Triton kernels
-  (:mod:`mstlib._far_triton`: one forward, two backward) read ``q, k, v`` in place, one program per (batch,
+  (:mod:`mstlib._far_triton`: one forward, one backward, on tensor cores) read ``q, k, v`` in place, one program per (batch,
   head, a few residue classes), and fuse the merge with the near part into the forward and the
   accumulation into the near part's gradients into the backward. Elsewhere (``fixed``'s summary columns, CPU, float32) the far part is
   plain tensor algebra on the free view ``[B, T / stride, stride, H, D]`` of the sequence (a residue class

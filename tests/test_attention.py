@@ -274,6 +274,20 @@ def test_split_block_density_counts_only_the_band():
     assert A.split_block_density("local_strided", 4096) / dense < 0.12
 
 
+def test_tile_fraction_per_backend():
+    """Tiles each backend computes relative to causal attention: masked SDPA all of them, FlexAttention the
+    non-empty ones, the split backends their band's."""
+    causal = 36 / 64
+    assert A.tile_fraction("sdpa_mask", "local", 1024) == 1.0 == A.tile_fraction("flex", "dense", 1024)
+    assert A.tile_fraction("flex", "local", 1024) == pytest.approx((15 / 64) / causal)
+    assert A.tile_fraction("flex", "local_strided", 1024) == pytest.approx(1.0)  # a strided pair in every tile
+    assert A.tile_fraction("flash_split", "local_strided", 1024) == pytest.approx((15 / 64) / causal)
+    assert A.tile_fraction("split", "strided", 1024) == 0.0
+    assert A.tile_fraction("flex", "local", 1024, block=64) < A.tile_fraction("flex", "local", 1024)
+    with pytest.raises(ConfigError, match="unknown resolved backend"):
+        A.tile_fraction("auto", "local", 1024)
+
+
 def test_split_parts_are_disjoint_and_cover_the_pattern():
     """The near and far parts must partition the pattern: a pair in both would be counted twice."""
     T, w, s = 64, 16, 8

@@ -19,6 +19,8 @@ def test_cpu_benchmark_rows_and_ratios(tmp_path):
         assert r["tokens_per_s"] > 0 and r["flops_per_step"] > 0 and r["device_name"]
     # the step's counted FLOPs follow the density
     assert by["mst_warmup"]["flops_per_step"] < by["dense"]["flops_per_step"]
+    # masked SDPA computes every score: no saving predicted
+    assert by["hsa_sdpa:local"]["attn_block_density"] == 1.0 == by["hsa_sdpa:local"]["predicted_ratio"]
 
 
 def test_ultra_phase_through_flash_split_on_cpu():

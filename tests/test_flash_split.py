@@ -192,7 +192,8 @@ from mstlib import _far_triton as FT, flash_split as FS
 torch.manual_seed(0)
 worst = 0.0
 for B, T, H, D, stride, m_min, near in [(2, 64, 3, 16, 8, 1, True), (2, 61, 3, 16, 8, 1, True),
-                                          (1, 50, 2, 16, 8, 0, False), (2, 64, 2, 32, 16, 2, True)]:
+                                          (1, 50, 2, 16, 8, 0, False), (2, 64, 2, 32, 16, 2, True),
+                                          (2, 60, 2, 16, 12, 1, True), (1, 40, 2, 16, 2, 2, True)]:
     q, k, v, do = (torch.randn(B, T, H, D, dtype=torch.float64).float() for _ in range(4))
     scale = D ** -0.5
     spec = FS._Spec("local" if near else None, "strided", stride * m_min if near else stride, stride, 1, m_min,
