@@ -81,7 +81,10 @@ def measure(variant: str, model: str, T: int, tokens: int, window: int, stride: 
     leaves = [torch.randn(B, T, H, D, device=device, generator=g, dtype=torch.bfloat16).requires_grad_()
               for _ in range(3)]
     q, k, v = (t.transpose(1, 2) for t in leaves)
-    gy = torch.randn(B, H, T, D, device=device, generator=g, dtype=torch.bfloat16)
+    # the output gradient in the model's layout too: attention's output is read back as [B, T, H * D], so
+    # the gradient arriving at it is a [B, H, T, D] view of a contiguous [B, T, H, D] buffer (a contiguous
+    # [B, H, T, D] one would cost the split backends a copy the model never makes)
+    gy = torch.randn(B, T, H, D, device=device, generator=g, dtype=torch.bfloat16).transpose(1, 2)
     fn = attention_fn(variant, T, window, stride, device)
 
     def fwd() -> None:

@@ -212,10 +212,15 @@ def _quantile(xs: Sequence[float], q: float) -> float:
 def run_benchmark(models: Sequence[str] = ("mini", "paper"), contexts: Sequence[int] = (1024, 4096),
                   variants: Sequence[str] = DEFAULT_VARIANTS, device: str = "auto", repeats: int = 20, warmup: int = 5,
                   tokens_per_step: int = 32 * 1024, compile_: bool = False, progress: bool = True,
-                  out: str | Path | None = None) -> list[dict[str, Any]]:
+                  out: str | Path | None = None, rounds: int = 1) -> list[dict[str, Any]]:
     """Time every variant for every (model, context); rows as described in the module docstring, with
     ``ratio_to_dense`` (dense step time / variant step time: above 1 is faster than dense),
     ``predicted_ratio`` and ``tflops_achieved`` (the variant's counted training FLOPs per step / time).
+
+    ``rounds > 1`` times the whole list of variants that many times, interleaved (the order reversed on
+    every other round, so a slow drift of the GPU's clocks weighs on all variants alike). A row then holds
+    the median over rounds of the per-round step times (``round_ms``), and ``ratio_to_dense`` is the median
+    of the *paired* ratios (``round_ratios``: each round's dense time over the variant's in that round).
     ``out``: a JSON file rewritten (atomically) after every (model, context), so a run cut short by a time
     limit keeps what it measured."""
     from tqdm.auto import tqdm
@@ -228,6 +233,10 @@ def run_benchmark(models: Sequence[str] = ("mini", "paper"), contexts: Sequence[
     for v in variants:
         if v not in VARIANTS:
             raise ConfigError(f"unknown benchmark variant {v!r}; choose from {list(VARIANTS)}")
+    if rounds < 1:
+        raise ConfigError(f"rounds must be at least 1, got {rounds}")
+    if rounds > 1 and "dense" not in variants:
+        raise ConfigError("rounds > 1 pairs every variant with dense in the same round: include 'dense'")
     if dev.type != "cuda":
         # FlexAttention has no CPU backward (torch 2.13): time those variants on a GPU only (the split
         # backend runs on CPU, through masked dense math for its band)
@@ -237,26 +246,32 @@ def run_benchmark(models: Sequence[str] = ("mini", "paper"), contexts: Sequence[
                  "git_commit": prov["git"].get("commit"), "git_dirty": prov["git"].get("dirty")}
     rows: list[dict[str, Any]] = []
     jobs = [(m, c) for m in models for c in contexts]
-    bar = tqdm(total=len(jobs) * len(variants), disable=not progress, desc="benchmark")
+    bar = tqdm(total=len(jobs) * len(variants) * rounds, disable=not progress, desc="benchmark")
     for model, context in jobs:
         if model not in MODEL_SIZES:
             raise ConfigError(f"unknown model size {model!r}; choose from {sorted(MODEL_SIZES)}")
         batch = max(1, tokens_per_step // context)
         run = _run_config(model, context, batch, compile_)
         share = attention_share(run)
-        dense_ms = None
-        for v in variants:
-            try:
-                row = time_variant(run, v, dev, repeats, warmup)
-            except Exception as e:  # one variant the kernel cannot run must not lose the others
+        timed: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+        errors: dict[str, str] = {}
+        for rnd in range(rounds):
+            for v in (variants if rnd % 2 == 0 else list(reversed(variants))):
                 bar.update()
-                rows.append({"model": model, "context": context, "variant": v, "error": f"{type(e).__name__}: {str(e)[:300]}"})
-                if dev.type == "cuda":
-                    torch.cuda.empty_cache()
+                if v in errors:
+                    continue
+                try:
+                    timed[v].append(time_variant(run, v, dev, repeats, warmup))
+                except Exception as e:  # one variant the kernel cannot run must not lose the others
+                    errors[v] = f"{type(e).__name__}: {str(e)[:300]}"
+                    if dev.type == "cuda":
+                        torch.cuda.empty_cache()
+        dense_rounds = [r["ms_per_step_median"] for r in timed.get("dense", [])]
+        for v in variants:
+            if v in errors:
+                rows.append({"model": model, "context": context, "variant": v, "error": errors[v]})
                 continue
-            bar.update()
-            if v == "dense":
-                dense_ms = row["ms_per_step_median"]
+            row = _combine_rounds(timed[v], dense_rounds)
             row.update(model=model, context=context, batch=batch, compile=compile_, attn_share_flops=share)
             b = row.get("attn_block_density")
             row["predicted_ratio"] = 1.0 / (1.0 - share * (1.0 - b)) if b is not None and not v.startswith("mst") else 1.0
@@ -265,13 +280,28 @@ def run_benchmark(models: Sequence[str] = ("mini", "paper"), contexts: Sequence[
             row["tflops_achieved"] = row["flops_per_step"] / (row["ms_per_step_median"] / 1e3) / 1e12
             row.update(prov_cols)
             rows.append(row)
-        for r in rows:
-            if r["model"] == model and r["context"] == context and dense_ms and "error" not in r:
-                r["ratio_to_dense"] = dense_ms / r["ms_per_step_median"]
         if out:
             atomic_write_json(out, rows)
     bar.close()
     return rows
+
+
+def _combine_rounds(per_round: list[dict[str, Any]], dense_ms: list[float]) -> dict[str, Any]:
+    """One row from a variant's rounds: medians over rounds; the ratio to dense paired round by round."""
+    row = dict(per_round[0])
+    if len(per_round) > 1:
+        ms = [r["ms_per_step_median"] for r in per_round]
+        for key in ("ms_per_step_median", "ms_p10", "ms_p90", "update_ms"):
+            row[key] = statistics.median(r[key] for r in per_round)
+        row["tokens_per_s"] = row["tokens_per_step"] / (row["ms_per_step_median"] / 1e3)
+        row["round_ms"] = ms
+        if len(dense_ms) == len(ms):
+            row["round_ratios"] = [d / m for d, m in zip(dense_ms, ms)]
+            row["ratio_to_dense"] = statistics.median(row["round_ratios"])
+        row["rounds"] = len(per_round)
+    elif dense_ms:
+        row["ratio_to_dense"] = dense_ms[0] / row["ms_per_step_median"]
+    return row
 
 
 def _step_flops(run: RunConfig, row: dict[str, Any]) -> float:
@@ -334,12 +364,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--tokens-per-step", type=int, default=32 * 1024)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (slow to start)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="time the variant list this many times, interleaved; ratios paired per round")
     parser.add_argument("--out", default=None, help="write the rows as JSON here (atomically)")
 
 
 def main(args: argparse.Namespace) -> int:
     rows = run_benchmark(args.models, args.contexts, args.variants, args.device, args.repeats, args.warmup,
-                         args.tokens_per_step, args.compile, out=args.out)
+                         args.tokens_per_step, args.compile, out=args.out, rounds=args.rounds)
     print(f"{'model':6} {'T':>5} {'variant':24} {'ms/step':>9} {'tok/s':>10} {'vs dense':>8} {'pred':>6}")
     for r in rows:
         if "error" in r:

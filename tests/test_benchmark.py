@@ -35,6 +35,24 @@ def test_ultra_phase_through_flash_split_on_cpu():
     assert by["hsa_flash:local_strided"]["flops_per_step"] < by["dense"]["flops_per_step"]
 
 
+def test_rounds_interleave_and_pair_ratios_with_dense():
+    """``rounds=2`` times the list twice; each row keeps its per-round times and its ratio to dense is the
+    median of the per-round paired ratios (so dense's own ratio is exactly 1)."""
+    rows = benchmark.run_benchmark(["smoke"], [64], ["dense", "mst_restoration"], device="cpu", repeats=2, warmup=0,
+                                   tokens_per_step=128, progress=False, rounds=2)
+    by = {r["variant"]: r for r in rows}
+    assert by["dense"]["round_ratios"] == [1.0, 1.0] and by["dense"]["ratio_to_dense"] == 1.0
+    mst = by["mst_restoration"]
+    assert mst["rounds"] == 2 and len(mst["round_ms"]) == 2
+    assert mst["round_ratios"] == [d / m for d, m in zip(by["dense"]["round_ms"], mst["round_ms"])]
+    assert mst["ratio_to_dense"] == pytest.approx(sum(mst["round_ratios"]) / 2)
+    assert min(mst["round_ms"]) <= mst["ms_per_step_median"] <= max(mst["round_ms"])
+    with pytest.raises(ConfigError, match="rounds must be at least 1"):
+        benchmark.run_benchmark(["smoke"], [64], ["dense"], device="cpu", rounds=0)
+    with pytest.raises(ConfigError, match="include 'dense'"):
+        benchmark.run_benchmark(["smoke"], [64], ["mst_warmup"], device="cpu", rounds=2)
+
+
 def test_unknown_variant_and_loading(tmp_path):
     with pytest.raises(ConfigError, match="unknown benchmark variant"):
         benchmark.run_benchmark(["smoke"], [64], ["dense", "sparse_magic"], device="cpu")
