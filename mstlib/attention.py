@@ -214,15 +214,30 @@ def flex_available() -> bool:
     return True
 
 
-def resolve_backend(backend: str, device: torch.device | str) -> str:
-    """``"auto"`` -> ``"flex"`` on CUDA when FlexAttention imports, else ``"sdpa_mask"`` (measured on an
-    H200 at MST's context of 1024, ``"flash_split"`` and one FlexAttention call are within noise of each other
-    for ``local_strided`` on the paper model, and FlexAttention was faster on the mini model with the first
-    version of the far-part kernels; ``"split"`` is slower than both). Other names are checked (``"split"`` and
-    ``"flash_split"`` run anywhere: without their GPU kernels they use masked dense math)."""
+#: Patterns ``"auto"`` runs through ``flash_split`` on CUDA: those whose far part has the Triton kernels
+#: (``fixed``'s summary columns are compiled torch there, slower than one FlexAttention call).
+FLASH_SPLIT_AUTO = ("local", "local_strided", "strided")
+
+
+def resolve_backend(backend: str, device: torch.device | str, pattern: Optional[str] = None) -> str:
+    """The backend that runs: ``"auto"`` on CUDA -> ``"flash_split"`` for the patterns in
+    :data:`FLASH_SPLIT_AUTO` (when this torch has windowed FlashAttention), else ``"flex"`` when
+    FlexAttention imports; off CUDA ``"sdpa_mask"``. The choice is measured (``notebooks/09_training_speed``:
+    on an H200, with the far part's tensor-core kernels, ``flash_split`` ran MST's ultra phase at 0.99 / 1.17
+    of dense's step time against FlexAttention's 0.95 / 0.85 on the paper model at contexts 1024 / 4096, and
+    was within noise of it on the mini model at 1024). Without ``pattern`` (the backend for any pattern),
+    ``"auto"`` means ``"flex"`` on CUDA. Other names are checked (``"split"`` and ``"flash_split"`` run
+    anywhere: without their GPU kernels they use masked dense math)."""
     dev = torch.device(device)
     if backend == "auto":
-        return "flex" if dev.type == "cuda" and flex_available() else "sdpa_mask"
+        if dev.type != "cuda":
+            return "sdpa_mask"
+        if pattern in FLASH_SPLIT_AUTO:
+            from .flash_split import flash_window_available
+
+            if flash_window_available():
+                return "flash_split"
+        return "flex" if flex_available() else "sdpa_mask"
     if backend == "flex":
         if not flex_available():
             raise ConfigError(
@@ -354,7 +369,7 @@ def build_attention(cfg: AttentionConfig, T: int, device: torch.device | str) ->
             f"attention window/stride ({cfg.window}/{cfg.stride}) larger than the context T={T}; "
             "lower attention.window/stride"
         )
-    backend = resolve_backend(cfg.backend, device)
+    backend = resolve_backend(cfg.backend, device, cfg.pattern)
     if backend == "flex":
         return flex_pattern_attention(cfg.pattern, T, cfg.window, cfg.stride, device)
     if backend == "split":

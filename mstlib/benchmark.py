@@ -11,11 +11,14 @@ Variants:
 * ``mst_warmup`` / ``mst_ultra`` / ``mst_restoration``: masks at the sparsity each phase has at its middle
   (the schedule of the ``mst`` preset), gradients masked before the step and weights after it, the update
   amortised; in the ultra phase with hybrid sparse attention (the preset's pattern, backend ``"auto"``;
-  ``mst_ultra_flash``: the same through the ``flash_split`` backend).
+  ``mst_ultra_flash`` / ``mst_ultra_flex``: the same through the ``flash_split`` / ``flex`` backend). Each
+  row with a pattern records the backend that ran (``attn_backend``): ``"auto"`` resolved to ``flex`` in
+  files written before session 4 and to ``flash_split`` (for ``local_strided``) since.
 * ``hsa_flex:<pattern>`` / ``hsa_flash:<pattern>`` / ``hsa_split:<pattern>`` / ``hsa_sdpa:<pattern>``:
   dense weights with the attention pattern through one FlexAttention block mask (skips empty tiles), the
-  ``flash_split`` backend (FlashAttention's sliding window for the band, the strided/summary keys as
-  compiled tensor algebra, one custom backward: :mod:`mstlib.flash_split`), the ``split`` backend (a
+  ``flash_split`` backend (FlashAttention's sliding window for the band, the strided keys through
+  Triton kernels, the summary columns as compiled tensor algebra, one custom backward:
+  :mod:`mstlib.flash_split`), the ``split`` backend (a
   FlexAttention band plus the far part through FlexAttention, see :mod:`mstlib.attention`) or the official
   code's dense boolean mask passed to SDPA.
 
@@ -48,7 +51,7 @@ from .errors import ConfigError
 
 #: Every variant :func:`time_variant` knows; ``hsa_flex@64``/``@32`` (FlexAttention with smaller tiles)
 #: failed to compile on the H200 with torch 2.11 (``NoValidChoicesError``), so they are not in the default.
-VARIANTS = ("dense", "mst_warmup", "mst_ultra", "mst_ultra_flash", "mst_restoration",
+VARIANTS = ("dense", "mst_warmup", "mst_ultra", "mst_ultra_flash", "mst_ultra_flex", "mst_restoration",
             "hsa_flex:local", "hsa_flex:local_strided", "hsa_flex:fixed", "hsa_flex:strided",
             "hsa_flash:local", "hsa_flash:local_strided", "hsa_flash:fixed", "hsa_flash:strided",
             "hsa_split:local_strided", "hsa_split:fixed", "hsa_split:strided",
@@ -129,13 +132,13 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
     if kind.startswith("mst_"):
         from .topology import Sparsifier
 
-        # "mst_ultra_flash": the ultra phase with HSA through the flash_split backend instead of "auto"
+        # "mst_ultra_flash" / "mst_ultra_flex": the ultra phase with HSA through that backend, not "auto"
         phase, _, via = kind.removeprefix("mst_").partition("_")
         sparsifier = Sparsifier(model, run, opt)
         sparsifier.masks.init(_phase_sparsity(run, phase), run.seed, "random")
         density = sparsifier.density()
         if phase == "ultra" and run.attention.pattern != "dense":
-            backend = {"": "auto", "flash": "flash_split"}[via]
+            backend = {"": "auto", "flash": "flash_split", "flex": "flex"}[via]
             attn_cfg = run.attention.__class__(**{**run.attention.__dict__, "backend": backend})
     elif kind in ("hsa_flex", "hsa_flash", "hsa_split", "hsa_sdpa"):
         backend = {"hsa_flex": "flex", "hsa_flash": "flash_split", "hsa_split": "split", "hsa_sdpa": "sdpa_mask"}[kind]
@@ -196,8 +199,10 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
         from .attention import resolve_backend, tile_fraction
 
         # tiles computed relative to causal attention (masked SDPA computes every score: 1.0)
-        row["attn_block_density"] = tile_fraction(resolve_backend(attn_cfg.backend, device), attn_cfg.pattern, T,
-                                                  attn_cfg.window, attn_cfg.stride, block=block or FLEX_BLOCK)
+        resolved = resolve_backend(attn_cfg.backend, device, attn_cfg.pattern)
+        row["attn_backend"] = resolved
+        row["attn_block_density"] = tile_fraction(resolved, attn_cfg.pattern, T, attn_cfg.window, attn_cfg.stride,
+                                                  block=block or FLEX_BLOCK)
     del model, opt, fwd, sparsifier
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -318,7 +323,7 @@ def _step_flops(run: RunConfig, row: dict[str, Any]) -> float:
     ad = 1.0
     if ":" in variant:
         ad = pattern_density(variant.split(":")[1], m.block_size, run.attention.window, run.attention.stride)
-    elif variant in ("mst_ultra", "mst_ultra_flash") and run.attention.pattern != "dense":
+    elif variant.startswith("mst_ultra") and run.attention.pattern != "dense":
         ad = pattern_density(run.attention.pattern, m.block_size, run.attention.window, run.attention.stride)
     return (6 * n * row["density"] + attn * ad) * row["tokens_per_step"]
 

@@ -206,8 +206,9 @@ class AttentionConfig:
     as small dense products, merged by log-sum-exp: see :mod:`mstlib.attention`), ``"flash_split"`` (the
     same cut with a FlashAttention sliding-window band and Triton kernels for the strided part: see
     :mod:`mstlib.flash_split`), ``"sdpa_mask"`` (a dense
-    boolean mask passed to SDPA: the official way, no savings), ``"auto"`` (flex on CUDA when
-    available, else sdpa_mask).
+    boolean mask passed to SDPA: the official way, no savings), ``"auto"`` (on CUDA flash_split for
+    ``local``, ``local_strided`` and ``strided``, flex for ``fixed``; sdpa_mask elsewhere: see
+    :func:`mstlib.attention.resolve_backend`; a run records what it resolved to in its provenance).
     """
 
     pattern: AttentionPatternName = "dense"

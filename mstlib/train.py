@@ -483,8 +483,13 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
     # -- results folder and log (rank 0) -----------------------------------------------------------
     prov = dict(saved.get("provenance") or provenance.collect(run.seed, dev, dd.world_size))
     sessions = list(prov.get("sessions", []))
-    sessions.append({"start_step": start, "start_utc": provenance.utc_now(), "device": str(dev),
-                     "device_name": provenance.device_name(dev), "world_size": dd.world_size})
+    session = {"start_step": start, "start_utc": provenance.utc_now(), "device": str(dev),
+               "device_name": provenance.device_name(dev), "world_size": dd.world_size}
+    if run.attention.pattern != "dense":  # what "auto" became on this device (it depends on it)
+        from .attention import resolve_backend
+
+        session["attention_backend"] = resolve_backend(run.attention.backend, dev, run.attention.pattern)
+    sessions.append(session)
     prov["sessions"] = sessions
     if dd.is_main:
         store.begin(run, prov, fresh=start == 0)

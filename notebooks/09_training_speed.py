@@ -123,8 +123,9 @@ if missing:
 VARIANT_NAMES = {
     "dense": "dense",
     "mst_warmup": "MST, warm-up phase",
-    "mst_ultra": "MST, ultra phase (+ HSA)",
+    "mst_ultra": "MST, ultra phase (+ HSA, backend auto)",
     "mst_ultra_flash": "MST, ultra phase (+ HSA through flash_split)",
+    "mst_ultra_flex": "MST, ultra phase (+ HSA through FlexAttention)",
     "mst_restoration": "MST, restoration phase",
 }
 
@@ -138,10 +139,30 @@ def variant_name(v: str) -> str:
     return f"{pattern} attention, " + how.get(kind.split("@")[0], kind)
 
 
+KIND_BACKEND = {"hsa_flex": "flex", "hsa_flash": "flash_split", "hsa_split": "split", "hsa_sdpa": "sdpa_mask",
+                "mst_ultra_flash": "flash_split", "mst_ultra_flex": "flex"}
+
+
+def attention_backend(r) -> str:
+    """The attention backend a row ran: recorded since session 4's last call (``attn_backend``); before
+    that, "auto" (``mst_ultra``) meant FlexAttention on the GPU."""
+    recorded = getattr(r, "attn_backend", None)
+    if isinstance(recorded, str):
+        return recorded
+    kind = str(r.variant).split(":")[0].split("@")[0]
+    if kind in KIND_BACKEND:
+        return KIND_BACKEND[kind]
+    if kind == "mst_ultra":
+        return "flex (auto at the time)" if r.device_name != "cpu" else "sdpa_mask (auto)"
+    return "dense causal (SDPA)"
+
+
 bench = bench.assign(
     setting=lambda d: d["model"] + " model, context " + d["context"].astype(str),
     name=lambda d: d["variant"].map(variant_name),
 )
+bench["attention"] = [attention_backend(r) for r in bench.itertuples()]
+bench["rounds"] = bench["rounds"].fillna(1).astype(int) if "rounds" in bench else 1
 # the FLOPs the variant counts per step relative to dense: the speed-up the FLOP count would promise if
 # sparsity were free (what the FLOP chapter's ratios mean for time)
 dense_flops = bench[bench["variant"] == "dense"].set_index(["device_name", "model", "context"])["flops_per_step"]
@@ -162,12 +183,15 @@ table = bench.assign(
         "TFLOP/s (counted FLOPs)": bench["tflops_achieved"],
         "speed vs dense (measured)": bench["ratio_to_dense"],
         "speed vs dense (predicted)": bench["predicted_ratio"],
+        "attention backend": bench["attention"],
+        "rounds": bench["rounds"],
         "call (file)": bench["file"].str.removesuffix(".json"),
     }
 ).set_index(["device_name", "setting", "name"])[[
     "weight density", "ms per step (median)", "p10 – p90, steps without update (ms)",
     "topology update (ms, once per interval)", "tokens / s", "TFLOP/s (counted FLOPs)",
-    "speed vs dense (measured)", "speed vs dense (predicted)", "FLOP-count speed-up (ideal)", "call (file)",
+    "speed vs dense (measured)", "speed vs dense (predicted)", "FLOP-count speed-up (ideal)",
+    "attention backend", "rounds", "call (file)",
 ]]
 table.index.names = ["device", "model and context", "variant"]
 
@@ -184,7 +208,12 @@ glue("bench_commit", ", ".join(sorted(str(c)[:10] for c in bench["git_commit"].d
 # {glue:text}`bench_torch`, code at commit {glue:text}`bench_commit`). Each row is the latest call that
 # timed that variant, and its speed is relative to dense *timed in the same call* (the last column names the
 # call; dense's own row is from the latest call, so absolute times of rows from different calls can differ by
-# a few percent while their ratios stay comparable). The spread is the 10th to 90th
+# a few percent while their ratios stay comparable). Calls from session 4 on time the whole list of
+# variants in several interleaved rounds (`python -m mstlib bench --rounds`, the order reversed every other
+# round): the time is then the median over rounds, and the speed vs dense the median of the ratios *paired*
+# within each round, so a drift of the GPU's clocks during the call weighs on every variant alike. The
+# `mini` model's eager steps are short (about 33 ms), and its paired ratios still move by a few percent from
+# round to round; the `paper` model's repeat within about 0.5%. The spread is the 10th to 90th
 # percentile of the timed steps; the median of the MST rows includes the topology update's time divided by
 # the update interval, the percentiles do not. "Predicted" is what `mstlib.benchmark` expected before measuring: 1.0 for
 # the MST phases (masks over dense storage do the same dense products) and, for a sparse attention pattern
@@ -269,8 +298,6 @@ else:
         "the amortised topology update (the target of the training-speed issue is at most 3%)"
     )
 glue("mst_summary", mst_summary, display=False)
-u_lo, u_hi = span(["mst_ultra"])
-glue("mst_ultra_span", "not measured here" if np.isnan(u_lo) else f"{u_lo:.2f} to {u_hi:.2f}", display=False)
 
 
 def best_of(prefix: str) -> str:
@@ -295,6 +322,42 @@ glue("flash_local_strided_1024", ratio_text("hsa_flash:local_strided", 1024), di
 glue("flex_local_1024", ratio_text("hsa_flex:local", 1024), display=False)
 glue("flash_local_1024", ratio_text("hsa_flash:local", 1024), display=False)
 
+
+def ultra_text(variants: list[str]) -> str:
+    """Speed vs dense of MST's ultra phase through the backend of ``variants`` (the first one measured), per
+    setting."""
+    d = bench[bench["variant"].isin(variants) & ~bench["attention"].str.startswith("sdpa")]
+    if variants[0] == "mst_ultra_flex":  # before session 4, "auto" was FlexAttention
+        d = d[(d["variant"] == "mst_ultra_flex") | d["attention"].str.startswith("flex")]
+    else:
+        d = d[d["attention"] == "flash_split"]
+    if d.empty:
+        return "not measured here"
+    d = d.sort_values(["model", "context", "file"]).drop_duplicates(["model", "context"], keep="last")
+    return ", ".join(f"{r.ratio_to_dense:.3f} ({r.model} {r.context})" for r in d.itertuples())
+
+
+glue("ultra_flash_text", ultra_text(["mst_ultra_flash", "mst_ultra"]), display=False)
+
+
+def faster_slower(prefix: str) -> str:
+    """Which patterns through ``prefix`` (e.g. ``hsa_flash``) ran faster / slower than dense, per setting of
+    the largest model measured."""
+    d = bench[bench["variant"].astype(str).str.startswith(prefix + ":")]
+    if d.empty:
+        return "not measured here"
+    model = "paper" if "paper" in set(d["model"]) else sorted(d["model"])[-1]
+    parts = []
+    for T, g in d[d["model"] == model].groupby("context"):
+        fast = [f"`{str(v).split(':')[1]}` {x:.3f}" for v, x in zip(g["variant"], g["ratio_to_dense"]) if x >= 1.0]
+        slow = [f"`{str(v).split(':')[1]}` {x:.3f}" for v, x in zip(g["variant"], g["ratio_to_dense"]) if x < 1.0]
+        parts.append(f"at context {T}, faster than dense: {', '.join(fast) or 'none'}; slower: {', '.join(slow) or 'none'}")
+    return f"on the {model} model " + "; ".join(parts)
+
+
+glue("flash_verdict", faster_slower("hsa_flash"), display=False)
+glue("ultra_flex_text", ultra_text(["mst_ultra_flex", "mst_ultra"]), display=False)
+
 # %% [markdown]
 # ### Hybrid sparse attention: four ways to run the same pattern
 #
@@ -311,10 +374,17 @@ glue("flash_local_1024", ratio_text("hsa_flash:local", 1024), display=False)
 #   regrouped by residue class so that its tiles lie on the diagonal. Measured in an earlier call; the
 #   regrouping copies and the second FlexAttention call cost more than the skipped tiles saved.
 # * **`flash_split`** (`mstlib.flash_split`): the band through FlashAttention's own sliding-window kernel
-#   (which visits only the band's tiles), the strided part through two small Triton kernels that read
-#   `q, k, v` in place and fuse the merge, one autograd function whose backward feeds the *merged* output and
-#   log-sum-exp to each part, as ring attention does. It ran at {glue:text}`flash_local_strided_1024` and
-#   {glue:text}`flash_local_strided`; its band alone (the `local` pattern) at {glue:text}`flash_local_1024`.
+#   (which visits only the band's tiles), the strided part through our Triton kernels, and one autograd
+#   function whose backward feeds the *merged* output and log-sum-exp to each part, as ring attention does.
+#   Within a residue class the strided part is a small causal attention (8 members at 1024, 32 at 4096);
+#   one Triton program owns a group of residue classes, queries and keys alike, and computes them as one
+#   tensor-core product masked to its block diagonal, so the forward (with the merge fused in) and the
+#   whole backward are one kernel each that read `q, k, v` in place. It ran at
+#   {glue:text}`flash_local_strided_1024` and {glue:text}`flash_local_strided`; its band alone (the `local`
+#   pattern) at {glue:text}`flash_local_1024`. Since session 4 the backend `"auto"` takes `flash_split` on
+#   the GPU for `local`, `local_strided` and `strided` (FlexAttention for `fixed`, whose summary columns
+#   have no kernel of ours yet): MST's ultra phase with hybrid sparse attention ran at
+#   {glue:text}`ultra_flash_text`, against {glue:text}`ultra_flex_text` through FlexAttention.
 #
 # The table has the latest call that measured each (setting, variant); every ratio is to dense *in that
 # call*. "Predicted" counts the tiles the kernels visit and takes the far part as free.
@@ -340,14 +410,44 @@ print("calls (files):", ", ".join(sorted(hsa["file"].unique())))
 
 # %%
 attn_files = [] if preset == "smoke" else benchmark.load_json_results(results_dir, "attention_speed_*.json")
+
+
+def kernel_parts(kernels) -> dict[str, float]:
+    """A per-kernel profile (``kernels`` of an attention_speed row) cut into the attention kernels'
+    forward, backward and everything else (FlashAttention's and cuDNN's small pre- and post-processing
+    kernels, copies, the merge), in ms per step; the library the main kernels come from."""
+    parts = {"forward": 0.0, "backward": 0.0, "other": 0.0}
+    libs = set()
+    for k in kernels if isinstance(kernels, list) else []:
+        n = k["name"]
+        if "cudnn" in n:
+            libs.add("cuDNN")
+        elif "pytorch_flash" in n:
+            libs.add("FlashAttention 2")
+        elif "flex_attention" in n:
+            libs.add("FlexAttention (Triton)")
+        elif n.startswith("_far_"):
+            libs.add("ours (Triton)")
+        if "fprop" in n or "flash_fwd_kernel" in n or n.startswith("triton_tem_fused_flex_attention_0") or n == "_far_fwd_kernel":
+            parts["forward"] += k["ms"]
+        elif ("bprop" in n or "flash_bwd_dq_dk_dv" in n or n.startswith("triton_tem_fused_flex_attention_backward")
+              or n == "_far_bwd_kernel"):
+            parts["backward"] += k["ms"]
+        else:
+            parts["other"] += k["ms"]
+    parts["library"] = " + ".join(sorted(libs)) or "not profiled"
+    return parts
+
+
 if attn_files:
-    every = pd.concat([pd.DataFrame(f["rows"]).assign(file=f["file"]) for f in attn_files], ignore_index=True)
+    every = pd.concat([pd.DataFrame(f["rows"]).assign(file=f["file"], when=f["provenance"].get("start_utc", ""))
+                       for f in attn_files], ignore_index=True)
     every = every[every["error"].isna()] if "error" in every else every
     # kernel time relative to dense *in the same call*, then the latest call per (model, context, variant)
     dense_k = every[every["variant"] == "dense"].set_index(["file", "model", "context"])["gpu_ms"]
     every["kernel time vs dense"] = [dense_k.get((r.file, r.model, r.context), np.nan) / r.gpu_ms
                                      for r in every.itertuples()]
-    attn = every[every["file"] == every.groupby(["model", "context", "variant"])["file"].transform("max")]
+    attn = every[every["when"] == every.groupby(["model", "context", "variant"])["when"].transform("max")]
     attn = attn.assign(call=attn["file"].str.removesuffix(".json"))
     attn_table = attn.set_index(["model", "context", "variant"])[
         ["fwd_ms", "fwd_bwd_ms", "gpu_ms", "ratio_to_dense", "kernel time vs dense", "tile_fraction",
@@ -373,14 +473,45 @@ if attn_files:
         glue(f"attn_ls_flash_{T}", kernel_ms(m, T, "flash_split:local_strided"), display=False)
         glue(f"attn_ls_flex_{T}", kernel_ms(m, T, "flex:local_strided"), display=False)
     far = every[(every["model"] == m) & (every["context"] == 1024) & (every["variant"] == "flash_split:strided")]
-    far = far.sort_values("file")
+    far = far.sort_values("when")
     glue("attn_far_history", ", then ".join(f"{r.gpu_ms:.3f} ms ({r.file.removesuffix('.json')})"
                                             for r in far.itertuples()) or "not measured", display=False)
     # rows of the table from an older call than the newest one of their model (e.g. a call that ran out of time)
-    newest = attn.groupby("model")["file"].transform("max")
-    stale = attn[(attn["file"] != newest) & attn["variant"].str.startswith("flash_split")]
+    newest = attn.groupby("model")["when"].transform("max")
+    stale = attn[(attn["when"] != newest) & attn["variant"].str.startswith("flash_split")]
     glue("attn_stale", "none" if stale.empty else "; ".join(
         f"{r.variant} at {r.context} ({r.model}) from {r.call}" for r in stale.itertuples()), display=False)
+
+    # where the time goes, kernel by kernel (calls that recorded a per-kernel profile)
+    prof = attn[attn["kernels"].apply(lambda k: isinstance(k, list) and len(k) > 0)] if "kernels" in attn else attn.iloc[:0]
+    if len(prof):
+        split = pd.DataFrame([kernel_parts(k) for k in prof["kernels"]], index=prof.index)
+        prof = pd.concat([prof, split], axis=1)
+        # forward time per tile of scores, relative to dense's: tiles = tile_fraction x causal's tiles
+        dense_fwd = prof[prof["variant"] == "dense"].set_index(["model", "context"])["forward"]
+        prof["forward per tile vs dense"] = [
+            (r.forward / r.tile_fraction) / dense_fwd.get((r.model, r.context), np.nan)
+            if r.tile_fraction > 0 and r.forward > 0 else np.nan for r in prof.itertuples()]
+        show = ["dense", "flex:local", "flash_split:local", "flash_split:strided", "flash_split:local_strided",
+                "flex:local_strided"]
+        kt = prof[prof["variant"].isin(show)].set_index(["model", "context", "variant"])[
+            ["library", "forward", "backward", "other", "gpu_ms", "tile_fraction", "forward per tile vs dense", "call"]
+        ].rename(columns={"forward": "forward kernel (ms)", "backward": "backward kernel (ms)",
+                          "other": "other kernels (ms)", "gpu_ms": "all kernels (ms)", "tile_fraction": "tiles vs causal"})
+        display(kt.sort_index().style.format({c: "{:.3f}" for c in kt.columns if c not in ("library", "call")},
+                                             na_rep="-"))
+        pm = prof[(prof["model"] == m) & (prof["context"] == 1024)].set_index("variant")
+        dense_lib = pm.at["dense", "library"] if "dense" in pm.index else "not profiled"
+        glue("attn_dense_lib", dense_lib, display=False)
+        fpt = pm["forward per tile vs dense"].get("flash_split:local", np.nan)
+        glue("attn_fa_per_tile", f"{fpt:.1f}" if pd.notna(fpt) else "not measured", display=False)
+        fpt_flex = pm["forward per tile vs dense"].get("flex:local", np.nan)
+        glue("attn_flex_per_tile", f"{fpt_flex:.1f}" if pd.notna(fpt_flex) else "not measured", display=False)
+        other = pm["other"].get("flash_split:local", np.nan)
+        glue("attn_fa_other", f"{other:.3f}" if pd.notna(other) else "not measured", display=False)
+    else:
+        for key in ("attn_dense_lib", "attn_fa_per_tile", "attn_flex_per_tile", "attn_fa_other"):
+            glue(key, "not profiled", display=False)
 else:
     glue("attn_model", "none (smoke preset: no stored GPU run)", display=False)
     for T in (1024, 4096):
@@ -388,6 +519,8 @@ else:
             glue(f"attn_{key}_{T}", float("nan"), display=False)
     glue("attn_far_history", "not measured here", display=False)
     glue("attn_stale", "none", display=False)
+    for key in ("attn_dense_lib", "attn_fa_per_tile", "attn_flex_per_tile", "attn_fa_other"):
+        glue(key, "not measured here", display=False)
 
 # %% [markdown]
 # Kernel times of one layer of the {glue:text}`attn_model` model, fwd + bwd (latest call per variant; rows
@@ -398,17 +531,26 @@ else:
 # | 1024 | {glue:text}`attn_dense_1024:.3f` ms | {glue:text}`attn_band_flash_1024:.3f` ms | {glue:text}`attn_band_flex_1024:.3f` ms | {glue:text}`attn_far_1024:.3f` ms | {glue:text}`attn_ls_flash_1024:.3f` ms | {glue:text}`attn_ls_flex_1024:.3f` ms |
 # | 4096 | {glue:text}`attn_dense_4096:.3f` ms | {glue:text}`attn_band_flash_4096:.3f` ms | {glue:text}`attn_band_flex_4096:.3f` ms | {glue:text}`attn_far_4096:.3f` ms | {glue:text}`attn_ls_flash_4096:.3f` ms | {glue:text}`attn_ls_flex_4096:.3f` ms |
 #
-# This is why hybrid sparse attention cannot beat dense at the paper's context of 1024 with these kernels:
-# **the 128-token band alone costs about as much as the whole causal attention** there, in FlashAttention's
-# windowed kernel and in FlexAttention alike, although it visits 42% of the tiles. (We did not profile
-# inside the kernels; likely every band tile is a partial, masked one, and the backward's per-token work does
-# not shrink with the band.) Whatever the strided keys then cost comes on top. At 4096 the band costs about the same time as at 1024 while causal attention
-# grows with the context, so there the split pays. The strided far part runs in our Triton kernels. It moves
-# little data (a few passes over `q, k, v`) but does 8 x 8 (at 1024) or 32 x 32 (at 4096) problems per
-# residue class on CUDA cores; at 1024 its kernel time was, call after call, {glue:text}`attn_far_history`
-# (the first Triton version held 3D tiles; the current one holds 2D tiles, one row per class and residue).
-# Compiled tensor algebra for the same far part (`flash_split@torch`, the earlier call
-# in `results/bench/history/`) was two to four times slower still.
+# **Why the band is not cheaper than causal attention at 1024.** The per-kernel profile (second table)
+# answers it: PyTorch runs dense causal attention on the H200 through {glue:text}`attn_dense_lib`, whose
+# kernels are written for this GPU generation (Hopper's asynchronous tensor-core instructions, `wgmma` in
+# the kernel names). The sliding-window kernel PyTorch ships is FlashAttention 2, written for the previous
+# generation: per tile of scores its forward costs {glue:text}`attn_fa_per_tile` times cuDNN's
+# (FlexAttention's, {glue:text}`attn_flex_per_tile` times). So the band, at 42% of causal attention's
+# tiles, costs about as much as all of causal attention, and FlashAttention's small pre- and
+# post-processing kernels ({glue:text}`attn_fa_other` ms) do not shrink with the band. No `window` option
+# exists for PyTorch's cuDNN attention, so a band kernel as fast per tile as dense's is not available to us.
+# At 4096 the band costs what it did at 1024 while causal attention grows with the context, and the split
+# pays.
+#
+# The strided far part runs in our Triton kernels; at 1024 its kernel time was, call after call,
+# {glue:text}`attn_far_history`. The first two versions did each class's small dot products on CUDA cores
+# (3D tiles, then 2D tiles, one row per class and residue, each row reloading its keys); the current one
+# (session 4) gives a program a group of residue classes, queries and keys alike, as one tile in memory
+# order, and does the scores as one tensor-core product masked to the block diagonal, forward and backward
+# each in one kernel. It is now about a quarter of the band's time and, unlike before, does not grow with
+# the context (it is bound by reading `q, k, v` once). Compiled tensor algebra for the same far part
+# (`flash_split@torch`, an earlier call in `results/bench/history/`) was slower than all of them.
 
 # %% [markdown]
 # ## Where MST's overhead went: the topology update
@@ -583,16 +725,16 @@ else:
 # * **Weight sparsity through masks saves no time, and now costs little.** MST's steps {glue:text}`mst_summary`.
 #   Its ultra phase counts a fraction of dense's FLOPs (last column of the table), but masks change which
 #   numbers are zero, not how many are multiplied. With hybrid sparse attention switched on, the ultra phase
-#   ran at {glue:text}`mst_ultra_span` of dense speed: the attention pattern, not the masks, is what costs.
+#   ran at {glue:text}`ultra_flash_text` of dense speed through `flash_split` (what `"auto"` now picks), and at
+#   {glue:text}`ultra_flex_text` through FlexAttention: the attention pattern, not the masks, decides.
 # * **FlexAttention skips empty tiles, but the official pattern has none.** The best FlexAttention speed was
 #   {glue:text}`flex_best`; for the `local_strided` pattern MST uses, {glue:text}`flex_local_strided`.
-# * **Splitting the pattern gets closer to dense, but not past it at 1024.** `flash_split` (FlashAttention
-#   band, Triton far part) was best at {glue:text}`flash_best`; for `local_strided`
-#   {glue:text}`flash_local_strided_1024` and {glue:text}`flash_local_strided`. At 1024 the band alone
-#   costs as much as causal attention (the layer table above), so no split built on these kernels can be
-#   faster than dense there. The gain is
-#   bounded by attention's share of the step anyway: at a context of 1024 most of a GPT-2 small step is the
-#   weight matrices.
+# * **Splitting the pattern beats dense, except for `local_strided` at the paper's context.** `flash_split`
+#   (FlashAttention band, tensor-core Triton far part) ran {glue:text}`flash_verdict`. At 1024 the band
+#   alone costs about as much as causal attention, because dense runs on cuDNN's kernels for this GPU and
+#   the band on FlashAttention 2's (the layer tables above), so the strided keys' cost is not paid back
+#   there. The gain is bounded by attention's share of the step anyway: at a context of 1024 most of a
+#   GPT-2 small step is the weight matrices.
 # * **The official way is slower** (the method notes report 1.9x slower than causal attention on an
 #   H200). The same `local_strided` pattern as a dense boolean mask passed to SDPA ran at
 #   {glue:text}`sdpa_local_strided`: a mask disables the fused causal kernels and still computes every score.

@@ -309,6 +309,11 @@ def test_build_attention_choices():
     assert A.resolve_backend("auto", "cpu") == "sdpa_mask"
     assert A.resolve_backend("sdpa_mask", "cpu") == "sdpa_mask"
     assert A.resolve_backend("split", "cpu") == "split"
+    # "auto" on CUDA (resolution only; nothing runs): flash_split where its far part has kernels
+    assert A.resolve_backend("auto", "cuda", "local_strided") == "flash_split" == A.resolve_backend("auto", "cuda", "local")
+    assert A.resolve_backend("auto", "cuda", "fixed") == "flex" == A.resolve_backend("auto", "cuda")
+    assert A.resolve_backend("auto", "cpu", "local_strided") == "sdpa_mask"
+    assert A.resolve_backend("flex", "cuda", "local_strided") == "flex"
     with pytest.raises(ConfigError, match="larger than the context"):
         A.build_attention(AttentionConfig(pattern="local", window=128, stride=128), 64, "cpu")
     with pytest.raises(ConfigError, match="backend"):

@@ -133,6 +133,7 @@ def test_log_columns_metrics_and_reuse(mst_straight):
     prov = json.loads((res.path / "provenance.json").read_text())
     assert prov["seed"] == run.seed and prov["world_size"] == 1 and prov["packages"]["torch"]
     assert "end_utc" in prov and prov["wall_time_s"] > 0
+    assert prov["sessions"][0]["attention_backend"] == "sdpa_mask"  # what "auto" became on the CPU
     assert os.uname().nodename not in json.dumps(prov)  # hostname-free
     # a done run is reused, not retrained
     before = (res.path / "log.csv").stat().st_mtime_ns
