@@ -35,7 +35,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere in the checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from block_sparse import percentile, time_step  # noqa: E402
+from block_sparse import kernel_profile, percentile, time_step  # noqa: E402
 
 from mstlib import attention as A  # noqa: E402
 from mstlib import provenance  # noqa: E402
@@ -119,27 +119,6 @@ def measure(variant: str, model: str, T: int, tokens: int, window: int, stride: 
     if device.type == "cuda":
         row["gpu_ms"], row["kernels"] = kernel_profile(step, 10)
     return row
-
-
-def kernel_profile(step, n: int) -> tuple[float | None, list[dict[str, Any]]]:
-    """GPU kernel time of one ``step`` (torch.profiler: the sum of the device time of every kernel, averaged
-    over ``n`` steps), and the same per kernel name (longest first). Unlike the CUDA-event time it leaves
-    out the gaps where the GPU waits for Python, which in a whole training step are hidden behind the other
-    layers' kernels. The per-kernel list says where a variant's time goes (e.g. FlashAttention's forward,
-    backward, and the small conversion kernels around them)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    try:
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(n):
-                step()
-            torch.cuda.synchronize()
-        per = [{"name": e.key[:160], "ms": getattr(e, "self_device_time_total", 0) / 1e3 / n,
-                "calls": e.count / n} for e in prof.key_averages()]
-    except Exception:  # the profiler is a diagnostic here; its failure is not the benchmark's
-        return None, []
-    per = sorted((k for k in per if k["ms"] > 0), key=lambda k: -k["ms"])
-    return sum(k["ms"] for k in per), per
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,10 +13,15 @@ to ``None`` before each step, so no accumulation is timed.
 
 Backends: ``dense`` (plain ``F.linear`` with a dense weight: the reference timing), ``dense_masked`` (the
 project's current way: tiles scattered into a dense masked weight, then ``F.linear``), ``gather`` (pure
-torch on the tiles) and ``triton_bsr`` (PyTorch's Triton BSR kernels); see ``mstlib/blocksparse.py``.
+torch on the tiles), ``triton_bsr`` (PyTorch's Triton BSR kernels) and ``triton`` (the project's own Triton
+kernels, autotuned per shape during the warm-up steps); see ``mstlib/blocksparse.py``. The Triton backends
+run on CUDA only; elsewhere their rows record the ConfigError. A step whose kernels take less GPU time than
+its host code (Python, launches, the autograd engine) is timed at the host's pace: CUDA events cannot tell
+the two apart, so a small ratio for a fast sparse kernel can mean a host-bound step.
 
 Per row: ``ms_median``/``ms_p10``/``ms_p90``; ``ratio_to_dense`` = dense ms / variant ms (above 1 is
-faster); ``predicted_ratio`` = 1 / density (FLOPs only); ``tflops`` counting ``3 * 2*N*in*out*density``;
+faster); on CUDA also ``gpu_ms`` (the profiler's kernel time of one step, which leaves the host out),
+``kernel_ratio_to_dense`` (the same ratio on kernel time) and ``kernels`` (the longest kernels); ``predicted_ratio`` = 1 / density (FLOPs only); ``tflops`` counting ``3 * 2*N*in*out*density``;
 ``rel_err`` (‖out − ref‖ / ‖ref‖ of ``y``, ``grad_x`` and the weight gradient against a float32 dense
 reference: a fast wrong kernel shows up here); ``peak_mem_gib`` (CUDA); ``error`` instead of numbers
 for a variant that fails (it is recorded, the run goes on). A per-shape table is printed at the end.
@@ -49,7 +54,7 @@ from mstlib.results import atomic_write_json  # noqa: E402
 
 #: GPT-2 small's four weight matrices, (out, in) as nn.Linear stores them.
 GPT2_SMALL = {(2304, 768): "attn.c_attn", (768, 768): "attn.c_proj", (3072, 768): "mlp.c_fc", (768, 3072): "mlp.c_proj"}
-BACKENDS = ("dense", "dense_masked", "gather", "triton_bsr")
+BACKENDS = ("dense", "dense_masked", "gather", "triton_bsr", "triton")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -89,6 +94,28 @@ def time_step(step: Callable[[], None], device: torch.device, warmup: int, repea
         step()
         times.append((time.perf_counter() - t) * 1e3)
     return times
+
+
+def kernel_profile(step, n: int) -> tuple[float | None, list[dict[str, Any]]]:
+    """GPU kernel time of one ``step`` (torch.profiler: the sum of the device time of every kernel, averaged
+    over ``n`` steps), and the same per kernel name (longest first). Unlike the CUDA-event time it leaves
+    out the gaps where the GPU waits for Python, which in a whole training step are hidden behind the other
+    layers' kernels, and which for a layer timed alone can be most of a small kernel's step. The per-kernel
+    list says where a variant's time goes (e.g. FlashAttention's forward, backward, and the small
+    conversion kernels around them). Shared with ``attention_speed.py``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(n):
+                step()
+            torch.cuda.synchronize()
+        per = [{"name": e.key[:160], "ms": getattr(e, "self_device_time_total", 0) / 1e3 / n,
+                "calls": e.count / n} for e in prof.key_averages()]
+    except Exception:  # the profiler is a diagnostic here; its failure is not the benchmark's
+        return None, []
+    per = sorted((k for k in per if k["ms"] > 0), key=lambda k: -k["ms"])
+    return sum(k["ms"] for k in per), per
 
 
 def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
@@ -140,6 +167,8 @@ def measure(
     }
     if device.type == "cuda":
         out["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        out["gpu_ms"], kernels = kernel_profile(step, 5)
+        out["kernels"] = kernels[:8]
     # one more step, kept, against the float32 reference
     x.grad = param.grad = None
     y = run(x)
@@ -191,6 +220,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "shape": r["shape"], "name": r["name"], "tokens": r["tokens"], "density": r["density"],
                 "backend": r["backend"], "best_block": r["block"], "ratio_to_dense": r["ratio_to_dense"],
                 "predicted_ratio": r["predicted_ratio"], "ms_median": r["ms_median"],
+                "kernel_ratio_to_dense": r.get("kernel_ratio_to_dense"),
             }
     return list(best.values())
 
@@ -293,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             dense_flops = 3 * 2 * n * in_f * out_f
             case = Case(out_f, in_f, n, dtype, device, args.seed)
             dense_ms: float | None = None
+            dense_gpu_ms: float | None = None
 
             if "dense" in args.backends:
                 def dense_body() -> dict[str, Any]:
@@ -303,8 +334,9 @@ def main(argv: list[str] | None = None) -> int:
                 row = run_variant({**base, "density": 1.0, "block": None, "backend": "dense", "nnzb": None,
                                    "density_actual": 1.0, "predicted_ratio": 1.0}, dense_body, device)
                 if "error" not in row:
-                    dense_ms = row["ms_median"]
+                    dense_ms, dense_gpu_ms = row["ms_median"], row.get("gpu_ms")
                     row["ratio_to_dense"] = 1.0
+                    row["kernel_ratio_to_dense"] = 1.0 if dense_gpu_ms else None
                     row["tflops"] = dense_flops / (row["ms_median"] * 1e-3) / 1e12
                 rows.append(row)
                 print(describe(row), flush=True)
@@ -344,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
                         if "error" not in row:
                             row["tflops"] = dense_flops * d / (row["ms_median"] * 1e-3) / 1e12
                             row["ratio_to_dense"] = dense_ms / row["ms_median"] if dense_ms else None
+                            row["kernel_ratio_to_dense"] = (dense_gpu_ms / row["gpu_ms"]
+                                                            if dense_gpu_ms and row.get("gpu_ms") else None)
                         rows.append(row)
                         print(describe(row), flush=True)
             if device.type == "cuda":  # (case is replaced by the next group's)

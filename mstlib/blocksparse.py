@@ -30,6 +30,27 @@ Backends (same interface, same results up to rounding):
     transposed pattern, precomputed once per pattern), ``grad_values`` is ``sampled_addmm`` (an SDDMM: the
     dense product ``grad_y^T @ x`` evaluated only at the stored tiles), split along the token dimension
     so that enough thread blocks run (that kernel has one program per block row).
+``"triton"``
+    CUDA only (or Triton's CPU interpreter, ``TRITON_INTERPRET=1``, for the tests): our own Triton kernels,
+    written for these shapes (:mod:`mstlib._blocksparse_triton`). Forward and ``grad_x`` are one kernel: a
+    program per (tile of ``BM`` tokens, output block) walks the stored tiles of its block row (forward,
+    CSR order) or block column (``grad_x``, the pattern's precomputed transposed order, tiles used as
+    stored: no re-ordered copy of the values), multiplies the ``[BM, b]`` input slice by the tile and
+    accumulates in float32. ``grad_values`` is an SDDMM with one program per (stored tile, chunk of
+    tokens) reducing its chunk in float32; the chunks' partial tiles are summed by torch (deterministic).
+    Why faster than ``"triton_bsr"``: ``bsr_dense_mm`` runs few, long programs and ``sampled_addmm`` one
+    per block row, looping over all ``N`` tokens (12 programs for a 768-row weight with 64-blocks), so
+    most of a 132-SM GPU idles at low density; here there are ``N / BM`` times as many programs for the
+    products (thousands at ``N = 32768``) and the SDDMM is split over tokens until there are about four
+    programs per SM, whatever the density. Nothing is copied per tile (unlike ``"gather"``): each program
+    reads the activations in place, and programs running together share the same rows through L2.
+    Blocks of 16 to 128 (powers of two), any ``N``; float16/bfloat16 on tensor cores, float32 exact.
+    Status: correct on an H200 (the GPU tests), but not yet measured in a stored run. In a first,
+    unstored try with the torch profiler the three kernels of a sparse GPT-2-small matrix took less GPU
+    time than the dense matmuls at low density, while the host side of a step (Python, three launches,
+    the autograd engine; 0.3 to 0.8 ms) was longer than those kernels: a layer timed alone with CUDA
+    events, as ``benchmarks/block_sparse.py`` does, then runs at the host's pace, not the GPU's, which is
+    why that benchmark also records the profiler's kernel time.
 
 Layout: ``values[k]`` is the tile ``W[r*b:(r+1)*b, c*b:(c+1)*b]`` for the ``k``-th stored block ``(r, c)``
 in row-major (CSR) order, i.e. the ``values()`` of ``W.to_sparse_bsr(b)``. Weights are ``(out, in)`` like
@@ -41,6 +62,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from types import ModuleType
 from typing import Callable, NamedTuple
 
 import torch
@@ -49,8 +71,13 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 
+try:  # the "triton" backend's kernels; Triton comes with CUDA builds of torch
+    from . import _blocksparse_triton
+except Exception:  # no Triton (CPU-only installs): that backend reports a ConfigError when asked for
+    _blocksparse_triton = None
+
 #: The backends :func:`block_sparse_linear` accepts.
-BACKENDS = ("gather", "triton_bsr", "dense_masked")
+BACKENDS = ("gather", "triton_bsr", "triton", "dense_masked")
 
 # ----------------------------------------------------------------------------------------------- patterns
 
@@ -403,6 +430,65 @@ def _check_triton_shapes(n: int, pattern: BlockPattern, dtype: torch.dtype) -> N
         raise ConfigError(f"the triton_bsr backend supports float16, bfloat16 and float32, not {dtype}")
 
 
+# ---------------------------------------------------------------------------------- own triton backend
+
+
+def own_triton_kernels(device: torch.device, block: int, dtype: torch.dtype) -> ModuleType:
+    """The module of the ``"triton"`` backend's kernels (:mod:`mstlib._blocksparse_triton`), or
+    :class:`ConfigError` saying why they cannot run for this device, block size and dtype.
+
+    They run on CUDA, or on CPU when Triton's interpreter was switched on (``TRITON_INTERPRET=1`` set before
+    Triton was first imported: ``triton.jit`` decides at decoration time, so setting it later does not
+    help)."""
+    ok_device = device.type == "cuda" or (
+        device.type == "cpu" and _blocksparse_triton is not None and _blocksparse_triton.INTERPRET
+    )
+    if not ok_device:
+        raise ConfigError(
+            f"the triton backend needs a CUDA device, got {device} (on CPU it runs only under Triton's "
+            f"interpreter: TRITON_INTERPRET=1 set before Triton is imported)"
+        )
+    if _blocksparse_triton is None:
+        raise ConfigError("the triton backend needs Triton, which cannot be imported here")
+    if block not in _blocksparse_triton.BLOCKS:
+        raise ConfigError(f"the triton backend supports blocks of {_blocksparse_triton.BLOCKS}, got {block}")
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ConfigError(f"the triton backend supports float16, bfloat16 and float32, not {dtype}")
+    return _blocksparse_triton
+
+
+class _TritonFn(torch.autograd.Function):
+    """``y = x @ (W*M)^T`` with the kernels of :mod:`mstlib._blocksparse_triton` (see the module docstring):
+    forward over the pattern's rows, ``grad_x`` over its transposed order, ``grad_values`` an SDDMM split
+    over tokens. ``x`` and ``grad_y`` are read in place with their strides; ``values`` must be contiguous."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, x: Tensor, values: Tensor, pattern: BlockPattern, kernels: ModuleType, split_k: int | None
+    ) -> Tensor:
+        y = kernels.bsr_mm(x, values, pattern.crow, pattern.cols, None, pattern.nb_out, transpose_values=True)
+        ctx.save_for_backward(x, values)
+        ctx.pattern, ctx.kernels, ctx.split_k = pattern, kernels, split_k
+        return y
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx, grad_y: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, None, None, None]:
+        x, values = ctx.saved_tensors
+        pattern: BlockPattern = ctx.pattern
+        kernels: ModuleType = ctx.kernels
+        grad_x = grad_values = None
+        if ctx.needs_input_grad[0]:
+            grad_x = kernels.bsr_mm(
+                grad_y, values, pattern.t_crow, pattern.t_col, pattern.t_perm, pattern.nb_in, transpose_values=False
+            )
+        if ctx.needs_input_grad[1]:
+            grad_values = kernels.sddmm(grad_y, x, pattern.rows, pattern.cols, pattern.block, values.dtype,
+                                        ctx.split_k)
+        return grad_x, grad_values, None, None, None
+
+
 # ------------------------------------------------------------------------------------------- entry point
 
 
@@ -418,7 +504,10 @@ def block_sparse_linear(
     weight whose stored tiles are ``values`` ``(nnzb, block, block)`` at ``pattern``.
 
     Differentiable in ``x`` and ``values``; the gradient of ``values`` has their shape. ``backend`` is one
-    of :data:`BACKENDS`; ``split_k`` (``"triton_bsr"`` only) overrides :func:`choose_split_k`. Under
+    of :data:`BACKENDS`. ``split_k``, the number of token chunks of the ``grad_values`` SDDMM: for
+    ``"triton_bsr"`` it overrides :func:`choose_split_k` and must divide the tokens; for ``"triton"`` it
+    overrides :func:`mstlib._blocksparse_triton.sddmm_chunk` (any positive number; chunks are rounded up to
+    128 tokens, so fewer may run); other backends ignore it. Under
     ``torch.autocast`` the inputs are cast to the autocast dtype, as ``F.linear`` would be."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown block-sparse backend {backend!r}; expected one of {BACKENDS}")
@@ -443,6 +532,11 @@ def block_sparse_linear(
             y = F.linear(x2, blocks_to_dense(values, pattern))
         elif backend == "gather":
             y = _GatherFn.apply(x2, values, pattern)
+        elif backend == "triton":
+            own = own_triton_kernels(x.device, pattern.block, x2.dtype)
+            if split_k is not None and not (isinstance(split_k, int) and split_k >= 1):
+                raise ConfigError(f"split_k must be a positive integer, got {split_k!r}")
+            y = _TritonFn.apply(x2, values.contiguous(), pattern, own, split_k)
         else:
             kernels = triton_kernels(x.device)
             _check_triton_shapes(x2.shape[0], pattern, x2.dtype)

@@ -1,10 +1,12 @@
 """Tests of mstlib.blocksparse: block patterns, dense <-> compact conversion, and the block-sparse linear
-backends against a dense reference (float64 on CPU; the Triton backend against gather on CUDA)."""
+backends against a dense reference (float64 on CPU; the Triton backends against gather on CUDA, and the
+own Triton kernels also on CPU through Triton's interpreter)."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,7 +16,7 @@ from mstlib import blocksparse as bs
 from mstlib.errors import ConfigError
 
 CUDA = torch.cuda.is_available()
-needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (and Triton) for the triton_bsr backend")
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (and Triton) for the Triton backends")
 
 
 def gen(seed: int) -> torch.Generator:
@@ -254,10 +256,92 @@ def test_linear_rejects_bad_arguments() -> None:
         bs.block_sparse_linear(torch.zeros(2, 16, dtype=torch.float64), values, p)
 
 
-def test_triton_backend_on_cpu_is_a_clear_config_error() -> None:
+@pytest.mark.parametrize("backend", ["triton_bsr", "triton"])
+def test_triton_backend_on_cpu_is_a_clear_config_error(backend) -> None:
+    if backend == "triton" and bs._blocksparse_triton is not None and bs._blocksparse_triton.INTERPRET:
+        pytest.skip("TRITON_INTERPRET=1 in this process: the triton backend runs on CPU here")
     p = bs.BlockPattern.from_block_mask(bs.block_mask(32, 32, 16, 0.5, gen(0)), 16)
     with pytest.raises(ConfigError, match="CUDA"):
-        bs.block_sparse_linear(torch.zeros(16, 32), torch.zeros(p.nnzb, 16, 16), p, "triton_bsr")
+        bs.block_sparse_linear(torch.zeros(16, 32), torch.zeros(p.nnzb, 16, 16), p, backend)
+
+
+# ------------------------------------------------------------ the own Triton kernels, in the interpreter
+
+
+_INTERPRET_CHECK = r"""
+import os, sys, torch
+os.environ["TRITON_INTERPRET"] = "1"
+from mstlib import blocksparse as bs
+from mstlib.errors import ConfigError
+
+def run(backend, x, values, p, gy, **kw):
+    x = x.detach().clone().requires_grad_()
+    values = values.detach().clone().requires_grad_()
+    y = bs.block_sparse_linear(x, values, p, backend, **kw)
+    y.backward(gy)
+    return y.detach(), x.grad, values.grad
+
+g = torch.Generator().manual_seed(0)
+cases = []  # name, block mask, block, lead (token dims), x is a strided view, split_k
+bm = bs.block_mask(96, 64, 16, 0.5, g)
+bm[2] = False  # a block row with no tiles: its outputs must be zeros
+bm[:, 1] = False  # a block column with no tiles: its grad_x must be zeros
+cases.append(("b16 ragged N=50, empty row and column", bm, 16, (50,), False, None))
+cases.append(("b16 density 1, N=33", torch.ones(2, 3, dtype=torch.bool), 16, (33,), False, None))
+cases.append(("b32 N=70", bs.block_mask(64, 96, 32, 0.5, g), 32, (70,), False, None))
+cases.append(("b16 N=2x150 strided x, 2 token chunks", bm, 16, (2, 150), True, 2))
+cases.append(("b16 N=300, 3 requested chunks", bm, 16, (300,), False, 3))
+worst = 0.0
+for name, mask, b, lead, strided, split_k in cases:
+    p = bs.BlockPattern.from_block_mask(mask, b)
+    in_f, out_f = p.in_features, p.out_features
+    x = torch.randn(*lead, in_f + 8, generator=g)
+    x = x[..., 3 : 3 + in_f] if strided else x[..., :in_f].contiguous()
+    assert x.is_contiguous() == (not strided)
+    # scaled so that every output is O(1): the 1e-5 tolerance is then about 100 float32 roundings
+    values = torch.randn(p.nnzb, b, b, generator=g) / (b * mask.sum(1).max()) ** 0.5
+    gy = torch.randn(*lead, out_f, generator=g) / x[..., 0].numel() ** 0.5
+    got, ref = run("triton", x, values, p, gy, split_k=split_k), run("gather", x, values, p, gy)
+    for what, a, r in zip(("y", "grad_x", "grad_values"), got, ref):
+        assert a.shape == r.shape and a.dtype == r.dtype, (name, what, a.shape, r.shape)
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}, {what}: {m}")
+        worst = max(worst, float((a - r).abs().max()))
+    if name.startswith("b16 ragged"):
+        y, gx = got[0].view(*lead, 6, 16), got[1].view(*lead, 4, 16)
+        assert bool((y[:, 2] == 0).all()) and bool((gx[:, 1] == 0).all()), "empty row/column not zero"
+# what the backend refuses even where it runs: 8-blocks (a tl.dot needs 16), a split_k of 0
+for block, kw in ((8, {}), (16, {"split_k": 0})):
+    q = bs.BlockPattern.from_block_mask(torch.ones(2, 2, dtype=torch.bool), block)
+    try:
+        bs.block_sparse_linear(torch.zeros(4, q.in_features), torch.zeros(4, block, block), q, "triton", **kw)
+    except ConfigError:
+        pass
+    else:
+        sys.exit(f"no ConfigError for block {block}, {kw}")
+print("worst abs difference", worst)
+"""
+
+
+def test_triton_kernels_match_gather_in_interpreter() -> None:
+    """Forward, ``grad_x`` and ``grad_values`` of the ``"triton"`` backend equal the ``gather`` backend's
+    (float32), on CPU through Triton's interpreter (``TRITON_INTERPRET=1``, set before Triton is imported,
+    hence a subprocess): ragged token counts, a block row and a block column with no tiles, density 1,
+    32-blocks, a strided input with leading dimensions, the SDDMM split into token chunks. Needs Triton
+    installed; CUDA builds of torch have it (CI's CPU torch does not: skipped there)."""
+    import os
+    import subprocess
+    import sys
+
+    triton = pytest.importorskip("triton", reason="Triton is not installed (CPU-only torch); the GPU tests cover it")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    res = subprocess.run([sys.executable, "-c", _INTERPRET_CHECK], env=env, capture_output=True, text=True,
+                         timeout=300)
+    if res.returncode != 0 and "only 0-dimensional arrays can be converted to Python scalars" in res.stderr:
+        # older interpreters (seen with triton 3.6 and numpy 2.5) take int() of a 1-element array for a
+        # loop bound read from memory, which numpy 2.5 refuses; triton 3.9's squeezes it first
+        pytest.skip(f"triton {triton.__version__}'s interpreter cannot loop up to a bound loaded from memory "
+                    f"with numpy {np.__version__}")
+    assert res.returncode == 0, res.stdout + res.stderr
 
 
 # ---------------------------------------------------------------------- the Triton glue, with fake kernels
@@ -362,16 +446,21 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-@needs_cuda
-@pytest.mark.parametrize("out_f, in_f, block, density, n", CUDA_SHAPES)
-def test_cuda_triton_bsr_matches_gather_in_bfloat16(out_f, in_f, block, density, n) -> None:
+def _cuda_case(out_f: int, in_f: int, block: int, density: float, n: int, mask_seed: int, seed: int):
+    """A random pattern on the GPU and float32 ``x``, ``values`` (weights' scale) and ``grad_y`` for it."""
     dev = torch.device("cuda")
-    bm = bs.block_mask(out_f, in_f, block, density, gen(10))
-    p = bs.BlockPattern.from_block_mask(bm, block).to(dev)
-    g = torch.Generator(device=dev).manual_seed(0)
+    p = bs.BlockPattern.from_block_mask(bs.block_mask(out_f, in_f, block, density, gen(mask_seed)), block).to(dev)
+    g = torch.Generator(device=dev).manual_seed(seed)
     x = torch.randn(n, in_f, device=dev, generator=g)
     values = torch.randn(p.nnzb, block, block, device=dev, generator=g) * 0.02
     gy = torch.randn(n, out_f, device=dev, generator=g)
+    return p, x, values, gy
+
+
+@needs_cuda
+@pytest.mark.parametrize("out_f, in_f, block, density, n", CUDA_SHAPES)
+def test_cuda_triton_bsr_matches_gather_in_bfloat16(out_f, in_f, block, density, n) -> None:
+    p, x, values, gy = _cuda_case(out_f, in_f, block, density, n, mask_seed=10, seed=0)
     ref = _run("gather", x, values, p, gy)  # float32 reference on the GPU
     bf = (x.bfloat16(), values.bfloat16(), p, gy.bfloat16())
     for backend in ("triton_bsr", "gather", "dense_masked"):
@@ -394,8 +483,44 @@ def test_cuda_triton_bsr_split_k_does_not_change_the_values_gradient(split_k) ->
 
 
 @needs_cuda
-def test_cuda_module_moves_its_pattern_with_its_values() -> None:
-    layer = bs.BlockSparseLinear(256, 512, bs.block_mask(512, 256, 64, 0.5, gen(12)), 64, backend="triton_bsr")
+@pytest.mark.parametrize(
+    "out_f, in_f, block, density, n, dtype",
+    [(*shape, torch.bfloat16) for shape in CUDA_SHAPES]
+    + [
+        (768, 768, 16, 0.3, 1000, torch.bfloat16),  # 16-blocks, ragged tokens
+        (768, 3072, 64, 0.05, 4097, torch.bfloat16),  # few tiles: the SDDMM in many token chunks
+        (2304, 768, 128, 0.05, 333, torch.float16),
+        (768, 768, 32, 0.1, 777, torch.float32),  # exact (IEEE) products, not TF32
+    ],
+)
+def test_cuda_triton_matches_gather(out_f, in_f, block, density, n, dtype) -> None:
+    # the own kernels against float32 gather (each dtype and block size compiles its autotuning
+    # configurations once, hence few combinations)
+    p, x, values, gy = _cuda_case(out_f, in_f, block, density, n, mask_seed=13, seed=1)
+    ref = _run("gather", x, values, p, gy)
+    got = _run("triton", x.to(dtype), values.to(dtype), p, gy.to(dtype))
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    for name, a, b in zip(("y", "grad_x", "grad_values"), got, ref):
+        assert _rel(a, b) < tol, (name, _rel(a, b))
+
+
+@needs_cuda
+def test_cuda_triton_values_gradient_is_deterministic() -> None:
+    # the token chunks of the SDDMM are summed by torch, not with atomics: bitwise equal results
+    dev = torch.device("cuda")
+    p = bs.BlockPattern.from_block_mask(bs.block_mask(768, 768, 64, 0.05, gen(14)), 64).to(dev)
+    x = torch.randn(8192, 768, device=dev, dtype=torch.bfloat16)
+    values = torch.randn(p.nnzb, 64, 64, device=dev, dtype=torch.bfloat16) * 0.02
+    gy = torch.randn(8192, 768, device=dev, dtype=torch.bfloat16)
+    first = _run("triton", x, values, p, gy)
+    for _ in range(3):
+        assert all(torch.equal(a, b) for a, b in zip(_run("triton", x, values, p, gy), first))
+
+
+@needs_cuda
+@pytest.mark.parametrize("backend", ["triton_bsr", "triton"])
+def test_cuda_module_moves_its_pattern_with_its_values(backend) -> None:
+    layer = bs.BlockSparseLinear(256, 512, bs.block_mask(512, 256, 64, 0.5, gen(12)), 64, backend=backend)
     layer = layer.cuda().bfloat16()
     assert layer.pattern.device.type == "cuda"
     x = torch.randn(128, 256, device="cuda", dtype=torch.bfloat16)
