@@ -162,6 +162,13 @@ bench = bench.assign(
     name=lambda d: d["variant"].map(variant_name),
 )
 bench["attention"] = [attention_backend(r) for r in bench.itertuples()]
+# the prediction by today's rule, from each row's stored attention share and tile fraction (files written
+# before session 4 predicted 1.0 for MST's ultra phase, whatever its attention pattern skipped, and counted
+# FlexAttention's tiles for the masked SDPA way, which computes every score)
+if "attn_block_density" in bench:
+    bench["predicted_ratio"] = [
+        benchmark.predicted_ratio(r.attn_share_flops, 1.0 if r.attention.startswith("sdpa") else r.attn_block_density)
+        for r in bench.itertuples()]
 bench["rounds"] = bench["rounds"].fillna(1).astype(int) if "rounds" in bench else 1
 # the FLOPs the variant counts per step relative to dense: the speed-up the FLOP count would promise if
 # sparsity were free (what the FLOP chapter's ratios mean for time)
@@ -215,10 +222,11 @@ glue("bench_commit", ", ".join(sorted(str(c)[:10] for c in bench["git_commit"].d
 # `mini` model's eager steps are short (about 33 ms), and its paired ratios still move by a few percent from
 # round to round; the `paper` model's repeat within about 0.5%. The spread is the 10th to 90th
 # percentile of the timed steps; the median of the MST rows includes the topology update's time divided by
-# the update interval, the percentiles do not. "Predicted" is what `mstlib.benchmark` expected before measuring: 1.0 for
-# the MST phases (masks over dense storage do the same dense products) and, for a sparse attention pattern
-# through FlexAttention, the speed-up if the tiles it skips cost nothing (the attention share of the step's
-# FLOPs times the fraction of tiles skipped). The last column is what the FLOP count would promise if every
+# the update interval, the percentiles do not. "Predicted" is what `mstlib.benchmark.predicted_ratio`
+# expects before measuring: masks over dense storage do the same dense products, so they save nothing
+# (1.0), and a sparse attention pattern (alone, or in MST's ultra phase) saves the tiles its backend skips
+# as if they cost nothing (the attention share of the step's FLOPs times the fraction of tiles skipped;
+# masked SDPA skips none). The last column is what the FLOP count would promise if every
 # skipped FLOP were saved time.
 
 # %%

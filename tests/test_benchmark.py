@@ -32,6 +32,11 @@ def test_ultra_phase_through_flash_split_on_cpu():
     assert set(by) == {"dense", "mst_ultra", "mst_ultra_flash", "hsa_flash:local_strided"}
     assert by["mst_ultra_flash"]["density"] == by["mst_ultra"]["density"] < 1
     assert by["mst_ultra_flash"]["flops_per_step"] == by["mst_ultra"]["flops_per_step"]
+    # the ultra phase's prediction counts its attention pattern's skipped tiles, like the HSA variants'
+    assert by["mst_ultra_flash"]["predicted_ratio"] == by["hsa_flash:local_strided"]["predicted_ratio"]
+    assert by["mst_ultra_flash"]["predicted_ratio"] == benchmark.predicted_ratio(
+        by["mst_ultra_flash"]["attn_share_flops"], by["mst_ultra_flash"]["attn_block_density"])
+    assert benchmark.predicted_ratio(0.2, None) == 1.0 and benchmark.predicted_ratio(0.2, 0.5) == 1 / 0.9
     assert by["hsa_flash:local_strided"]["flops_per_step"] < by["dense"]["flops_per_step"]
 
 
