@@ -823,11 +823,12 @@ else:
 #   {glue:text}`ultra_flex_text` through FlexAttention: the attention pattern, not the masks, decides.
 # * **FlexAttention skips empty tiles, but the official pattern has none.** The best FlexAttention speed was
 #   {glue:text}`flex_best`; for the `local_strided` pattern MST uses, {glue:text}`flex_local_strided`.
-# * **Splitting the pattern beats dense, except for `local_strided` at the paper's context.** `flash_split`
-#   (FlashAttention band, tensor-core Triton far part) ran {glue:text}`flash_verdict`. At 1024 the band
-#   alone costs about as much as causal attention, because dense runs on cuDNN's kernels for this GPU and
-#   the band on FlashAttention 2's (the layer tables above), so the strided keys' cost is not paid back
-#   there. The gain is bounded by attention's share of the step anyway: at a context of 1024 most of a
+# * **Splitting the pattern beats dense where its kernels are ours or the band is cheap.** `flash_split`
+#   (FlashAttention band, tensor-core Triton far part) ran {glue:text}`flash_verdict`. MST's own pattern,
+#   `local_strided`, stays slower than dense at the paper's context of 1024: there the band alone costs about
+#   as much as causal attention, because dense runs on cuDNN's kernels for this GPU and the band on
+#   FlashAttention 2's (the layer tables above), so the strided keys' cost is not paid back. `fixed` is
+#   slower everywhere: its summary columns still run as compiled tensor algebra, with no kernel of ours. The gain is bounded by attention's share of the step anyway: at a context of 1024 most of a
 #   GPT-2 small step is the weight matrices.
 # * **The official way is slower** (the method notes report 1.9x slower than causal attention on an
 #   H200). The same `local_strided` pattern as a dense boolean mask passed to SDPA ran at
