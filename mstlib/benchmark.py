@@ -59,6 +59,10 @@ VARIANTS = ("dense", "mst_warmup", "mst_ultra", "mst_ultra_flash", "mst_ultra_fl
             "hsa_flex@64:local_strided", "hsa_flex@32:local_strided",
             "hsa_sdpa:local", "hsa_sdpa:local_strided")
 DEFAULT_VARIANTS = tuple(v for v in VARIANTS if "@" not in v)
+#: The attention backend each kind of variant asks for (the part before ``:`` and ``@``); ``"auto"`` is
+#: resolved on the device (:func:`mstlib.attention.resolve_backend`, recorded per row as ``attn_backend``).
+KIND_BACKENDS = {"hsa_flex": "flex", "hsa_flash": "flash_split", "hsa_split": "split", "hsa_sdpa": "sdpa_mask",
+                 "mst_ultra": "auto", "mst_ultra_flash": "flash_split", "mst_ultra_flex": "flex"}
 
 
 def _timer(device: torch.device) -> Callable[[Callable[[], None]], float]:
@@ -134,16 +138,15 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
         from .topology import Sparsifier
 
         # "mst_ultra_flash" / "mst_ultra_flex": the ultra phase with HSA through that backend, not "auto"
-        phase, _, via = kind.removeprefix("mst_").partition("_")
+        phase = kind.removeprefix("mst_").partition("_")[0]
         sparsifier = Sparsifier(model, run, opt)
         sparsifier.masks.init(_phase_sparsity(run, phase), run.seed, "random")
         density = sparsifier.density()
         if phase == "ultra" and run.attention.pattern != "dense":
-            backend = {"": "auto", "flash": "flash_split", "flex": "flex"}[via]
-            attn_cfg = run.attention.__class__(**{**run.attention.__dict__, "backend": backend})
-    elif kind in ("hsa_flex", "hsa_flash", "hsa_split", "hsa_sdpa"):
-        backend = {"hsa_flex": "flex", "hsa_flash": "flash_split", "hsa_split": "split", "hsa_sdpa": "sdpa_mask"}[kind]
-        attn_cfg = run.attention.__class__(**{**run.attention.__dict__, "pattern": pattern, "backend": backend})
+            attn_cfg = run.attention.__class__(**{**run.attention.__dict__, "backend": KIND_BACKENDS[kind]})
+    elif kind in KIND_BACKENDS:
+        attn_cfg = run.attention.__class__(**{**run.attention.__dict__, "pattern": pattern,
+                                              "backend": KIND_BACKENDS[kind]})
     if attn_cfg is not None:
         if block is not None:
             from .attention import flex_pattern_attention

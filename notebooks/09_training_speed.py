@@ -139,22 +139,16 @@ def variant_name(v: str) -> str:
     return f"{pattern} attention, " + how.get(kind.split("@")[0], kind)
 
 
-KIND_BACKEND = {"hsa_flex": "flex", "hsa_flash": "flash_split", "hsa_split": "split", "hsa_sdpa": "sdpa_mask",
-                "mst_ultra_flash": "flash_split", "mst_ultra_flex": "flex"}
-
-
 def attention_backend(r) -> str:
     """The attention backend a row ran: recorded since session 4's last call (``attn_backend``); before
     that, "auto" (``mst_ultra``) meant FlexAttention on the GPU."""
     recorded = getattr(r, "attn_backend", None)
     if isinstance(recorded, str):
         return recorded
-    kind = str(r.variant).split(":")[0].split("@")[0]
-    if kind in KIND_BACKEND:
-        return KIND_BACKEND[kind]
-    if kind == "mst_ultra":
+    backend = benchmark.KIND_BACKENDS.get(str(r.variant).split(":")[0].split("@")[0])
+    if backend == "auto":
         return "flex (auto at the time)" if r.device_name != "cpu" else "sdpa_mask (auto)"
-    return "dense causal (SDPA)"
+    return backend or "dense causal (SDPA)"
 
 
 bench = bench.assign(
@@ -331,21 +325,17 @@ glue("flex_local_1024", ratio_text("hsa_flex:local", 1024), display=False)
 glue("flash_local_1024", ratio_text("hsa_flash:local", 1024), display=False)
 
 
-def ultra_text(variants: list[str]) -> str:
-    """Speed vs dense of MST's ultra phase through the backend of ``variants`` (the first one measured), per
-    setting."""
-    d = bench[bench["variant"].isin(variants) & ~bench["attention"].str.startswith("sdpa")]
-    if variants[0] == "mst_ultra_flex":  # before session 4, "auto" was FlexAttention
-        d = d[(d["variant"] == "mst_ultra_flex") | d["attention"].str.startswith("flex")]
-    else:
-        d = d[d["attention"] == "flash_split"]
+def ultra_text(backend: str) -> str:
+    """Speed vs dense of MST's ultra phase with its attention through ``backend`` (whichever variant ran
+    it: ``mst_ultra_flash``/``mst_ultra_flex``, or ``mst_ultra`` through what "auto" was then), per setting."""
+    d = bench[bench["variant"].astype(str).str.startswith("mst_ultra") & bench["attention"].str.startswith(backend)]
     if d.empty:
         return "not measured here"
     d = d.sort_values(["model", "context", "file"]).drop_duplicates(["model", "context"], keep="last")
     return ", ".join(f"{r.ratio_to_dense:.3f} ({r.model} {r.context})" for r in d.itertuples())
 
 
-glue("ultra_flash_text", ultra_text(["mst_ultra_flash", "mst_ultra"]), display=False)
+glue("ultra_flash_text", ultra_text("flash_split"), display=False)
 
 
 def faster_slower(prefix: str) -> str:
@@ -364,7 +354,7 @@ def faster_slower(prefix: str) -> str:
 
 
 glue("flash_verdict", faster_slower("hsa_flash"), display=False)
-glue("ultra_flex_text", ultra_text(["mst_ultra_flex", "mst_ultra"]), display=False)
+glue("ultra_flex_text", ultra_text("flex"), display=False)
 
 # %% [markdown]
 # ### Hybrid sparse attention: four ways to run the same pattern
@@ -601,7 +591,7 @@ if attn_files and len(prof):
     step_rows = []
     for r in bench[bench["variant"].astype(str).str.startswith(("hsa_flex:", "hsa_flash:"))].itertuples():
         kind, pattern = str(r.variant).split(":")
-        layer_variant = {"hsa_flex": "flex", "hsa_flash": "flash_split"}[kind] + ":" + pattern
+        layer_variant = benchmark.KIND_BACKENDS[kind] + ":" + pattern
         key, dkey = (r.model, r.context, layer_variant), (r.model, r.context, "dense")
         dense_row = bench_all[(bench_all["file"] == r.file) & (bench_all["model"] == r.model)
                               & (bench_all["context"] == r.context) & (bench_all["variant"] == "dense")]
