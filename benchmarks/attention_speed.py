@@ -43,7 +43,7 @@ from mstlib.config import MODEL_SIZES, AttentionConfig  # noqa: E402
 from mstlib.results import atomic_write_json  # noqa: E402
 
 PATTERNS = ("local", "local_strided", "fixed", "strided")
-BACKENDS = ("flex", "flash_split", "split", "sdpa_mask")
+BACKENDS = ("flex", "flash_split", "cudnn_split", "split", "sdpa_mask")
 DEFAULT_VARIANTS = ("dense",) + tuple(f"{b}:{p}" for b in ("flex", "flash_split") for p in PATTERNS) + (
     "split:local_strided", "sdpa_mask:local_strided")
 

@@ -195,7 +195,7 @@ def tile_fraction(backend: str, name: str, T: int, window: int = 128, stride: in
     if name == "dense" or backend == "sdpa_mask":
         return 1.0
     causal = block_density("dense", T, block=block)
-    if backend in ("split", "flash_split"):
+    if backend in ("split", "flash_split", "cudnn_split"):
         return split_block_density(name, T, window, stride, block) / causal
     if backend == "flex":
         return block_density(name, T, window, stride, block=block) / causal
@@ -245,10 +245,11 @@ def resolve_backend(backend: str, device: torch.device | str, pattern: Optional[
                 f"not in torch {torch.__version__}; use backend='sdpa_mask' or 'auto'"
             )
         return backend
-    if backend in ("sdpa_mask", "split", "flash_split"):
+    if backend in ("sdpa_mask", "split", "flash_split", "cudnn_split"):
         return backend
     raise ConfigError(
-        f"unknown attention backend {backend!r}; choose 'auto', 'flex', 'flash_split', 'split' or 'sdpa_mask'"
+        f"unknown attention backend {backend!r}; choose 'auto', 'flex', 'flash_split', 'cudnn_split', 'split' "
+        "or 'sdpa_mask'"
     )
 
 
@@ -374,10 +375,11 @@ def build_attention(cfg: AttentionConfig, T: int, device: torch.device | str) ->
         return flex_pattern_attention(cfg.pattern, T, cfg.window, cfg.stride, device)
     if backend == "split":
         return split_pattern_attention(cfg.pattern, T, cfg.window, cfg.stride, device)
-    if backend == "flash_split":
+    if backend in ("flash_split", "cudnn_split"):
         from .flash_split import flash_split_attention
 
-        return flash_split_attention(cfg.pattern, T, cfg.window, cfg.stride, device)
+        return flash_split_attention(cfg.pattern, T, cfg.window, cfg.stride, device,
+                                     near_kernel="cudnn" if backend == "cudnn_split" else "flash")
     return sdpa_mask_attention(cfg.pattern, T, cfg.window, cfg.stride, device)
 
 

@@ -11,14 +11,16 @@ Variants:
 * ``mst_warmup`` / ``mst_ultra`` / ``mst_restoration``: masks at the sparsity each phase has at its middle
   (the schedule of the ``mst`` preset), gradients masked before the step and weights after it, the update
   amortised; in the ultra phase with hybrid sparse attention (the preset's pattern, backend ``"auto"``;
-  ``mst_ultra_flash`` / ``mst_ultra_flex``: the same through the ``flash_split`` / ``flex`` backend). Each
+  ``mst_ultra_flash`` / ``mst_ultra_cudnn`` / ``mst_ultra_flex``: the same through the ``flash_split`` /
+  ``cudnn_split`` / ``flex`` backend). Each
   row with a pattern records the backend that ran (``attn_backend``): ``"auto"`` resolved to ``flex`` in
   files written before session 4 and to ``flash_split`` (for ``local_strided``) since.
-* ``hsa_flex:<pattern>`` / ``hsa_flash:<pattern>`` / ``hsa_split:<pattern>`` / ``hsa_sdpa:<pattern>``:
-  dense weights with the attention pattern through one FlexAttention block mask (skips empty tiles), the
-  ``flash_split`` backend (FlashAttention's sliding window for the band, the strided keys through
-  Triton kernels, the summary columns as compiled tensor algebra, one custom backward:
-  :mod:`mstlib.flash_split`), the ``split`` backend (a
+* ``hsa_flex:<pattern>`` / ``hsa_flash:<pattern>`` / ``hsa_cudnn:<pattern>`` / ``hsa_split:<pattern>`` /
+  ``hsa_sdpa:<pattern>``: dense weights with the attention pattern through one FlexAttention block mask
+  (skips empty tiles), the ``flash_split`` backend (FlashAttention's sliding window for the band, the
+  strided keys through Triton kernels, the summary columns as compiled tensor algebra, one custom backward:
+  :mod:`mstlib.flash_split`), the ``cudnn_split`` backend (the same with cuDNN's sliding window for the band:
+  :mod:`mstlib._cudnn_band`), the ``split`` backend (a
   FlexAttention band plus the far part through FlexAttention, see :mod:`mstlib.attention`) or the official
   code's dense boolean mask passed to SDPA.
 
@@ -55,14 +57,17 @@ from .errors import ConfigError
 VARIANTS = ("dense", "mst_warmup", "mst_ultra", "mst_ultra_flash", "mst_ultra_flex", "mst_restoration",
             "hsa_flex:local", "hsa_flex:local_strided", "hsa_flex:fixed", "hsa_flex:strided",
             "hsa_flash:local", "hsa_flash:local_strided", "hsa_flash:fixed", "hsa_flash:strided",
+            "hsa_cudnn:local", "hsa_cudnn:local_strided", "mst_ultra_cudnn",
             "hsa_split:local_strided", "hsa_split:fixed", "hsa_split:strided",
             "hsa_flex@64:local_strided", "hsa_flex@32:local_strided",
             "hsa_sdpa:local", "hsa_sdpa:local_strided")
-DEFAULT_VARIANTS = tuple(v for v in VARIANTS if "@" not in v)
+#: Not by default: the tile-size experiments, and the cuDNN band (it needs ``nvidia-cudnn-frontend``).
+DEFAULT_VARIANTS = tuple(v for v in VARIANTS if "@" not in v and "cudnn" not in v)
 #: The attention backend each kind of variant asks for (the part before ``:`` and ``@``); ``"auto"`` is
 #: resolved on the device (:func:`mstlib.attention.resolve_backend`, recorded per row as ``attn_backend``).
-KIND_BACKENDS = {"hsa_flex": "flex", "hsa_flash": "flash_split", "hsa_split": "split", "hsa_sdpa": "sdpa_mask",
-                 "mst_ultra": "auto", "mst_ultra_flash": "flash_split", "mst_ultra_flex": "flex"}
+KIND_BACKENDS = {"hsa_flex": "flex", "hsa_flash": "flash_split", "hsa_cudnn": "cudnn_split", "hsa_split": "split",
+                 "hsa_sdpa": "sdpa_mask", "mst_ultra": "auto", "mst_ultra_flash": "flash_split",
+                 "mst_ultra_cudnn": "cudnn_split", "mst_ultra_flex": "flex"}
 
 
 def _timer(device: torch.device) -> Callable[[Callable[[], None]], float]:
@@ -137,7 +142,7 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
     if kind.startswith("mst_"):
         from .topology import Sparsifier
 
-        # "mst_ultra_flash" / "mst_ultra_flex": the ultra phase with HSA through that backend, not "auto"
+        # "mst_ultra_flash" / "_cudnn" / "_flex": the ultra phase with HSA through that backend, not "auto"
         phase = kind.removeprefix("mst_").partition("_")[0]
         sparsifier = Sparsifier(model, run, opt)
         sparsifier.masks.init(_phase_sparsity(run, phase), run.seed, "random")

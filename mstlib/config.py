@@ -190,7 +190,7 @@ class TopologyConfig:
 
 AttentionPatternName = Literal["dense", "local", "strided", "local_strided", "fixed"]
 AttentionWindow = Literal["ultra", "always", "never", "custom"]
-AttentionBackend = Literal["auto", "flex", "flash_split", "split", "sdpa_mask"]
+AttentionBackend = Literal["auto", "flex", "flash_split", "cudnn_split", "split", "sdpa_mask"]
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,8 @@ class AttentionConfig:
     blocks), ``"split"`` (the pattern cut into a FlexAttention band and a strided/summary part computed
     as small dense products, merged by log-sum-exp: see :mod:`mstlib.attention`), ``"flash_split"`` (the
     same cut with a FlashAttention sliding-window band and Triton kernels for the strided part: see
-    :mod:`mstlib.flash_split`), ``"sdpa_mask"`` (a dense
+    :mod:`mstlib.flash_split`), ``"cudnn_split"`` (flash_split with the band through cuDNN's sliding
+    window; ``local`` and ``local_strided``; needs ``nvidia-cudnn-frontend``), ``"sdpa_mask"`` (a dense
     boolean mask passed to SDPA: the official way, no savings), ``"auto"`` (on CUDA flash_split for
     ``local``, ``local_strided`` and ``strided``, flex for ``fixed``; sdpa_mask elsewhere: see
     :func:`mstlib.attention.resolve_backend`; a run records what it resolved to in its provenance).

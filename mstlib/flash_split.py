@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from .attention import (SPLITS, _check, _check_length, _device_key, _m_min, _masked_attention_lse,
                         _near_allowed, _summary_columns)
+from . import _cudnn_band
 from .errors import ConfigError
 
 try:  # the strided far part's kernels; Triton comes with CUDA builds of torch
@@ -71,8 +72,9 @@ class _Spec:
     stride: int
     summary: int
     m_min: int
-    use_flash: bool  # the near part through FlashAttention (CUDA, half precision)
+    use_flash: bool  # the near part on a GPU kernel (CUDA, half precision): FlashAttention's or cuDNN's
     triton_far: bool  # the strided far part (and merge) through the Triton kernels of mstlib._far_triton
+    cudnn_band: bool = False  # the band through cuDNN's sliding window (mstlib._cudnn_band; cudnn_split)
 
 
 # ---------------------------------------------------------------------------------------- far part math
@@ -265,7 +267,9 @@ class _FlashSplit(torch.autograd.Function):
         o_near = lse_near = None
         flash_state = None
         with torch.autocast(q.device.type, enabled=False):
-            if spec.near is not None and spec.use_flash:
+            if spec.cudnn_band:
+                o_near, lse_near = _cudnn_band.forward(q, k, v, spec.window, scale)
+            elif spec.near is not None and spec.use_flash:
                 cu, max_len = _near_bounds(spec.near, B, T, spec.stride, q.device)
                 o3, lse_near, rng, unused, _ = torch.ops.aten._flash_attention_forward(
                     q.reshape(B * T, H, D), k.reshape(B * T, H, D), v.reshape(B * T, H, D), cu, cu,
@@ -293,7 +297,9 @@ class _FlashSplit(torch.autograd.Function):
         dq = dk = dv = None
         with torch.autocast(q.device.type, enabled=False):
             dout = dout if dout.stride(-1) == 1 else dout.contiguous()  # the Triton kernels take row strides
-            if spec.near is not None and spec.use_flash:
+            if spec.cudnn_band:
+                dq, dk, dv = _cudnn_band.backward(dout, q, k, v, out, lse, spec.window, scale)
+            elif spec.near is not None and spec.use_flash:
                 cu, max_len, rng, unused = ctx.flash_state
                 dout = dout.reshape(B * T, H, D).contiguous().view(B, T, H, D)  # FlashAttention's backward
                 dq, dk, dv = torch.ops.aten._flash_attention_backward(
@@ -315,15 +321,20 @@ class _FlashSplit(torch.autograd.Function):
 
 
 def flash_split_attention(name: str, T: int, window: int, stride: int, device, *, summary: int = 1,
-                          compile: Optional[bool] = None, far_kernel: str = "auto"):
+                          compile: Optional[bool] = None, far_kernel: str = "auto", near_kernel: str = "flash"):
     """The ``"flash_split"`` backend for pattern ``name`` (module docstring): ``(q, k, v) -> y``, all
     ``[B, H, T, D]``. ``compile``: the torch far part and merge through ``torch.compile`` (default: on
     CUDA). The near part uses FlashAttention for half-precision CUDA inputs when this torch has windowed
     FlashAttention, masked dense math otherwise. ``far_kernel``: ``"auto"`` (the Triton kernels for the
-    strided far part where they apply), ``"torch"`` (always the torch far part; for comparisons)."""
+    strided far part where they apply), ``"torch"`` (always the torch far part; for comparisons).
+    ``near_kernel``: ``"flash"`` (FlashAttention) or ``"cudnn"`` (the band through cuDNN's sliding window,
+    :mod:`mstlib._cudnn_band`: the ``"cudnn_split"`` backend; ``local`` and ``local_strided`` only, and it
+    needs ``nvidia-cudnn-frontend`` on a CUDA machine)."""
     _check(name, window, stride, summary)
     if far_kernel not in ("auto", "torch"):
         raise ConfigError(f"far_kernel must be 'auto' or 'torch', got {far_kernel!r}")
+    if near_kernel not in ("flash", "cudnn"):
+        raise ConfigError(f"near_kernel must be 'flash' or 'cudnn', got {near_kernel!r}")
     if name == "dense":
         raise ConfigError("the flash_split backend is for sparse patterns; dense attention needs no split")
     dev = torch.device(_device_key(device))
@@ -333,6 +344,12 @@ def flash_split_attention(name: str, T: int, window: int, stride: int, device, *
     flash_ok = on_cuda and flash_window_available()
     fwd_piece, bwd_piece = _compiled() if use_compile else (_fwd_merge, _bwd_far)
     m_min = _m_min(name, window, stride)
+    if near_kernel == "cudnn":
+        if near != "local":
+            raise ConfigError(f"the cuDNN band is for patterns with a band (local, local_strided), not {name!r}")
+        if not (on_cuda and _cudnn_band.available()):
+            raise ConfigError("attention.backend='cudnn_split' needs a CUDA device and the nvidia-cudnn-frontend "
+                              "package (pip install nvidia-cudnn-frontend); use 'flash_split' or 'auto'")
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         t = q.size(-2)
@@ -340,7 +357,8 @@ def flash_split_attention(name: str, T: int, window: int, stride: int, device, *
         use_flash = flash_ok and q.dtype in (torch.float16, torch.bfloat16) and q.size(-1) <= 256
         triton_far = (far == "strided" and far_kernel == "auto" and _far_triton is not None
                       and (use_flash or near is None) and _far_triton.supported(q, t, stride))
-        spec = _Spec(near, far, window, stride, summary, m_min, use_flash, triton_far)
+        spec = _Spec(near, far, window, stride, summary, m_min, use_flash, triton_far,
+                     use_flash and near_kernel == "cudnn")
         y = _FlashSplit.apply(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), spec, q.size(-1) ** -0.5,
                               fwd_piece, bwd_piece)
         return y.transpose(1, 2)

@@ -99,6 +99,22 @@ def test_flash_split_choices():
         FS.flash_split_attention("dense", 32, 8, 8, "cpu")
     with pytest.raises(ConfigError, match="window and stride"):
         FS.flash_split_attention("local", 32, 0, 8, "cpu")
+    with pytest.raises(ConfigError, match="near_kernel"):
+        FS.flash_split_attention("local", 32, 8, 8, "cpu", near_kernel="cudnn9")
+
+
+def test_cudnn_split_needs_a_band_and_the_frontend():
+    """``cudnn_split`` runs the band through cuDNN: a pattern without a band, or a machine without CUDA and
+    ``nvidia-cudnn-frontend``, is a clear error naming what is missing, not a silent fallback."""
+    assert A.resolve_backend("cudnn_split", "cpu") == "cudnn_split"
+    assert A.tile_fraction("cudnn_split", "local_strided", 1024) == A.tile_fraction("flash_split", "local_strided",
+                                                                                    1024)
+    with pytest.raises(ConfigError, match="band"):
+        FS.flash_split_attention("strided", 64, 8, 8, "cpu", near_kernel="cudnn")
+    if not (torch.cuda.is_available() and FS._cudnn_band.available()):
+        with pytest.raises(ConfigError, match="nvidia-cudnn-frontend"):
+            A.build_attention(AttentionConfig(pattern="local_strided", window=8, stride=8, backend="cudnn_split"),
+                              32, "cpu")
 
 
 def test_near_bounds_pack_blocks():
@@ -119,22 +135,29 @@ def test_flash_window_is_in_this_torch():
     assert FS.flash_window_available()
 
 
+_CASES = [("local_strided", 1024, 128), ("local_strided", 1000, 128), ("local_strided", 512, 96),
+          ("local", 1024, 128), ("strided", 1024, 128), ("fixed", 1024, 128), ("fixed", 1000, 128)]
+_CUDNN = [pytest.param(*case, "cudnn_split", marks=pytest.mark.skipif(
+    not (torch.cuda.is_available() and FS._cudnn_band.available()), reason="needs nvidia-cudnn-frontend"))
+    for case in _CASES if case[0] in ("local", "local_strided")]
+
+
 @cuda
-@pytest.mark.parametrize("name,T,w", [
-    ("local_strided", 1024, 128), ("local_strided", 1000, 128), ("local_strided", 512, 96),
-    ("local", 1024, 128), ("strided", 1024, 128), ("fixed", 1024, 128), ("fixed", 1000, 128),
-])
-def test_flash_split_bf16_matches_flex_cuda(name, T, w):
-    """In training precision (bf16, FlashAttention's kernel, compiled far part) the backend must be as close
-    to the float64 truth as one FlexAttention call over the whole pattern, forward and backward."""
+@pytest.mark.parametrize("name,T,w,backend", [(*case, "flash_split") for case in _CASES] + _CUDNN)
+def test_flash_split_bf16_matches_flex_cuda(name, T, w, backend):
+    """In training precision (bf16, FlashAttention's or cuDNN's band kernel, Triton or compiled far part)
+    the backend must be as close to the float64 truth as one FlexAttention call over the whole pattern,
+    forward and backward."""
     torch.manual_seed(0)
-    q, k, v = (torch.randn(4, 6, T, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    # q, k, v as the model makes them: [B, H, T, D] views of one [B, T, 3 * H * D] projection
+    qkv = torch.randn(4, T, 3 * 6 * 64, device="cuda", dtype=torch.bfloat16)
+    q, k, v = (t.view(4, T, 6, 64).transpose(1, 2) for t in qkv.split(6 * 64, dim=2))
     errs = {}
-    for backend in ("flex", "flash_split"):
-        fn = A.build_attention(AttentionConfig(pattern=name, window=w, stride=w, backend=backend), T, "cuda")
+    for b in ("flex", backend):
+        fn = A.build_attention(AttentionConfig(pattern=name, window=w, stride=w, backend=b), T, "cuda")
         torch.manual_seed(1)
-        errs[backend] = _check_against_reference(fn, name, T, w, w, q, k, v, atol=5e-2, rtol=5e-2)
-    for ours, flex in zip(errs["flash_split"], errs["flex"]):
+        errs[b] = _check_against_reference(fn, name, T, w, w, q, k, v, atol=5e-2, rtol=5e-2)
+    for ours, flex in zip(errs[backend], errs["flex"]):
         assert ours <= 2 * flex + 2e-3, errs
 
 
@@ -160,7 +183,8 @@ class _no_tf32:
 
 
 @cuda
-def test_flash_split_inside_compiled_model_cuda():
+@pytest.mark.parametrize("backend", ["flash_split", pytest.param("cudnn_split", marks=_CUDNN[0].marks)])
+def test_flash_split_inside_compiled_model_cuda(backend):
     """A model compiled with torch.compile (how whole training runs go) gets the same output and gradients
     from the backend as the eager model."""
     from mstlib.model import GPT
@@ -170,7 +194,7 @@ def test_flash_split_inside_compiled_model_cuda():
     torch.manual_seed(0)
     model = GPT(cfg).cuda()
     fn = A.build_attention(AttentionConfig(pattern="local_strided", window=64, stride=64,
-                                           backend="flash_split"), 512, "cuda")
+                                           backend=backend), 512, "cuda")
     model.set_attention(fn, ())
     idx = torch.randint(0, 512, (4, 512), device="cuda")
     outs = []
