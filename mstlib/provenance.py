@@ -24,7 +24,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 #: Packages whose versions can change a result.
-PACKAGES = ("torch", "numpy", "tiktoken", "triton", "pandas")
+PACKAGES = ("torch", "numpy", "tiktoken", "triton", "pandas", "nvidia-cudnn-frontend")
 
 
 def utc_now() -> str:
@@ -68,6 +68,7 @@ def package_versions() -> dict[str, str | None]:
     if "torch" in sys.modules:
         out["torch"] = sys.modules["torch"].__version__
         out["cuda"] = sys.modules["torch"].version.cuda
+        out["cudnn"] = sys.modules["torch"].backends.cudnn.version()  # the library the cuDNN kernels came from
     return out
 
 
