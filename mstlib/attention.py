@@ -46,13 +46,15 @@ Backends for :func:`build_attention` (``AttentionConfig.backend``):
 * ``"flash_split"``: the same cut, with the near part through FlashAttention's own sliding-window kernel
   and the strided part through Triton kernels that read ``q, k, v`` in place and fuse the merge; one
   autograd function whose backward uses the merged output and log-sum-exp (:mod:`mstlib.flash_split`).
-  **Measured on an H200** (training-speed chapter, paper model, ``local_strided``): faster than one
-  FlexAttention call at context 4096 (0.93 of dense speed against 0.85 in the same call); at 1024 the two
-  are within noise of each other (0.95 against 0.94) and both below dense, because there the 128-token band
-  alone costs as much as causal attention in either kernel.
-* ``"auto"``: ``"flex"`` on CUDA when FlexAttention imports, else ``"sdpa_mask"``. (MST trains at context
-  1024, where one FlexAttention call is as fast as anything we measured; choose ``"flash_split"`` for long
-  contexts.)
+  **Measured on an H200** (training-speed chapter, paper model, ``local_strided``, step speed relative to
+  dense): 1.16 at context 4096 against FlexAttention's 0.84; 0.97 at 1024 (FlexAttention 0.94), because
+  there FlashAttention 2's 128-token band alone costs almost as much as cuDNN's causal attention.
+* ``"cudnn_split"``: ``flash_split`` with the band through cuDNN's sliding-window kernels (Hopper's, the ones
+  PyTorch runs dense causal attention on), via ``nvidia-cudnn-frontend`` (:mod:`mstlib._cudnn_band`);
+  ``local`` and ``local_strided``.
+* ``"auto"``: on CUDA ``cudnn_split`` for ``local`` and ``local_strided`` where ``nvidia-cudnn-frontend`` is
+  installed, ``flash_split`` for them and ``strided`` otherwise, ``flex`` for ``fixed``; off CUDA
+  ``"sdpa_mask"`` (:func:`resolve_backend`, which gives the measured reasons).
 
 Units: ``T`` tokens; ``q, k, v`` of shape ``(batch, heads, T, head_dim)``; densities are fractions of pairs.
 """
@@ -217,21 +219,30 @@ def flex_available() -> bool:
 #: Patterns ``"auto"`` runs through ``flash_split`` on CUDA: those whose far part has the Triton kernels
 #: (``fixed``'s summary columns are compiled torch there, slower than one FlexAttention call).
 FLASH_SPLIT_AUTO = ("local", "local_strided", "strided")
+#: Patterns ``"auto"`` runs through ``cudnn_split`` instead, where ``nvidia-cudnn-frontend`` is installed:
+#: those with a band (:mod:`mstlib._cudnn_band`).
+CUDNN_SPLIT_AUTO = ("local", "local_strided")
 
 
 def resolve_backend(backend: str, device: torch.device | str, pattern: Optional[str] = None) -> str:
-    """The backend that runs: ``"auto"`` on CUDA -> ``"flash_split"`` for the patterns in
+    """The backend that runs: ``"auto"`` on CUDA -> ``"cudnn_split"`` for the patterns in
+    :data:`CUDNN_SPLIT_AUTO` when ``nvidia-cudnn-frontend`` imports, else ``"flash_split"`` for those in
     :data:`FLASH_SPLIT_AUTO` (when this torch has windowed FlashAttention), else ``"flex"`` when
-    FlexAttention imports; off CUDA ``"sdpa_mask"``. The choice is measured (``notebooks/09_training_speed``:
-    on an H200, with the far part's tensor-core kernels, ``flash_split`` ran MST's ultra phase at 0.99 / 1.17
-    of dense's step time against FlexAttention's 0.95 / 0.85 on the paper model at contexts 1024 / 4096, and
-    was within noise of it on the mini model at 1024). Without ``pattern`` (the backend for any pattern),
-    ``"auto"`` means ``"flex"`` on CUDA. Other names are checked (``"split"`` and ``"flash_split"`` run
-    anywhere: without their GPU kernels they use masked dense math)."""
+    FlexAttention imports; off CUDA ``"sdpa_mask"``. The choice is measured (``notebooks/09_training_speed``,
+    on an H200, paper model, speed relative to dense at contexts 1024 / 4096): MST's ultra phase ran at
+    1.00 / 1.19 through ``cudnn_split``, 0.99 / 1.17 through ``flash_split`` and 0.95 / 0.85 through
+    FlexAttention. Without ``pattern`` (the backend for any pattern), ``"auto"`` means ``"flex"`` on CUDA.
+    Other names are checked (``"split"``, ``"flash_split"`` run anywhere: without their GPU kernels they use
+    masked dense math; ``"cudnn_split"`` says what it needs when the attention is built)."""
     dev = torch.device(device)
     if backend == "auto":
         if dev.type != "cuda":
             return "sdpa_mask"
+        if pattern in CUDNN_SPLIT_AUTO:
+            from . import _cudnn_band
+
+            if _cudnn_band.available():
+                return "cudnn_split"
         if pattern in FLASH_SPLIT_AUTO:
             from .flash_split import flash_window_available
 

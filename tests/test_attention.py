@@ -309,8 +309,13 @@ def test_build_attention_choices():
     assert A.resolve_backend("auto", "cpu") == "sdpa_mask"
     assert A.resolve_backend("sdpa_mask", "cpu") == "sdpa_mask"
     assert A.resolve_backend("split", "cpu") == "split"
-    # "auto" on CUDA (resolution only; nothing runs): flash_split where its far part has kernels
-    assert A.resolve_backend("auto", "cuda", "local_strided") == "flash_split" == A.resolve_backend("auto", "cuda", "local")
+    # "auto" on CUDA (resolution only; nothing runs): cudnn_split for a band where nvidia-cudnn-frontend is
+    # installed, else flash_split, where the far part has kernels
+    from mstlib import _cudnn_band
+
+    band = "cudnn_split" if _cudnn_band.available() else "flash_split"
+    assert A.resolve_backend("auto", "cuda", "local_strided") == band == A.resolve_backend("auto", "cuda", "local")
+    assert A.resolve_backend("auto", "cuda", "strided") == "flash_split"
     assert A.resolve_backend("auto", "cuda", "fixed") == "flex" == A.resolve_backend("auto", "cuda")
     assert A.resolve_backend("auto", "cpu", "local_strided") == "sdpa_mask"
     assert A.resolve_backend("flex", "cuda", "local_strided") == "flex"

@@ -173,6 +173,26 @@ def test_flash_split_float32_cuda(name):
         _check_against_reference(fn, name, T, w, w, q, k, v, atol=1e-4, rtol=1e-4)
 
 
+@cuda
+@pytest.mark.parametrize("w", [128, 37])
+def test_cudnn_band_is_deterministic_when_asked_cuda(w):
+    """With torch's deterministic algorithms on, the cuDNN band's backward gives bit-identical gradients on
+    repeated calls (its graph is built with cuDNN's deterministic algorithm)."""
+    if not FS._cudnn_band.available():
+        pytest.skip("needs nvidia-cudnn-frontend")
+    torch.manual_seed(0)
+    q, k, v, do = (torch.randn(2, 512, 4, 64, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    out, lse = FS._cudnn_band.forward(q, k, v, w, 0.125)
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        first, second = (FS._cudnn_band.backward(do, q, k, v, out, lse, w, 0.125) for _ in range(2))
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
 class _no_tf32:
     def __enter__(self):
         self.prev = torch.backends.cuda.matmul.allow_tf32

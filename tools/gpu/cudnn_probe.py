@@ -23,7 +23,7 @@ def main() -> None:
                     "available": CB.available()}
     if not report["available"]:
         try:
-            CB._ops()
+            CB._cudnn()
         except Exception as e:  # noqa: BLE001 - the probe reports whatever stops the import
             report["error"] = repr(e)
         print(json.dumps(report, indent=1))

@@ -75,8 +75,8 @@ def build(backward: bool, q, k, v, o, do, stats):
                                            attn_scale=D ** -0.5, diagonal_alignment=cudnn.diagonal_alignment.TOP_LEFT,
                                            diagonal_band_left_bound=W, diagonal_band_right_bound=0)
         for x, uid in ((dq_t, 201), (dk_t, 202), (dv_t, 203)):
-            x.set_uid(uid).set_output(True).set_dim(list(q.shape)).set_stride(list(q.stride()))
-        dq, dk, dv = (torch.empty_like(q) for _ in range(3))
+            x.set_uid(uid).set_output(True).set_dim(list(q.shape)).set_stride(list(o.stride()))
+        dq, dk, dv = (torch.empty_strided(q.shape, o.stride(), dtype=q.dtype, device="cuda") for _ in range(3))
         uids, bufs = (1, 2, 3, 4, 5, 6, 201, 202, 203), (q, k, v, o, do, stats, dq, dk, dv)
     g.validate()
     g.build_operation_graph()
@@ -108,7 +108,9 @@ def main() -> None:
     scale = D ** -0.5
     o, lse = CB.forward(q, k, v, W, scale)
     do = torch.randn_like(o)
-    fwd_op, bwd_op = CB._ops()
+    import cudnn.sdpa.fwd.torch_op  # noqa: F401  (the package's own torch operators, for comparison)
+
+    fwd_op, bwd_op = torch.ops.cudnn.sdpa_fwd, torch.ops.cudnn.sdpa_bwd
     bh = lambda x: x.transpose(1, 2)  # noqa: E731
     lse_bht = lse.transpose(0, 1).contiguous()
     cu = torch.arange(0, (B + 1) * T, T, device="cuda", dtype=torch.int32)
