@@ -13,8 +13,8 @@ Contract (the same as FlashAttention's in :mod:`mstlib.flash_split`): ``q, k, v`
 (last dim contiguous, any other strides); the band is ``0 <= i - j < window``; the forward returns the band's
 output ``[B, T, H, D]`` (contiguous) and natural-log log-sum-exp ``[H, B, T]`` (float32, contiguous); the
 backward takes the *merged* output and log-sum-exp (ring-attention style) and returns the band keys'
-``dq, dk, dv``, ``[B, T, H, D]`` contiguous. Both are custom operators, so a model compiled as a whole calls
-each as one opaque op.
+``dq, dk, dv``, ``[B, T, H, D]`` contiguous. Both are custom operators under ``torch.compile``, so a model
+compiled as a whole calls each as one opaque op, and plain calls in eager mode (:mod:`mstlib._customop`).
 
 Optional: ``pip install nvidia-cudnn-frontend`` (GPU machines only; :func:`available` says whether it
 imports and a CUDA device is present).
@@ -27,6 +27,8 @@ import threading
 from typing import Callable
 
 import torch
+
+from ._customop import custom_op
 
 #: cuDNN's ``diagonal_band_left_bound`` for a band of ``window`` keys (``i - j < window``): ``window + LEFT``.
 #: Checked on an H200 against float64 math (``tools/gpu/cudnn_probe.py``: ``LEFT = -1`` and ``+1`` are off by
@@ -128,7 +130,7 @@ def _execute(entry: tuple, buffers: list, handle, device) -> None:
     g.execute(buffers, ws, handle=handle, tensor_uids=list(uids))
 
 
-@torch.library.custom_op("mstlib::cudnn_band_fwd", mutates_args=())
+@custom_op("mstlib::cudnn_band_fwd")
 def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, left_bound: int, scale: float
             ) -> tuple[torch.Tensor, torch.Tensor]:
     B, T, H, D = q.shape
@@ -158,7 +160,7 @@ def _(q, k, v, left_bound, scale):
     return q.new_empty((B, T, H, D)), q.new_empty((H, B, T), dtype=torch.float32)
 
 
-@torch.library.custom_op("mstlib::cudnn_band_bwd", mutates_args=())
+@custom_op("mstlib::cudnn_band_bwd")
 def _bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
             lse: torch.Tensor, left_bound: int, scale: float, deterministic: bool
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
