@@ -4,17 +4,19 @@ Why: on an H200, PyTorch runs dense causal attention on cuDNN's Hopper kernels, 
 kernels PyTorch exposes (FlashAttention 2's, FlexAttention's Triton kernel) cost 2-3x as much per tile of
 scores. cuDNN's SDPA has a diagonal band (``diagonal_band_left_bound``) that PyTorch does not expose; NVIDIA's
 ``nvidia-cudnn-frontend`` package builds cuDNN graphs from Python, on the cuDNN library PyTorch already
-loads. We build one forward and one backward graph per shape (cached) and execute them directly: the
-package's own torch operators (``torch.ops.cudnn.sdpa_fwd``) cost ~0.1 ms of host time per call on an H200,
-our execution ~0.015 ms (``tools/gpu/cudnn_probe2.py``), which matters for small models whose steps are bound
-by the host.
+loads. We build one forward and one backward graph per shape and layout (cached) and execute them
+ourselves, on the model's ``q, k, v`` views as they are (measured on an H200 by ``tools/gpu/cudnn_probe2.py``:
+the band's forward costs 0.11-0.12 ms of host time per call this way, the package's own torch operator
+``torch.ops.cudnn.sdpa_fwd`` 0.09-0.16 ms, and executing a cached graph on the *same* buffers 0.02 ms: most
+of the host time is the frontend binding fresh buffers. A step of the paper model hides it; the mini
+model's steps, bound by the host, do not).
 
 Contract (the same as FlashAttention's in :mod:`mstlib.flash_split`): ``q, k, v`` are ``[B, T, H, D]``
 (last dim contiguous, any other strides); the band is ``0 <= i - j < window``; the forward returns the band's
 output ``[B, T, H, D]`` (contiguous) and natural-log log-sum-exp ``[H, B, T]`` (float32, contiguous); the
 backward takes the *merged* output and log-sum-exp (ring-attention style) and returns the band keys'
-``dq, dk, dv``, ``[B, T, H, D]`` contiguous. Both are custom operators under ``torch.compile``, so a model
-compiled as a whole calls each as one opaque op, and plain calls in eager mode (:mod:`mstlib._customop`).
+``dq, dk, dv``, ``[B, T, H, D]`` contiguous. Both are custom operators, so a model compiled as a whole calls
+each as one opaque op.
 
 Optional: ``pip install nvidia-cudnn-frontend`` (GPU machines only; :func:`available` says whether it
 imports and a CUDA device is present).
@@ -27,8 +29,6 @@ import threading
 from typing import Callable
 
 import torch
-
-from ._customop import custom_op
 
 #: cuDNN's ``diagonal_band_left_bound`` for a band of ``window`` keys (``i - j < window``): ``window + LEFT``.
 #: Checked on an H200 against float64 math (``tools/gpu/cudnn_probe.py``: ``LEFT = -1`` and ``+1`` are off by
@@ -130,7 +130,7 @@ def _execute(entry: tuple, buffers: list, handle, device) -> None:
     g.execute(buffers, ws, handle=handle, tensor_uids=list(uids))
 
 
-@custom_op("mstlib::cudnn_band_fwd")
+@torch.library.custom_op("mstlib::cudnn_band_fwd", mutates_args=())
 def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, left_bound: int, scale: float
             ) -> tuple[torch.Tensor, torch.Tensor]:
     B, T, H, D = q.shape
@@ -160,7 +160,7 @@ def _(q, k, v, left_bound, scale):
     return q.new_empty((B, T, H, D)), q.new_empty((H, B, T), dtype=torch.float32)
 
 
-@custom_op("mstlib::cudnn_band_bwd")
+@torch.library.custom_op("mstlib::cudnn_band_bwd", mutates_args=())
 def _bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
             lse: torch.Tensor, left_bound: int, scale: float, deterministic: bool
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -36,8 +36,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ._customop import custom_op
-
 #: Largest tile edge ``N = Mp * RB`` (rows of ``q, k, v``; the scores are ``N x N``).
 MAX_ROWS = 128
 #: Smallest tile edge: Triton's tensor-core products need 16.
@@ -203,14 +201,14 @@ def _consts(q: torch.Tensor, T: int, stride: int, m_min: int, has_near: bool) ->
                 IEEE=q.dtype == torch.float32)
 
 
-@custom_op("mstlib::far_strided_fwd")
+@torch.library.custom_op("mstlib::far_strided_fwd", mutates_args=())
 def far_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o_near: Optional[torch.Tensor],
                 lse_near: Optional[torch.Tensor], stride: int, m_min: int, scale: float
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Strided far part fused with the merge. ``q, k, v``: ``[B, T, H, D]`` (last dim contiguous);
     ``o_near`` ``[B, T, H, D]`` contiguous and ``lse_near`` ``[H, B, T]`` contiguous, or both ``None``.
-    Returns ``(out [B, T, H, D] contiguous, q's dtype; lse [H, B, T] float32)``. A custom operator under
-    ``torch.compile``, so a model compiled as a whole calls it as one opaque op (:mod:`mstlib._customop`)."""
+    Returns ``(out [B, T, H, D] contiguous, q's dtype; lse [H, B, T] float32)``. A custom operator, so a
+    model compiled as a whole calls it as one opaque op."""
     B, T, H, D = q.shape
     out = torch.empty((B, T, H, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((H, B, T), dtype=torch.float32, device=q.device)
@@ -228,7 +226,7 @@ def _(q, k, v, o_near, lse_near, stride, m_min, scale):
     return q.new_empty((B, T, H, D)), q.new_empty((H, B, T), dtype=torch.float32)
 
 
-@custom_op("mstlib::far_strided_bwd", mutates_args=("dq", "dk", "dv"))
+@torch.library.custom_op("mstlib::far_strided_bwd", mutates_args=("dq", "dk", "dv"))
 def far_backward_(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                   dout: torch.Tensor, dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, stride: int,
                   m_min: int, scale: float, accumulate: bool) -> None:

@@ -21,7 +21,7 @@ timeout ${T_MINI:-120} python3 -m mstlib bench --models mini --contexts 1024 409
 timeout ${T_PAPER:-150} python3 -m mstlib bench --models paper --contexts 1024 4096 --repeats 15 --warmup 3 --rounds 2 \
     --variants $V --out results/bench/step_times_paper_$TAG.json >"$L/bench_paper.log" 2>&1
 tar czf "$OUT/speed12.tar.gz" results/bench/*_$TAG.json "$L"  # the steps first, in case the tests run out of time
-timeout ${T_TEST1:-170} python3 -m pytest -q -p no:cacheprovider tests/test_flash_split.py tests/test_customop.py -rs \
+timeout ${T_TEST1:-170} python3 -m pytest -q -p no:cacheprovider tests/test_flash_split.py -rs \
     >"$L/pytest_flash_split.log" 2>&1
 timeout ${T_TEST2:-110} python3 -m pytest -q -p no:cacheprovider tests/test_blocksparse.py -rs \
     >"$L/pytest_blocksparse.log" 2>&1
