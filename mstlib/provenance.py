@@ -6,7 +6,10 @@ the numbers, while the device name (``NVIDIA H200``, a CPU model) does.
 
 The GPU machine receives a copy of the working tree that may have no ``.git`` folder. Set
 ``MSTLIB_GIT_COMMIT`` (and optionally ``MSTLIB_GIT_DIRTY=0/1``) there to record the commit the copy was made
-from; otherwise the commit is recorded as ``null`` rather than guessed.
+from, as a literal computed where the copy was made: a copied tree may carry a ``.git`` whose ``HEAD`` is
+an older base (with the newer code as uncommitted changes), so ``$(git rev-parse HEAD)`` evaluated on the
+GPU machine names the wrong commit (session 5's GPU files were recorded that way and corrected afterwards,
+with a note). Otherwise the commit is recorded as ``null`` rather than guessed.
 """
 
 from __future__ import annotations

@@ -125,6 +125,7 @@ VARIANT_NAMES = {
     "mst_warmup": "MST, warm-up phase",
     "mst_ultra": "MST, ultra phase (+ HSA, backend auto)",
     "mst_ultra_flash": "MST, ultra phase (+ HSA through flash_split)",
+    "mst_ultra_cudnn": "MST, ultra phase (+ HSA through cudnn_split)",
     "mst_ultra_flex": "MST, ultra phase (+ HSA through FlexAttention)",
     "mst_restoration": "MST, restoration phase",
 }
@@ -135,6 +136,7 @@ def variant_name(v: str) -> str:
         return VARIANT_NAMES[v]
     kind, _, pattern = v.partition(":")
     how = {"hsa_flex": "FlexAttention", "hsa_flash": "flash_split (Flash band + Triton far part)",
+           "hsa_cudnn": "cudnn_split (cuDNN band + Triton far part)",
            "hsa_split": "split (Flex band + Flex far part)", "hsa_sdpa": "masked SDPA (official)"}
     return f"{pattern} attention, " + how.get(kind.split("@")[0], kind)
 
@@ -323,6 +325,8 @@ glue("flash_local_strided", ratio_text("hsa_flash:local_strided"), display=False
 glue("flash_local_strided_1024", ratio_text("hsa_flash:local_strided", 1024), display=False)
 glue("flex_local_1024", ratio_text("hsa_flex:local", 1024), display=False)
 glue("flash_local_1024", ratio_text("hsa_flash:local", 1024), display=False)
+glue("cudnn_local_strided", ratio_text("hsa_cudnn:local_strided"), display=False)
+glue("cudnn_local_strided_1024", ratio_text("hsa_cudnn:local_strided", 1024), display=False)
 
 
 def ultra_text(backend: str) -> str:
@@ -336,6 +340,7 @@ def ultra_text(backend: str) -> str:
 
 
 glue("ultra_flash_text", ultra_text("flash_split"), display=False)
+glue("ultra_cudnn_text", ultra_text("cudnn_split"), display=False)
 
 
 def faster_slower(prefix: str) -> str:
@@ -354,6 +359,7 @@ def faster_slower(prefix: str) -> str:
 
 
 glue("flash_verdict", faster_slower("hsa_flash"), display=False)
+glue("cudnn_verdict", faster_slower("hsa_cudnn"), display=False)
 glue("ultra_flex_text", ultra_text("flex"), display=False)
 
 # %% [markdown]
@@ -379,10 +385,19 @@ glue("ultra_flex_text", ultra_text("flex"), display=False)
 #   tensor-core product masked to its block diagonal, so the forward (with the merge fused in) and the
 #   whole backward are one kernel each that read `q, k, v` in place. It ran at
 #   {glue:text}`flash_local_strided_1024` and {glue:text}`flash_local_strided`; its band alone (the `local`
-#   pattern) at {glue:text}`flash_local_1024`. Since session 4 the backend `"auto"` takes `flash_split` on
-#   the GPU for `local`, `local_strided` and `strided` (FlexAttention for `fixed`, whose summary columns
-#   have no kernel of ours yet): MST's ultra phase with hybrid sparse attention ran at
-#   {glue:text}`ultra_flash_text`, against {glue:text}`ultra_flex_text` through FlexAttention.
+#   pattern) at {glue:text}`flash_local_1024`.
+# * **`cudnn_split`** (`mstlib._cudnn_band`, session 5): the same, with the band through **cuDNN's**
+#   sliding-window kernels, the Hopper kernels PyTorch runs dense causal attention on. PyTorch does not
+#   expose cuDNN's band (`diagonal_band_left_bound`); NVIDIA's `nvidia-cudnn-frontend` package builds the
+#   cuDNN graphs from Python on the cuDNN library PyTorch already loads, and we execute one cached forward
+#   and one backward graph per shape. It ran at {glue:text}`cudnn_local_strided_1024` and
+#   {glue:text}`cudnn_local_strided`.
+#
+# The backend `"auto"` takes `cudnn_split` on the GPU for `local` and `local_strided` where
+# `nvidia-cudnn-frontend` is installed (else `flash_split`), `flash_split` for `strided`, and FlexAttention
+# for `fixed`, whose summary columns have no kernel of ours yet. MST's ultra phase with hybrid sparse
+# attention ran at {glue:text}`ultra_cudnn_text` through `cudnn_split`, {glue:text}`ultra_flash_text` through
+# `flash_split`, and {glue:text}`ultra_flex_text` through FlexAttention.
 #
 # The table has the latest call that measured each (setting, variant); every ratio is to dense *in that
 # call*. "Predicted" counts the tiles the kernels visit and takes the far part as free.
@@ -467,6 +482,8 @@ if attn_files:
         glue(f"attn_dense_{T}", kernel_ms(m, T, "dense"), display=False)
         glue(f"attn_band_flash_{T}", kernel_ms(m, T, "flash_split:local"), display=False)
         glue(f"attn_band_flex_{T}", kernel_ms(m, T, "flex:local"), display=False)
+        glue(f"attn_band_cudnn_{T}", kernel_ms(m, T, "cudnn_split:local"), display=False)
+        glue(f"attn_ls_cudnn_{T}", kernel_ms(m, T, "cudnn_split:local_strided"), display=False)
         glue(f"attn_far_{T}", kernel_ms(m, T, "flash_split:strided"), display=False)
         glue(f"attn_ls_flash_{T}", kernel_ms(m, T, "flash_split:local_strided"), display=False)
         glue(f"attn_ls_flex_{T}", kernel_ms(m, T, "flex:local_strided"), display=False)
@@ -476,7 +493,7 @@ if attn_files:
                                             for r in far.itertuples()) or "not measured", display=False)
     # rows of the table from an older call than the newest one of their model (e.g. a call that ran out of time)
     newest = attn.groupby("model")["when"].transform("max")
-    stale = attn[(attn["when"] != newest) & attn["variant"].str.startswith("flash_split")]
+    stale = attn[(attn["when"] != newest) & attn["variant"].str.startswith(("flash_split", "cudnn_split"))]
     glue("attn_stale", "none" if stale.empty else "; ".join(
         f"{r.variant} at {r.context} ({r.model}) from {r.call}" for r in stale.itertuples()), display=False)
 
@@ -490,8 +507,8 @@ if attn_files:
         prof["forward per tile vs dense"] = [
             (r.forward / r.tile_fraction) / dense_fwd.get((r.model, r.context), np.nan)
             if r.tile_fraction > 0 and r.forward > 0 else np.nan for r in prof.itertuples()]
-        show = ["dense", "flex:local", "flash_split:local", "flash_split:strided", "flash_split:local_strided",
-                "flex:local_strided"]
+        show = ["dense", "flex:local", "flash_split:local", "cudnn_split:local", "flash_split:strided",
+                "flash_split:local_strided", "cudnn_split:local_strided", "flex:local_strided"]
         kt = prof[prof["variant"].isin(show)].set_index(["model", "context", "variant"])[
             ["library", "forward", "backward", "other", "gpu_ms", "tile_fraction", "forward per tile vs dense", "call"]
         ].rename(columns={"forward": "forward kernel (ms)", "backward": "backward kernel (ms)",
@@ -505,29 +522,31 @@ if attn_files:
         glue("attn_fa_per_tile", f"{fpt:.1f}" if pd.notna(fpt) else "not measured", display=False)
         fpt_flex = pm["forward per tile vs dense"].get("flex:local", np.nan)
         glue("attn_flex_per_tile", f"{fpt_flex:.1f}" if pd.notna(fpt_flex) else "not measured", display=False)
+        fpt_cudnn = pm["forward per tile vs dense"].get("cudnn_split:local", np.nan)
+        glue("attn_cudnn_per_tile", f"{fpt_cudnn:.1f}" if pd.notna(fpt_cudnn) else "not measured", display=False)
         other = pm["other"].get("flash_split:local", np.nan)
         glue("attn_fa_other", f"{other:.3f}" if pd.notna(other) else "not measured", display=False)
     else:
-        for key in ("attn_dense_lib", "attn_fa_per_tile", "attn_flex_per_tile", "attn_fa_other"):
+        for key in ("attn_dense_lib", "attn_fa_per_tile", "attn_flex_per_tile", "attn_cudnn_per_tile", "attn_fa_other"):
             glue(key, "not profiled", display=False)
 else:
     glue("attn_model", "none (smoke preset: no stored GPU run)", display=False)
     for T in (1024, 4096):
-        for key in ("dense", "band_flash", "band_flex", "far", "ls_flash", "ls_flex"):
+        for key in ("dense", "band_flash", "band_flex", "band_cudnn", "far", "ls_flash", "ls_cudnn", "ls_flex"):
             glue(f"attn_{key}_{T}", float("nan"), display=False)
     glue("attn_far_history", "not measured here", display=False)
     glue("attn_stale", "none", display=False)
-    for key in ("attn_dense_lib", "attn_fa_per_tile", "attn_flex_per_tile", "attn_fa_other"):
+    for key in ("attn_dense_lib", "attn_fa_per_tile", "attn_flex_per_tile", "attn_cudnn_per_tile", "attn_fa_other"):
         glue(key, "not measured here", display=False)
 
 # %% [markdown]
 # Kernel times of one layer of the {glue:text}`attn_model` model, fwd + bwd (latest call per variant; rows
 # of `flash_split` that come from an older call than their model's newest: {glue:text}`attn_stale`):
 #
-# | context | dense causal | band alone: FlashAttention window | band alone: FlexAttention | strided far part alone (Triton) | `local_strided`: flash_split | `local_strided`: one FlexAttention call |
-# |---|---|---|---|---|---|---|
-# | 1024 | {glue:text}`attn_dense_1024:.3f` ms | {glue:text}`attn_band_flash_1024:.3f` ms | {glue:text}`attn_band_flex_1024:.3f` ms | {glue:text}`attn_far_1024:.3f` ms | {glue:text}`attn_ls_flash_1024:.3f` ms | {glue:text}`attn_ls_flex_1024:.3f` ms |
-# | 4096 | {glue:text}`attn_dense_4096:.3f` ms | {glue:text}`attn_band_flash_4096:.3f` ms | {glue:text}`attn_band_flex_4096:.3f` ms | {glue:text}`attn_far_4096:.3f` ms | {glue:text}`attn_ls_flash_4096:.3f` ms | {glue:text}`attn_ls_flex_4096:.3f` ms |
+# | context | dense causal | band alone: FlashAttention window | band alone: FlexAttention | band alone: cuDNN window | strided far part alone (Triton) | `local_strided`: flash_split | `local_strided`: cudnn_split | `local_strided`: one FlexAttention call |
+# |---|---|---|---|---|---|---|---|---|
+# | 1024 | {glue:text}`attn_dense_1024:.3f` ms | {glue:text}`attn_band_flash_1024:.3f` ms | {glue:text}`attn_band_flex_1024:.3f` ms | {glue:text}`attn_band_cudnn_1024:.3f` ms | {glue:text}`attn_far_1024:.3f` ms | {glue:text}`attn_ls_flash_1024:.3f` ms | {glue:text}`attn_ls_cudnn_1024:.3f` ms | {glue:text}`attn_ls_flex_1024:.3f` ms |
+# | 4096 | {glue:text}`attn_dense_4096:.3f` ms | {glue:text}`attn_band_flash_4096:.3f` ms | {glue:text}`attn_band_flex_4096:.3f` ms | {glue:text}`attn_band_cudnn_4096:.3f` ms | {glue:text}`attn_far_4096:.3f` ms | {glue:text}`attn_ls_flash_4096:.3f` ms | {glue:text}`attn_ls_cudnn_4096:.3f` ms | {glue:text}`attn_ls_flex_4096:.3f` ms |
 #
 # **Why the band is not cheaper than causal attention at 1024.** The per-kernel profile (second table)
 # answers it: PyTorch runs dense causal attention on the H200 through {glue:text}`attn_dense_lib`, whose
@@ -536,10 +555,16 @@ else:
 # generation: per tile of scores its forward costs {glue:text}`attn_fa_per_tile` times cuDNN's
 # (FlexAttention's, {glue:text}`attn_flex_per_tile` times). So the band, at 42% of causal attention's
 # tiles, costs about as much as all of causal attention, and FlashAttention's small pre- and
-# post-processing kernels ({glue:text}`attn_fa_other` ms) do not shrink with the band. No `window` option
-# exists for PyTorch's cuDNN attention, so a band kernel as fast per tile as dense's is not available to us.
-# At 4096 the band costs what it did at 1024 while causal attention grows with the context, and the split
-# pays.
+# post-processing kernels ({glue:text}`attn_fa_other` ms) do not shrink with the band. PyTorch's cuDNN
+# attention has no `window` option, but cuDNN itself has one: through `nvidia-cudnn-frontend` (the
+# `cudnn_split` backend) the band runs on cuDNN's Hopper kernels at {glue:text}`attn_cudnn_per_tile` times
+# dense's forward cost per tile, and costs {glue:text}`attn_band_cudnn_1024:.3f` ms at 1024 instead of
+# FlashAttention's {glue:text}`attn_band_flash_1024:.3f` ms. It still does not shrink in proportion to its
+# tiles (42%): cuDNN's backward has the same fixed pre- and post-processing kernels as dense's, and a
+# 128-token band gives each program little work. With the strided far part added, `local_strided` through
+# `cudnn_split` costs about what dense attention costs at 1024 ({glue:text}`attn_ls_cudnn_1024:.3f` against
+# {glue:text}`attn_dense_1024:.3f` ms). At 4096 the band costs what it did at 1024 while causal attention
+# grows with the context, and the split pays.
 #
 # The strided far part runs in our Triton kernels; at 1024 its kernel time was, call after call,
 # {glue:text}`attn_far_history`. The first two versions did each class's small dot products on CUDA cores
@@ -566,7 +591,8 @@ else:
 HBM_BYTES_PER_S = 4.8e12  # H200 HBM3e peak bandwidth from NVIDIA's specification sheet
 if attn_files and len(prof):
     far_rows = []
-    for r in prof[prof["variant"].isin(["flash_split:strided", "flash_split:local_strided"])].itertuples():
+    for r in prof[prof["variant"].isin(["flash_split:strided", "flash_split:local_strided",
+                                        "cudnn_split:local_strided"])].itertuples():
         far_ms = sum(k["ms"] for k in r.kernels if k["name"].startswith("_far_"))
         elem = r.batch * r.context * r.heads * r.head_dim * 2  # bytes of one bf16 [B, T, H, D] tensor
         lse = r.batch * r.context * r.heads * 4  # one float32 log-sum-exp
@@ -589,7 +615,7 @@ if attn_files and len(prof):
 
     layer_ms = attn.set_index(["model", "context", "variant"])["gpu_ms"]
     step_rows = []
-    for r in bench[bench["variant"].astype(str).str.startswith(("hsa_flex:", "hsa_flash:"))].itertuples():
+    for r in bench[bench["variant"].astype(str).str.startswith(("hsa_flex:", "hsa_flash:", "hsa_cudnn:"))].itertuples():
         kind, pattern = str(r.variant).split(":")
         layer_variant = benchmark.KIND_BACKENDS[kind] + ":" + pattern
         key, dkey = (r.model, r.context, layer_variant), (r.model, r.context, "dense")
@@ -761,9 +787,14 @@ else:
 # weight keeps whole `block x block` tiles and only those are stored and multiplied
 # (`mstlib.blocksparse`: a linear layer whose forward, input gradient and tile gradient all skip the
 # missing tiles). `benchmarks/block_sparse.py` times forward plus backward of one GPT-2 small matrix
-# against the dense matmul on the GPU, for two kernels: a pure-PyTorch gather and batched matmul, and
-# PyTorch's own Triton block-sparse (BSR) kernels. The table gives, per matrix and density, the best
-# measured speed over block sizes 32, 64 and 128 against the FLOP count's promise (1 / density).
+# against the dense matmul on the GPU, for several kernels: a pure-PyTorch gather and batched matmul,
+# PyTorch's own Triton block-sparse (BSR) kernels (`triton_bsr`), and our Triton kernels (`triton`,
+# session 4: the forward and the input gradient as one kernel over the pattern's rows or columns, with
+# thousands of programs at these sizes, and the tile gradients as a sampled product split over tokens until
+# every SM has work, summed in a fixed order). `dense_masked` is the dense product of a masked weight (what
+# MST does). The tables give, per matrix and density, the best speed over the block sizes measured, against
+# the FLOP count's promise (1 / density): first by CUDA-event time (what a training step pays when the host
+# keeps up), then by the profiler's kernel time (what the GPU spends).
 
 # %%
 bs_files = [] if preset == "smoke" else benchmark.load_json_results(results_dir, "block_sparse_*.json")
@@ -771,37 +802,49 @@ if bs_files:
     bsf = bs_files[-1]
     summ = pd.DataFrame(bsf["summary"])
     summ = summ[summ["tokens"] == summ["tokens"].max()]
-    bs_table = summ.pivot_table(index=["name", "shape", "density"], columns="backend", values="ratio_to_dense",
-                                sort=False)
-    pred = summ.groupby(["name", "shape", "density"], sort=False)["predicted_ratio"].max()
-    bs_table["FLOP-count promise"] = pred
-    print(f"{bsf['provenance'].get('device_name', bsf['provenance'].get('device'))}, {int(summ['tokens'].max())} tokens, "
-          f"bf16; speed vs dense F.linear (above 1 is faster)")
-    display(bs_table.style.format("{:.2f}"))
-    sparse_kernels = summ[summ["backend"].isin(["gather", "triton_bsr", "triton"])]
-    best = sparse_kernels.loc[sparse_kernels["ratio_to_dense"].idxmax()]
-    glue("bs_best", f"{best['ratio_to_dense']:.2f}x dense ({best['backend']}, {best['name']} at density "
-         f"{best['density']}, FLOP count {best['predicted_ratio']:.0f}x)", display=False)
+    tables = {}
+    for col, label in (("ratio_to_dense", "event time"), ("kernel_ratio_to_dense", "kernel time")):
+        if col not in summ or summ[col].isna().all():
+            continue
+        t = summ.pivot_table(index=["name", "shape", "density"], columns="backend", values=col, sort=False)
+        t["FLOP-count promise"] = summ.groupby(["name", "shape", "density"], sort=False)["predicted_ratio"].max()
+        tables[label] = t
+    where = bsf["provenance"].get("device_name", bsf["provenance"].get("device"))
+    for label, t in tables.items():
+        print(f"{where}, {int(summ['tokens'].max())} tokens, bf16; speed vs dense F.linear by {label} "
+              f"(above 1 is faster); {bsf['file']}")
+        display(t.style.format("{:.2f}"))
+
+    def best_sparse(col: str) -> str:
+        d = summ[summ["backend"].isin(["gather", "triton_bsr", "triton"])].dropna(subset=[col])
+        if d.empty:
+            return "not measured"
+        b = d.loc[d[col].idxmax()]
+        return (f"{b[col]:.2f}x dense ({b['backend']}, {b['name']} at density {b['density']}, FLOP count "
+                f"{b['predicted_ratio']:.0f}x)")
+
+    glue("bs_best", best_sparse("ratio_to_dense"), display=False)
+    glue("bs_best_kernel", best_sparse("kernel_ratio_to_dense") if "kernel_ratio_to_dense" in summ else "not measured",
+         display=False)
+    ours = summ[summ["backend"] == "triton"]
+    faster = ours[ours["ratio_to_dense"] > 1.0]
+    glue("bs_triton_faster", "none" if faster.empty else ", ".join(
+        f"{r.name} at density {r.density} ({r.ratio_to_dense:.2f}x)" for r in faster.itertuples()), display=False)
 else:
-    glue("bs_best", "not measured here (smoke preset)", display=False)
+    for key in ("bs_best", "bs_best_kernel", "bs_triton_faster"):
+        glue(key, "not measured here (smoke preset)", display=False)
 
 # %% [markdown]
-# The best block-sparse result was {glue:text}`bs_best`: at GPT-2 small's sizes neither kernel comes near
-# dense, let alone the FLOP count. The gather kernel copies a slice of the activations for every stored
-# tile, so it is bound by memory traffic; PyTorch's Triton BSR kernels are tuned for other shapes and
-# GPUs, and their sampled product for the tile gradients runs few programs. We found no real saving from
-# weight sparsity on this hardware and report it as such; a kernel written for these shapes (or 2:4
-# semi-structured sparsity, which the project's GPU notes measured 2.5-4x slower than dense at these shapes) would be the next
-# thing to try.
-#
-# That kernel now exists: `mstlib.blocksparse`'s backend `"triton"` (session 4) runs the forward and the
-# input gradient as one Triton kernel over the pattern's rows or columns, with thousands of programs at
-# these sizes, and the tile gradients as an SDDMM split over tokens until every SM has work. It passes the
-# GPU tests on the H200, but it is **not in the table yet**: a first, development run (kept in
-# `results/bench/history/`, not read here) showed that a single layer's step, timed with CUDA events, is
-# paced by the host (Python, launches, the autograd engine) once its kernels take a fraction of a
-# millisecond; even the dense-masked baseline ran at half of dense there. The benchmark now records the
-# profiler's kernel time beside the event time, and the stored measurement is the next GPU call's.
+# The best block-sparse result by event time was {glue:text}`bs_best`, and by kernel time
+# {glue:text}`bs_best_kernel`. Our `triton` kernels beat the dense product's event time only for
+# {glue:text}`bs_triton_faster`: the two MLP matrices, at the lowest densities. That is a real, measured
+# saving from weight sparsity, but far below the FLOP count's 10x, and nowhere on the attention matrices
+# (`attn.c_attn`, `attn.c_proj`), whose dense products are short enough that a single layer's step is paced
+# by the host (Python, launches, the autograd engine): even the dense-masked product, the same matmul as
+# dense plus a multiply, runs at a fraction of dense's event time there. PyTorch's own BSR kernels and the
+# gather kernel stay well below dense. None of this is in MST's training yet: a block-structured topology
+# (whole tiles pruned and regrown) would be needed to use it, and the paper's MST prunes single weights.
+# 2:4 semi-structured sparsity was 2.5-4x slower than dense at these shapes (the project's GPU notes).
 
 # %% [markdown]
 # ## What it shows
@@ -809,21 +852,31 @@ else:
 # * **Weight sparsity through masks saves no time, and now costs little.** MST's steps {glue:text}`mst_summary`.
 #   Its ultra phase counts a fraction of dense's FLOPs (last column of the table), but masks change which
 #   numbers are zero, not how many are multiplied. With hybrid sparse attention switched on, the ultra phase
-#   ran at {glue:text}`ultra_flash_text` of dense speed through `flash_split` (what `"auto"` now picks), and at
-#   {glue:text}`ultra_flex_text` through FlexAttention: the attention pattern, not the masks, decides.
+#   ran at {glue:text}`ultra_cudnn_text` of dense speed through `cudnn_split` (what `"auto"` picks where
+#   `nvidia-cudnn-frontend` is installed), {glue:text}`ultra_flash_text` through `flash_split`, and
+#   {glue:text}`ultra_flex_text` through FlexAttention: the attention pattern and its kernels, not the masks,
+#   decide.
 # * **FlexAttention skips empty tiles, but the official pattern has none.** The best FlexAttention speed was
 #   {glue:text}`flex_best`; for the `local_strided` pattern MST uses, {glue:text}`flex_local_strided`.
 # * **Splitting the pattern beats dense where its kernels are ours or the band is cheap.** `flash_split`
-#   (FlashAttention band, tensor-core Triton far part) ran {glue:text}`flash_verdict`. MST's own pattern,
-#   `local_strided`, stays slower than dense at the paper's context of 1024: there the band alone costs about
-#   as much as causal attention, because dense runs on cuDNN's kernels for this GPU and the band on
-#   FlashAttention 2's (the layer tables above), so the strided keys' cost is not paid back. `fixed` is
-#   slower everywhere: its summary columns still run as compiled tensor algebra, with no kernel of ours. The gain is bounded by attention's share of the step anyway: at a context of 1024 most of a
-#   GPT-2 small step is the weight matrices.
+#   (FlashAttention band, tensor-core Triton far part) ran {glue:text}`flash_verdict`; `cudnn_split` (cuDNN
+#   band, same far part) ran {glue:text}`cudnn_verdict`. MST's own pattern, `local_strided`, reaches dense's
+#   speed at the paper's context of 1024 only with cuDNN's band: FlashAttention 2's band, written for the
+#   previous GPU generation, costs about as much as cuDNN's causal attention there (the layer tables above).
+#   It does not beat dense at 1024: with cuDNN's band, band plus strided keys cost what causal attention
+#   costs. `fixed` is slower everywhere: its summary columns still run as compiled tensor algebra, with no
+#   kernel of ours. The gain is bounded by attention's share of the step anyway: at a context of 1024 most of
+#   a GPT-2 small step is the weight matrices.
+# * **The `mini` model's steps are bound by the host.** Its eager steps (about 33 ms) do not hide the split
+#   backends' host work (an autograd function and several launches per layer; the cuDNN band's graph
+#   execution costs about 0.1 ms of host time per call, `tools/gpu/cudnn_probe2.py`), so there every HSA
+#   variant is slower than dense at 1024 and the ratios move by several percent from call to call.
 # * **The official way is slower** (the method notes report 1.9x slower than causal attention on an
 #   H200). The same `local_strided` pattern as a dense boolean mask passed to SDPA ran at
 #   {glue:text}`sdpa_local_strided`: a mask disables the fused causal kernels and still computes every score.
-# * **Block-sparse weights did not pay** at these sizes: {glue:text}`bs_best`.
+# * **Block-sparse weights paid only on the MLP matrices at low density**, by event time
+#   {glue:text}`bs_best` (kernel time {glue:text}`bs_best_kernel`), far below the FLOP count, and they are
+#   not part of MST's training.
 #
 # So the FLOP chapter's 4x is a statement about arithmetic, not about time: with masked dense weights, MST
 # cannot train faster than dense; the table shows what its masks and its attention pattern cost.
