@@ -144,8 +144,8 @@ ax = plots.metric_bars(results, "metrics.final_val_loss", order=ORDER, highlight
 # - HSA's FLOP saving is bounded by attention's share of the FLOPs (the `12 L d T` term of nanoGPT's count,
 #   about an eighth of the total for GPT-2 small at 1,024 tokens) and by the part of the run it is on for;
 #   most of MST's 4x comes from the weight sparsity (see the FLOP chapter for the exact split).
-# - The saving is counted, not timed: split into a band and a strided part (`flash_split`) the sparse
-#   pattern can run faster than dense attention, at long contexts more than at 1,024 tokens; with the
+# - The saving is counted, not timed: split into a band and a strided part (`cudnn_split`, `flash_split`)
+#   the sparse pattern runs as fast as dense attention at 1,024 tokens and faster at long contexts; with the
 #   official masked SDPA it runs slower (see the training-speed chapter).
 # - The logged attention density (right panel) is the share of causal pairs kept, averaged over all
 #   layers (a layer without the pattern counts as 1), as `mstlib.train` logs it.

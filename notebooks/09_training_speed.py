@@ -329,10 +329,17 @@ glue("cudnn_local_strided", ratio_text("hsa_cudnn:local_strided"), display=False
 glue("cudnn_local_strided_1024", ratio_text("hsa_cudnn:local_strided", 1024), display=False)
 
 
+ultra_all = bench_all[bench_all["variant"].astype(str).str.startswith("mst_ultra")]
+ultra_all = ultra_all.assign(attention=[attention_backend(r) for r in ultra_all.itertuples()])
+if "error" in ultra_all:
+    ultra_all = ultra_all[ultra_all["error"].isna()]
+
+
 def ultra_text(backend: str) -> str:
     """Speed vs dense of MST's ultra phase with its attention through ``backend`` (whichever variant ran
-    it: ``mst_ultra_flash``/``mst_ultra_flex``, or ``mst_ultra`` through what "auto" was then), per setting."""
-    d = bench[bench["variant"].astype(str).str.startswith("mst_ultra") & bench["attention"].str.startswith(backend)]
+    it: ``mst_ultra_flash``/``_cudnn``/``_flex``, or ``mst_ultra`` through what "auto" was then), per setting,
+    from the latest call that ran it that way (the step table keeps only the latest call per variant)."""
+    d = ultra_all[ultra_all["attention"].str.startswith(backend)]
     if d.empty:
         return "not measured here"
     d = d.sort_values(["model", "context", "file"]).drop_duplicates(["model", "context"], keep="last")

@@ -97,9 +97,10 @@ DEFECTS = pd.DataFrame([
      "changes results": "no (reporting only)", "measured": "-"},
     {"defect in the official code": "The sparse attention mask is passed to SDPA as a dense boolean mask: it "
      "saves no time and is slower than causal attention (1.9x on an H200 in the method notes).",
-     "what mstlib does": "On CUDA `attention.backend='auto'` splits the pattern into a FlashAttention band and "
-     "a strided part in our Triton kernels (`'flash_split'`; FlexAttention block masks for `fixed`); the "
-     "masked SDPA stays available as `'sdpa_mask'`.",
+     "what mstlib does": "On CUDA `attention.backend='auto'` splits the pattern into a band and a strided part "
+     "in our Triton kernels, the band through cuDNN's sliding window where `nvidia-cudnn-frontend` is "
+     "installed (`'cudnn_split'`) or FlashAttention's (`'flash_split'`); FlexAttention block masks for `fixed`. "
+     "The masked SDPA stays available as `'sdpa_mask'`.",
      "changes results": "no (same attention, speed only)", "measured": "training-speed chapter"},
     {"defect in the official code": "(Kept, not a defect:) the optimizer step is skipped on topology-update "
      "iterations.",
