@@ -302,6 +302,13 @@ else:
         "the amortised topology update (the target of the training-speed issue is at most 3%)"
     )
 glue("mst_summary", mst_summary, display=False)
+# every stored call's ratio for the masks-only phases (the table above keeps the latest call per variant)
+mst_calls = bench_all[bench_all["variant"].isin(["mst_warmup", "mst_restoration"])]
+if "error" in mst_calls:
+    mst_calls = mst_calls[mst_calls["error"].isna()]
+glue("mst_calls_span", "; ".join(
+    f"{m} {T}: {g['ratio_to_dense'].min():.3f} to {g['ratio_to_dense'].max():.3f} over {g['file'].nunique()} calls"
+    for (m, T), g in mst_calls.groupby(["model", "context"])) or "not measured", display=False)
 
 
 def best_of(prefix: str) -> str:
@@ -857,6 +864,9 @@ else:
 # ## What it shows
 #
 # * **Weight sparsity through masks saves no time, and now costs little.** MST's steps {glue:text}`mst_summary`.
+#   Over every stored call the warm-up and restoration phases ran at {glue:text}`mst_calls_span` (calls before
+#   session 4 timed one round, unpaired, and ran older code; a masks-only step cannot be faster than dense,
+#   so ratios above 1 are noise).
 #   Its ultra phase counts a fraction of dense's FLOPs (last column of the table), but masks change which
 #   numbers are zero, not how many are multiplied. With hybrid sparse attention switched on, the ultra phase
 #   ran at {glue:text}`ultra_cudnn_text` of dense speed through `cudnn_split` (what `"auto"` picks where
