@@ -7,7 +7,11 @@ key sets, merged exactly by log-sum-exp:
   kernel (``aten._flash_attention_forward`` on packed sequences, with ``window_size_left = window - 1`` for
   the band, or one "sequence" per block of ``stride`` tokens for ``fixed``). The kernel visits only the key
   tiles that the window reaches, so at context 1024 with a 128-token band it does ~42 % of causal
-  attention's tiles, and at 4096 ~12 %.
+  attention's tiles, and at 4096 ~12 %. The ``"cudnn_split"`` backend is this module with the band through
+  cuDNN's sliding-window kernels instead (:mod:`mstlib._cudnn_band`, ``near_kernel="cudnn"``): the same
+  contract (output and log-sum-exp forward, merged output and log-sum-exp backward); on an H200 its
+  forward costs half of FlashAttention 2's per tile, and the whole band (forward and backward) about three
+  quarters of FlashAttention's time.
 * **far** (the strided keys ``i - m * stride``, ``m >= m_min``; or ``fixed``'s summary columns) has only
   ``T / stride`` keys per query. For the strided keys on CUDA in half precision, Triton kernels
   (:mod:`mstlib._far_triton`: one forward, one backward, on tensor cores) read ``q, k, v`` in place, one program per (batch,
