@@ -111,7 +111,11 @@ else:
         bench = bench[bench["error"].isna()]
         for r in failed.itertuples():
             print(f"not timed: {r.model} {r.context} {r.variant}: {r.error[:120]}")
-    source = f"stored in {bench_dir}/ ({', '.join(sorted(bench['file'].unique()))})"
+    from mstlib.provenance import REPO_ROOT
+
+    shown = bench_dir.resolve()
+    shown = shown.relative_to(REPO_ROOT) if shown.is_relative_to(REPO_ROOT) else shown  # no machine paths in the book
+    source = f"stored in {shown}/ ({', '.join(sorted(bench['file'].unique()))})"
 
 required = {"model", "context", "variant", "ms_per_step_median", "ms_p10", "ms_p90", "tokens_per_s",
             "tflops_achieved", "ratio_to_dense", "predicted_ratio", "device_name"}
