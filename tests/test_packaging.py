@@ -22,6 +22,9 @@ else:  # pragma: no cover - Python 3.10
 ROOT = Path(__file__).resolve().parent.parent
 #: conda-forge names that differ from the PyPI name of the same package
 CONDA_TO_PYPI = {"pytorch": "torch"}
+#: extras for GPU machines only, which the (CPU-and-GPU) conda environment leaves out on purpose; each must be
+#: named in environment.yml's comments so a reader learns how to add it
+GPU_ONLY_EXTRAS = {"cudnn"}
 
 
 def pyproject() -> dict:
@@ -29,12 +32,14 @@ def pyproject() -> dict:
 
 
 def pyproject_requirements() -> dict[str, SpecifierSet]:
-    """Name -> specifier of every requirement: dependencies and all extras, self-references expanded."""
+    """Name -> specifier of every requirement: dependencies and all extras but :data:`GPU_ONLY_EXTRAS`,
+    self-references expanded."""
     project = pyproject()["project"]
     out: dict[str, SpecifierSet] = {}
     lines = list(project["dependencies"])
-    for extra in project["optional-dependencies"].values():
-        lines += extra
+    for name, extra in project["optional-dependencies"].items():
+        if name not in GPU_ONLY_EXTRAS:
+            lines += extra
     for line in lines:
         req = Requirement(line)
         name = canonicalize_name(req.name)
@@ -66,6 +71,17 @@ def conda_requirements() -> tuple[SpecifierSet, dict[str, SpecifierSet]]:
                 out[name] = spec
     assert python is not None, "environment.yml does not say which Python"
     return python, out
+
+
+def test_gpu_only_extras_are_named_in_environment_yml() -> None:
+    """The GPU-only extras exist, and environment.yml says how to add each (``pip install`` of its packages)."""
+    extras = pyproject()["project"]["optional-dependencies"]
+    text = (ROOT / "environment.yml").read_text()
+    for name in GPU_ONLY_EXTRAS:
+        assert name in extras, f"GPU_ONLY_EXTRAS names {name!r}, which pyproject.toml does not define"
+        for line in extras[name]:
+            assert f"pip install {line}" in text or f"pip install '{line}'" in text or \
+                f'pip install "{line}"' in text, f"environment.yml does not say how to add {line!r} ({name})"
 
 
 def test_environment_yml_agrees_with_pyproject() -> None:
