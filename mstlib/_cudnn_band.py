@@ -47,8 +47,10 @@ def _cudnn():
     return cudnn
 
 
+@functools.lru_cache(maxsize=1)
 def available() -> bool:
-    """Whether the cuDNN band can run here: a CUDA device and an importable ``nvidia-cudnn-frontend``."""
+    """Whether the cuDNN band can run here: a CUDA device and an importable ``nvidia-cudnn-frontend`` (asked
+    once per process: ``"auto"`` asks on every attention build, and a failed import is not cached by Python)."""
     if not torch.cuda.is_available():
         return False
     try:

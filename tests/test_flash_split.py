@@ -111,7 +111,7 @@ def test_cudnn_split_needs_a_band_and_the_frontend():
                                                                                     1024)
     with pytest.raises(ConfigError, match="band"):
         FS.flash_split_attention("strided", 64, 8, 8, "cpu", near_kernel="cudnn")
-    if not (torch.cuda.is_available() and FS._cudnn_band.available()):
+    if not FS._cudnn_band.available():
         with pytest.raises(ConfigError, match="nvidia-cudnn-frontend"):
             A.build_attention(AttentionConfig(pattern="local_strided", window=8, stride=8, backend="cudnn_split"),
                               32, "cpu")
@@ -137,9 +137,10 @@ def test_flash_window_is_in_this_torch():
 
 _CASES = [("local_strided", 1024, 128), ("local_strided", 1000, 128), ("local_strided", 512, 96),
           ("local", 1024, 128), ("strided", 1024, 128), ("fixed", 1024, 128), ("fixed", 1000, 128)]
-_CUDNN = [pytest.param(*case, "cudnn_split", marks=pytest.mark.skipif(
-    not (torch.cuda.is_available() and FS._cudnn_band.available()), reason="needs nvidia-cudnn-frontend"))
-    for case in _CASES if case[0] in ("local", "local_strided")]
+needs_cudnn = pytest.mark.skipif(not FS._cudnn_band.available(),
+                                 reason="needs a CUDA device and nvidia-cudnn-frontend")
+_CUDNN = [pytest.param(*case, "cudnn_split", marks=needs_cudnn) for case in _CASES
+          if case[0] in ("local", "local_strided")]
 
 
 @cuda
@@ -173,13 +174,11 @@ def test_flash_split_float32_cuda(name):
         _check_against_reference(fn, name, T, w, w, q, k, v, atol=1e-4, rtol=1e-4)
 
 
-@cuda
+@needs_cudnn
 @pytest.mark.parametrize("w", [128, 37])
 def test_cudnn_band_is_deterministic_when_asked_cuda(w):
     """With torch's deterministic algorithms on, the cuDNN band's backward gives bit-identical gradients on
     repeated calls (its graph is built with cuDNN's deterministic algorithm)."""
-    if not FS._cudnn_band.available():
-        pytest.skip("needs nvidia-cudnn-frontend")
     torch.manual_seed(0)
     q, k, v, do = (torch.randn(2, 512, 4, 64, device="cuda", dtype=torch.bfloat16) for _ in range(4))
     out, lse = FS._cudnn_band.forward(q, k, v, w, 0.125)
@@ -203,7 +202,7 @@ class _no_tf32:
 
 
 @cuda
-@pytest.mark.parametrize("backend", ["flash_split", pytest.param("cudnn_split", marks=_CUDNN[0].marks)])
+@pytest.mark.parametrize("backend", ["flash_split", pytest.param("cudnn_split", marks=needs_cudnn)])
 def test_flash_split_inside_compiled_model_cuda(backend):
     """A model compiled with torch.compile (how whole training runs go) gets the same output and gradients
     from the backend as the eager model."""
