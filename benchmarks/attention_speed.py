@@ -35,10 +35,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere in the checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from block_sparse import kernel_profile, percentile, time_step  # noqa: E402
+from block_sparse import percentile, time_step  # noqa: E402
 
 from mstlib import attention as A  # noqa: E402
 from mstlib import provenance  # noqa: E402
+from mstlib.benchmark import kernel_profile  # noqa: E402
 from mstlib.config import MODEL_SIZES, AttentionConfig  # noqa: E402
 from mstlib.results import atomic_write_json  # noqa: E402
 

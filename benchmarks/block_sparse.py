@@ -49,6 +49,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere in the checkout
 
 from mstlib import blocksparse as bs  # noqa: E402
+from mstlib.benchmark import kernel_profile  # noqa: E402
 from mstlib import provenance  # noqa: E402
 from mstlib.results import atomic_write_json  # noqa: E402
 
@@ -94,28 +95,6 @@ def time_step(step: Callable[[], None], device: torch.device, warmup: int, repea
         step()
         times.append((time.perf_counter() - t) * 1e3)
     return times
-
-
-def kernel_profile(step, n: int) -> tuple[float | None, list[dict[str, Any]]]:
-    """GPU kernel time of one ``step`` (torch.profiler: the sum of the device time of every kernel, averaged
-    over ``n`` steps), and the same per kernel name (longest first). Unlike the CUDA-event time it leaves
-    out the gaps where the GPU waits for Python, which in a whole training step are hidden behind the other
-    layers' kernels, and which for a layer timed alone can be most of a small kernel's step. The per-kernel
-    list says where a variant's time goes (e.g. FlashAttention's forward, backward, and the small
-    conversion kernels around them). Shared with ``attention_speed.py``."""
-    from torch.profiler import ProfilerActivity, profile
-
-    try:
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(n):
-                step()
-            torch.cuda.synchronize()
-        per = [{"name": e.key[:160], "ms": getattr(e, "self_device_time_total", 0) / 1e3 / n,
-                "calls": e.count / n} for e in prof.key_averages()]
-    except Exception:  # the profiler is a diagnostic here; its failure is not the benchmark's
-        return None, []
-    per = sorted((k for k in per if k["ms"] > 0), key=lambda k: -k["ms"])
-    return sum(k["ms"] for k in per), per
 
 
 def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:

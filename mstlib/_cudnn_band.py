@@ -35,6 +35,12 @@ import torch
 #: 0.7-0.8 in the output, ``0`` matches to bf16 rounding); the GPU tests check it for every band.
 LEFT = 0
 
+#: Whether this cuDNN takes the band's statistics (log-sum-exp) in the far kernel's ``[H, B, T]`` layout,
+#: described to cuDNN as a ``[B, H, T, 1]`` tensor with strides ``(T, B * T, 1, 1)``: then the forward writes
+#: them where the merge reads them and the backward reads the merged ones in place (no transposing copies).
+#: ``None`` until the first graph build tries; ``False`` (a cuDNN that rejects those strides) falls back to
+#: cuDNN's packed ``[B, H, T, 1]`` and one copy each way.
+_stats_hbt: bool | None = None
 _lock = threading.Lock()
 _graphs: dict[tuple, tuple] = {}
 _handles: dict[tuple, object] = {}
@@ -126,6 +132,27 @@ def _band_bounds(left_bound: int) -> dict:
                 diagonal_band_right_bound=0)
 
 
+def _stats_layout(attempt: Callable[[bool], object]) -> tuple[bool, object]:
+    """``(hbt, attempt(hbt))`` with the statistics layout this cuDNN takes (:data:`_stats_hbt`), found out on
+    the first call: a graph build that rejects the ``[H, B, T]`` strides falls back to the packed layout
+    once (a failure of the packed layout too is raised)."""
+    global _stats_hbt
+    if _stats_hbt is None:
+        try:
+            result = attempt(True)
+        except Exception:  # cuDNN's frontend raises its own error types; any failure here means "not this layout"
+            _stats_hbt = False
+        else:
+            _stats_hbt = True
+            return True, result
+    return _stats_hbt, attempt(_stats_hbt)
+
+
+def _stats_view(lse: torch.Tensor) -> torch.Tensor:
+    """``[H, B, T]`` contiguous float32 -> the ``[B, H, T, 1]`` view cuDNN's statistics are declared as."""
+    return lse.permute(1, 0, 2).unsqueeze(-1)
+
+
 def _execute(entry: tuple, buffers: list, handle, device) -> None:
     g, uids, ws_bytes = entry
     ws = torch.empty(ws_bytes, dtype=torch.uint8, device=device)
@@ -138,22 +165,29 @@ def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, left_bound: int, 
     B, T, H, D = q.shape
     q, k, v = _operand(q), _operand(k), _operand(v)
     out = torch.empty((B, T, H, D), dtype=q.dtype, device=q.device)
-    stats = torch.empty((B, H, T, 1), dtype=torch.float32, device=q.device)
-    bufs = [_bhsd(q), _bhsd(k), _bhsd(v), _bhsd(out), stats]
+    lse = torch.empty((H, B, T), dtype=torch.float32, device=q.device)
     handle = _handle(q.device)
+    key = ("fwd", q.dtype, q.device, tuple(q.shape), q.stride(), k.stride(), v.stride(), left_bound, scale)
 
-    def build():
-        g, tensor = _new_graph(handle, q.dtype)
-        o_t, s_t = g.sdpa(name="band", q=tensor("q", bufs[0], 1), k=tensor("k", bufs[1], 2),
-                          v=tensor("v", bufs[2], 3), generate_stats=True, attn_scale=scale, **_band_bounds(left_bound))
-        o_t.set_uid(4).set_output(True).set_dim(list(bufs[3].shape)).set_stride(list(bufs[3].stride()))
-        s_t.set_uid(5).set_output(True).set_dim(list(bufs[4].shape)).set_stride(list(bufs[4].stride())) \
-            .set_data_type(_cudnn().data_type.FLOAT)
-        return _finish(g, handle, (1, 2, 3, 4, 5))
+    def attempt(hbt: bool) -> torch.Tensor:
+        stats = _stats_view(lse) if hbt else torch.empty((B, H, T, 1), dtype=torch.float32, device=q.device)
+        bufs = [_bhsd(q), _bhsd(k), _bhsd(v), _bhsd(out), stats]
 
-    key = ("fwd", q.dtype, q.device, tuple(q.shape), *(b.stride() for b in bufs[:3]), left_bound, scale)
-    _execute(_graph(key, build), bufs, handle, q.device)
-    return out, stats.view(B, H, T).transpose(0, 1).contiguous()
+        def build():
+            g, tensor = _new_graph(handle, q.dtype)
+            o_t, s_t = g.sdpa(name="band", q=tensor("q", bufs[0], 1), k=tensor("k", bufs[1], 2),
+                              v=tensor("v", bufs[2], 3), generate_stats=True, attn_scale=scale,
+                              **_band_bounds(left_bound))
+            o_t.set_uid(4).set_output(True).set_dim(list(bufs[3].shape)).set_stride(list(bufs[3].stride()))
+            s_t.set_uid(5).set_output(True).set_dim(list(stats.shape)).set_stride(list(stats.stride())) \
+                .set_data_type(_cudnn().data_type.FLOAT)
+            return _finish(g, handle, (1, 2, 3, 4, 5))
+
+        _execute(_graph(key + (hbt,), build), bufs, handle, q.device)
+        return stats
+
+    hbt, stats = _stats_layout(attempt)
+    return out, lse if hbt else stats.view(B, H, T).transpose(0, 1).contiguous()
 
 
 @_fwd_op.register_fake
@@ -167,25 +201,30 @@ def _bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
             lse: torch.Tensor, left_bound: int, scale: float, deterministic: bool
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     q, k, v = _operand(q), _operand(k), _operand(v)
-    out, dout = out.contiguous(), dout.contiguous()
-    stats = lse.transpose(0, 1).contiguous().unsqueeze(-1)  # [H, B, T] -> cuDNN's [B, H, T, 1]
+    out, dout, lse = out.contiguous(), dout.contiguous(), lse.contiguous()
     dq, dk, dv = (torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in (q, k, v))
-    bufs = [_bhsd(q), _bhsd(k), _bhsd(v), _bhsd(out), _bhsd(dout), stats, _bhsd(dq), _bhsd(dk), _bhsd(dv)]
     handle = _handle(q.device)
-
-    def build():
-        g, tensor = _new_graph(handle, q.dtype)
-        grads = g.sdpa_backward(
-            name="band_bwd", q=tensor("q", bufs[0], 1), k=tensor("k", bufs[1], 2), v=tensor("v", bufs[2], 3),
-            o=tensor("o", bufs[3], 4), dO=tensor("do", bufs[4], 5), stats=tensor("stats", bufs[5], 6, True),
-            attn_scale=scale, use_deterministic_algorithm=deterministic, **_band_bounds(left_bound))
-        for t, uid, buf in zip(grads, (7, 8, 9), bufs[6:]):
-            t.set_uid(uid).set_output(True).set_dim(list(buf.shape)).set_stride(list(buf.stride()))
-        return _finish(g, handle, tuple(range(1, 10)))
-
-    key = ("bwd", q.dtype, q.device, tuple(q.shape), *(b.stride() for b in bufs[:3]), left_bound, scale,
+    key = ("bwd", q.dtype, q.device, tuple(q.shape), q.stride(), k.stride(), v.stride(), left_bound, scale,
            deterministic)
-    _execute(_graph(key, build), bufs, handle, q.device)
+
+    def attempt(hbt: bool) -> None:
+        # the merged [H, B, T] statistics in place, or copied to cuDNN's packed [B, H, T, 1]
+        stats = _stats_view(lse) if hbt else lse.transpose(0, 1).contiguous().unsqueeze(-1)
+        bufs = [_bhsd(q), _bhsd(k), _bhsd(v), _bhsd(out), _bhsd(dout), stats, _bhsd(dq), _bhsd(dk), _bhsd(dv)]
+
+        def build():
+            g, tensor = _new_graph(handle, q.dtype)
+            grads = g.sdpa_backward(
+                name="band_bwd", q=tensor("q", bufs[0], 1), k=tensor("k", bufs[1], 2), v=tensor("v", bufs[2], 3),
+                o=tensor("o", bufs[3], 4), dO=tensor("do", bufs[4], 5), stats=tensor("stats", stats, 6, True),
+                attn_scale=scale, use_deterministic_algorithm=deterministic, **_band_bounds(left_bound))
+            for t, uid, buf in zip(grads, (7, 8, 9), bufs[6:]):
+                t.set_uid(uid).set_output(True).set_dim(list(buf.shape)).set_stride(list(buf.stride()))
+            return _finish(g, handle, tuple(range(1, 10)))
+
+        _execute(_graph(key + (hbt,), build), bufs, handle, q.device)
+
+    _stats_layout(attempt)
     return dq, dk, dv
 
 

@@ -88,6 +88,28 @@ def _timer(device: torch.device) -> Callable[[Callable[[], None]], float]:
     return run
 
 
+def kernel_profile(step: Callable[[], None], n: int) -> tuple[float | None, list[dict[str, Any]]]:
+    """GPU kernel time of one ``step`` (torch.profiler: the sum of the device time of every kernel, averaged
+    over ``n`` steps), and the same per kernel name (longest first); ``(None, [])`` where the profiler
+    fails. Unlike the CUDA-event time it leaves out the gaps where the GPU waits for Python: a step whose
+    event time is well above its kernel time is bound by the host (``gpu_busy`` in the step rows), and for a
+    layer timed alone the gaps can be most of a small kernel's time. The per-kernel list says where a
+    variant's time goes. Shared with ``benchmarks/block_sparse.py`` and ``benchmarks/attention_speed.py``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(n):
+                step()
+            torch.cuda.synchronize()
+        per = [{"name": e.key[:160], "ms": getattr(e, "self_device_time_total", 0) / 1e3 / n,
+                "calls": e.count / n} for e in prof.key_averages()]
+    except Exception:  # the profiler is a diagnostic here; its failure is not the benchmark's
+        return None, []
+    per = sorted((k for k in per if k["ms"] > 0), key=lambda k: -k["ms"])
+    return sum(k["ms"] for k in per), per
+
+
 def _run_config(model: str, context: int, batch: int, compile_: bool) -> RunConfig:
     from .presets import make
 
@@ -117,8 +139,18 @@ def attention_share(run: RunConfig) -> float:
     return attn / (6 * nanogpt_params(m) + attn)
 
 
-def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: int, warmup: int) -> dict[str, Any]:
-    """Median time of one optimizer step of ``variant`` (see the module docstring)."""
+#: ``torch.compile`` modes the benchmark takes (``--compile MODE``): ``"default"`` is how the presets train;
+#: ``"reduce-overhead"`` replays the compiled forward and backward as CUDA graphs (no Python per kernel);
+#: ``"max-autotune-no-cudagraphs"`` autotunes Inductor's kernels.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+
+
+def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: int, warmup: int,
+                 profile: bool = False, compile_mode: str = "default") -> dict[str, Any]:
+    """Median time of one optimizer step of ``variant`` (see the module docstring). ``profile`` (CUDA):
+    also the profiler's kernel time of a step, ``gpu_ms``, its ratio to the event time, ``gpu_busy``
+    (near 1: the GPU is the bound; well below: the host is), and the longest kernels, ``kernels``.
+    ``compile_mode``: :data:`COMPILE_MODES`, when ``run.train.compile``."""
     from .attention import FLEX_BLOCK, build_attention
     from .train import autocast_dtype, build_model, build_optimizer
 
@@ -161,7 +193,8 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
         else:
             fn = build_attention(attn_cfg, run.model.block_size, device)
         model.set_attention(fn, attn_cfg.layers)
-    fwd = torch.compile(model) if run.train.compile else model
+    graphs = run.train.compile and compile_mode == "reduce-overhead"
+    fwd = torch.compile(model, mode=None if compile_mode == "default" else compile_mode) if run.train.compile else model
     dtype = autocast_dtype(run, device)
     g = torch.Generator(device="cpu").manual_seed(0)
     B, T = run.train.batch_size, run.model.block_size
@@ -174,6 +207,8 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
         loss.backward()
 
     def step() -> None:
+        if graphs:  # a new iteration: the CUDA graphs may reuse the previous step's output memory
+            torch.compiler.cudagraph_mark_step_begin()
         fwd_bwd()
         if sparsifier is not None:
             sparsifier.mask_grads_()
@@ -187,8 +222,11 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
     for _ in range(warmup):
         step()
     times = [timer(step) for _ in range(repeats)]
+    gpu_ms, kernels = kernel_profile(step, 3) if profile and device.type == "cuda" else (None, [])
     update_ms = 0.0
     if sparsifier is not None:
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         fwd_bwd()  # dense gradients for the update, as on a real update step
         ph = {"warmup": 0.0, "ultra": 0.5, "restoration": 1.0}[phase]
         upd_step = max(run.topology.update_interval, int(ph * run.train.max_iters) // run.topology.update_interval * run.topology.update_interval)
@@ -204,6 +242,11 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
         "update_ms": update_ms,
         "tokens_per_s": tokens / (ms / 1e3), "tokens_per_step": tokens,
     }
+    if run.train.compile:
+        row["compile_mode"] = compile_mode
+    if gpu_ms is not None:  # the step's kernels, against its event time without the amortised update
+        row.update(gpu_ms=gpu_ms, gpu_busy=gpu_ms / statistics.median(times),
+                   kernels=[{**k, "name": k["name"][:100]} for k in kernels[:12]])
     if attn_cfg is not None:
         from .attention import resolve_backend, tile_fraction
 
@@ -226,7 +269,8 @@ def _quantile(xs: Sequence[float], q: float) -> float:
 def run_benchmark(models: Sequence[str] = ("mini", "paper"), contexts: Sequence[int] = (1024, 4096),
                   variants: Sequence[str] = DEFAULT_VARIANTS, device: str = "auto", repeats: int = 20, warmup: int = 5,
                   tokens_per_step: int = 32 * 1024, compile_: bool = False, progress: bool = True,
-                  out: str | Path | None = None, rounds: int = 1) -> list[dict[str, Any]]:
+                  out: str | Path | None = None, rounds: int = 1, profile: bool = False,
+                  compile_mode: str = "default") -> list[dict[str, Any]]:
     """Time every variant for every (model, context); rows as described in the module docstring, with
     ``ratio_to_dense`` (dense step time / variant step time: above 1 is faster than dense),
     ``predicted_ratio`` and ``tflops_achieved`` (the variant's counted training FLOPs per step / time).
@@ -236,7 +280,8 @@ def run_benchmark(models: Sequence[str] = ("mini", "paper"), contexts: Sequence[
     the median over rounds of the per-round step times (``round_ms``), and ``ratio_to_dense`` is the median
     of the *paired* ratios (``round_ratios``: each round's dense time over the variant's in that round).
     ``out``: a JSON file rewritten (atomically) after every (model, context), so a run cut short by a time
-    limit keeps what it measured."""
+    limit keeps what it measured. ``profile``/``compile_mode``: :func:`time_variant` (``compile_mode`` only
+    with ``compile_``)."""
     from tqdm.auto import tqdm
 
     from . import provenance
@@ -249,6 +294,10 @@ def run_benchmark(models: Sequence[str] = ("mini", "paper"), contexts: Sequence[
             raise ConfigError(f"unknown benchmark variant {v!r}; choose from {list(VARIANTS)}")
     if rounds < 1:
         raise ConfigError(f"rounds must be at least 1, got {rounds}")
+    if compile_mode not in COMPILE_MODES:
+        raise ConfigError(f"unknown compile mode {compile_mode!r}; choose from {list(COMPILE_MODES)}")
+    if compile_mode != "default" and not compile_:
+        raise ConfigError(f"compile mode {compile_mode!r} without compiling: pass --compile {compile_mode}")
     if rounds > 1 and "dense" not in variants:
         raise ConfigError("rounds > 1 pairs every variant with dense in the same round: include 'dense'")
     if dev.type != "cuda":
@@ -275,7 +324,7 @@ def run_benchmark(models: Sequence[str] = ("mini", "paper"), contexts: Sequence[
                 if v in errors:
                     continue
                 try:
-                    timed[v].append(time_variant(run, v, dev, repeats, warmup))
+                    timed[v].append(time_variant(run, v, dev, repeats, warmup, profile, compile_mode))
                 except Exception as e:  # one variant the kernel cannot run must not lose the others
                     errors[v] = f"{type(e).__name__}: {str(e)[:300]}"
                     if dev.type == "cuda":
@@ -314,8 +363,9 @@ def _combine_rounds(per_round: list[dict[str, Any]], dense_ms: list[float]) -> d
     row = dict(per_round[0])
     if len(per_round) > 1:
         ms = [r["ms_per_step_median"] for r in per_round]
-        for key in ("ms_per_step_median", "ms_p10", "ms_p90", "update_ms"):
-            row[key] = statistics.median(r[key] for r in per_round)
+        for key in ("ms_per_step_median", "ms_p10", "ms_p90", "update_ms", "gpu_ms", "gpu_busy"):
+            if all(r.get(key) is not None for r in per_round):
+                row[key] = statistics.median(r[key] for r in per_round)
         row["tokens_per_s"] = row["tokens_per_step"] / (row["ms_per_step_median"] / 1e3)
         row["round_ms"] = ms
         if len(dense_ms) == len(ms):
@@ -386,20 +436,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=20, help="timed steps per variant (median reported)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--tokens-per-step", type=int, default=32 * 1024)
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (slow to start)")
+    parser.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES,
+                        metavar="MODE", help="torch.compile the model (slow to start); MODE: "
+                        f"{', '.join(COMPILE_MODES)} (default: default, how the presets train)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="time the variant list this many times, interleaved; ratios paired per round")
     parser.add_argument("--out", default=None, help="write the rows as JSON here (atomically)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also record each step's GPU kernel time (gpu_ms, gpu_busy: is the host the bound?)")
 
 
 def main(args: argparse.Namespace) -> int:
     rows = run_benchmark(args.models, args.contexts, args.variants, args.device, args.repeats, args.warmup,
-                         args.tokens_per_step, args.compile, out=args.out, rounds=args.rounds)
-    print(f"{'model':6} {'T':>5} {'variant':24} {'ms/step':>9} {'tok/s':>10} {'vs dense':>8} {'pred':>6}")
+                         args.tokens_per_step, args.compile is not None, out=args.out, rounds=args.rounds,
+                         profile=args.profile, compile_mode=args.compile or "default")
+    print(f"{'model':6} {'T':>5} {'variant':24} {'ms/step':>9} {'tok/s':>10} {'vs dense':>8} {'pred':>6} {'busy':>5}")
     for r in rows:
         if "error" in r:
             print(f"{r['model']:6} {r['context']:5d} {r['variant']:24} failed: {r['error'][:80]}")
             continue
         print(f"{r['model']:6} {r['context']:5d} {r['variant']:24} {r['ms_per_step_median']:9.2f} "
-              f"{r['tokens_per_s']:10.0f} {r.get('ratio_to_dense', math.nan):8.3f} {r['predicted_ratio']:6.3f}")
+              f"{r['tokens_per_s']:10.0f} {r.get('ratio_to_dense', math.nan):8.3f} {r['predicted_ratio']:6.3f} "
+              f"{r.get('gpu_busy', math.nan):5.2f}")
     return 0

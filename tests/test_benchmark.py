@@ -68,3 +68,25 @@ def test_unknown_variant_and_loading(tmp_path):
     df = benchmark.load_benchmarks(tmp_path)
     assert list(df["variant"]) == ["dense"] and list(df["file"]) == ["steps.json"]
     assert [d["file"] for d in benchmark.load_json_results(tmp_path, "train_speed_*.json")] == ["train_speed_mini.json"]
+
+
+def test_compile_modes_and_profile_options():
+    """``--compile`` alone is the presets' mode, ``--compile MODE`` names another; a mode without compiling or
+    an unknown one is an error, not silently ignored. ``profile`` on a CPU records no kernel time (there is
+    no GPU to be busy) instead of a made-up one."""
+    import argparse
+
+    p = argparse.ArgumentParser()
+    benchmark.add_arguments(p)
+    assert p.parse_args([]).compile is None and not p.parse_args([]).profile
+    assert p.parse_args(["--compile"]).compile == "default"
+    assert p.parse_args(["--compile", "reduce-overhead", "--profile"]).compile == "reduce-overhead"
+    with pytest.raises(SystemExit):
+        p.parse_args(["--compile", "fastest"])
+    with pytest.raises(ConfigError, match="without compiling"):
+        benchmark.run_benchmark(["smoke"], [64], ["dense"], device="cpu", compile_mode="reduce-overhead")
+    with pytest.raises(ConfigError, match="unknown compile mode"):
+        benchmark.run_benchmark(["smoke"], [64], ["dense"], device="cpu", compile_=True, compile_mode="fastest")
+    (row,) = benchmark.run_benchmark(["smoke"], [64], ["dense"], device="cpu", repeats=1, warmup=0,
+                                     tokens_per_step=128, progress=False, profile=True)
+    assert "gpu_ms" not in row and "gpu_busy" not in row and "compile_mode" not in row

@@ -117,6 +117,36 @@ def test_cudnn_split_needs_a_band_and_the_frontend():
                               32, "cpu")
 
 
+def test_cudnn_stats_layout_found_once_with_fallback(monkeypatch):
+    """The cuDNN band tries its statistics in the far kernel's [H, B, T] layout once per process; a cuDNN
+    that rejects those strides gets the packed layout from then on, and a failure of both is raised."""
+    CB = FS._cudnn_band
+    calls = []
+
+    def picky(hbt):
+        calls.append(hbt)
+        if hbt:
+            raise RuntimeError("cudnn: stride not supported")
+        return "packed"
+
+    monkeypatch.setattr(CB, "_stats_hbt", None)
+    assert CB._stats_layout(picky) == (False, "packed") and calls == [True, False]
+    assert CB._stats_layout(picky) == (False, "packed") and calls == [True, False, False]  # not asked again
+    monkeypatch.setattr(CB, "_stats_hbt", None)
+    assert CB._stats_layout(lambda hbt: hbt) == (True, True) and CB._stats_hbt is True
+
+    def broken(hbt):
+        raise ValueError("no graph at all")
+
+    monkeypatch.setattr(CB, "_stats_hbt", None)
+    with pytest.raises(ValueError, match="no graph at all"):
+        CB._stats_layout(broken)
+    lse = torch.arange(2 * 3 * 5, dtype=torch.float32).view(3, 2, 5)  # [H, B, T]
+    view = CB._stats_view(lse)
+    assert view.shape == (2, 3, 5, 1) and view.stride() == (5, 10, 1, 1) and view.data_ptr() == lse.data_ptr()
+    assert torch.equal(view[..., 0], lse.transpose(0, 1))
+
+
 def test_near_bounds_pack_blocks():
     cu, n = FS._near_bounds("block", 2, 10, 4, torch.device("cpu"))
     assert cu.tolist() == [0, 4, 8, 10, 14, 18, 20] and n == 4
@@ -190,6 +220,26 @@ def test_cudnn_band_is_deterministic_when_asked_cuda(w):
         torch.use_deterministic_algorithms(prev)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
+
+
+@needs_cudnn
+def test_cudnn_band_stats_layouts_agree_cuda(monkeypatch):
+    """The band's statistics declared in the far kernel's [H, B, T] layout (no copies) and in cuDNN's packed
+    layout give the same output, log-sum-exp and gradients (and this cuDNN takes the former)."""
+    torch.manual_seed(0)
+    qkv = torch.randn(2, 512, 3 * 4 * 64, device="cuda", dtype=torch.bfloat16)
+    q, k, v = (t.view(2, 512, 4, 64) for t in qkv.split(4 * 64, dim=2))
+    do = torch.randn_like(q)
+    res = {}
+    for hbt in (True, False):
+        monkeypatch.setattr(FS._cudnn_band, "_stats_hbt", hbt)
+        out, lse = FS._cudnn_band.forward(q, k, v, 96, 0.125)
+        res[hbt] = (out, lse, *FS._cudnn_band.backward(do, q, k, v, out, lse, 96, 0.125))
+    for a, b in zip(res[True], res[False]):
+        torch.testing.assert_close(a, b)  # the same math; the backward's atomics may order sums differently
+    monkeypatch.setattr(FS._cudnn_band, "_stats_hbt", None)
+    FS._cudnn_band.forward(q, k, v, 64, 0.125)
+    assert FS._cudnn_band._stats_hbt is True, "this cuDNN rejected the [H, B, T] statistics layout"
 
 
 class _no_tf32:
