@@ -35,12 +35,14 @@ import torch
 #: 0.7-0.8 in the output, ``0`` matches to bf16 rounding); the GPU tests check it for every band.
 LEFT = 0
 
-#: Whether this cuDNN takes the band's statistics (log-sum-exp) in the far kernel's ``[H, B, T]`` layout,
-#: described to cuDNN as a ``[B, H, T, 1]`` tensor with strides ``(T, B * T, 1, 1)``: then the forward writes
-#: them where the merge reads them and the backward reads the merged ones in place (no transposing copies).
-#: ``None`` until the first graph build tries; ``False`` (a cuDNN that rejects those strides) falls back to
-#: cuDNN's packed ``[B, H, T, 1]`` and one copy each way.
-_stats_hbt: bool | None = None
+#: Per direction (``"fwd"``, ``"bwd"``), whether this cuDNN takes the band's statistics (log-sum-exp) in the
+#: far kernel's ``[H, B, T]`` layout, described to cuDNN as a ``[B, H, T, 1]`` tensor with strides
+#: ``(T, B * T, 1, 1)``: then the forward writes them where the merge reads them, and the backward reads the
+#: merged ones in place (no transposing copy). ``None`` until the first graph build tries; ``False`` falls
+#: back to cuDNN's packed ``[B, H, T, 1]`` and one copy. Measured on an H200 with cuDNN 9.19: the forward
+#: takes the strides; the backward does not ("for cuDNN version below 9.26.0, a non-ragged Stats input of
+#: sdpa_backward must be a packed BHSD tensor").
+_stats_hbt: dict[str, bool | None] = {"fwd": None, "bwd": None}
 _lock = threading.Lock()
 _graphs: dict[tuple, tuple] = {}
 _handles: dict[tuple, object] = {}
@@ -132,20 +134,20 @@ def _band_bounds(left_bound: int) -> dict:
                 diagonal_band_right_bound=0)
 
 
-def _stats_layout(attempt: Callable[[bool], object]) -> tuple[bool, object]:
-    """``(hbt, attempt(hbt))`` with the statistics layout this cuDNN takes (:data:`_stats_hbt`), found out on
-    the first call: a graph build that rejects the ``[H, B, T]`` strides falls back to the packed layout
-    once (a failure of the packed layout too is raised)."""
-    global _stats_hbt
-    if _stats_hbt is None:
+def _stats_layout(direction: str, attempt: Callable[[bool], object]) -> tuple[bool, object]:
+    """``(hbt, attempt(hbt))`` with the statistics layout this cuDNN takes in ``direction``
+    (:data:`_stats_hbt`), found out on the first call: a graph build that rejects the ``[H, B, T]`` strides
+    falls back to the packed layout, for good (a failure of the packed layout too is raised)."""
+    hbt = _stats_hbt[direction]
+    if hbt is None:
         try:
             result = attempt(True)
         except Exception:  # cuDNN's frontend raises its own error types; any failure here means "not this layout"
-            _stats_hbt = False
+            _stats_hbt[direction] = False
         else:
-            _stats_hbt = True
+            _stats_hbt[direction] = True
             return True, result
-    return _stats_hbt, attempt(_stats_hbt)
+    return _stats_hbt[direction], attempt(_stats_hbt[direction])
 
 
 def _stats_view(lse: torch.Tensor) -> torch.Tensor:
@@ -186,7 +188,7 @@ def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, left_bound: int, 
         _execute(_graph(key + (hbt,), build), bufs, handle, q.device)
         return stats
 
-    hbt, stats = _stats_layout(attempt)
+    hbt, stats = _stats_layout("fwd", attempt)
     return out, lse if hbt else stats.view(B, H, T).transpose(0, 1).contiguous()
 
 
@@ -224,7 +226,7 @@ def _bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
 
         _execute(_graph(key + (hbt,), build), bufs, handle, q.device)
 
-    _stats_layout(attempt)
+    _stats_layout("bwd", attempt)
     return dq, dk, dv
 
 

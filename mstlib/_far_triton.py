@@ -167,9 +167,16 @@ def _far_bwd_kernel(Q, K, V, O, DO, L, DQ, DK, DV,
     tl.store(DV + g_off, dv.to(DV.dtype.element_ty), mask=vm)
 
 
+def _pow2(n: int) -> int:
+    """The smallest power of two ``>= n`` (``n >= 1``): ``triton.next_power_of_2`` in plain Python, because
+    :func:`supported` runs inside the attention call, which torch.compile traces, and a call into Triton's
+    own module is a graph break there (it broke every compiled model with this backend at each layer)."""
+    return 1 << (n - 1).bit_length()
+
+
 def _classes(T: int, stride: int) -> int:
     """Classes per residue, padded to a power of two."""
-    return triton.next_power_of_2(-(-T // stride))
+    return _pow2(-(-T // stride))
 
 
 def supported(q: torch.Tensor, T: int, stride: int) -> bool:
@@ -178,7 +185,7 @@ def supported(q: torch.Tensor, T: int, stride: int) -> bool:
     to fill a tensor-core tile of ``MIN_ROWS`` rows."""
     mp = _classes(T, stride)
     return (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.size(-1) in (16, 32, 64, 128)
-            and mp <= MAX_ROWS and mp * triton.next_power_of_2(stride) >= MIN_ROWS)
+            and mp <= MAX_ROWS and mp * _pow2(stride) >= MIN_ROWS)
 
 
 def _bth(x: torch.Tensor) -> tuple[int, int, int]:

@@ -118,8 +118,9 @@ def test_cudnn_split_needs_a_band_and_the_frontend():
 
 
 def test_cudnn_stats_layout_found_once_with_fallback(monkeypatch):
-    """The cuDNN band tries its statistics in the far kernel's [H, B, T] layout once per process; a cuDNN
-    that rejects those strides gets the packed layout from then on, and a failure of both is raised."""
+    """The cuDNN band tries its statistics in the far kernel's [H, B, T] layout once per process and
+    direction; a cuDNN that rejects those strides gets the packed layout from then on (the other direction
+    is asked on its own), and a failure of both layouts is raised."""
     CB = FS._cudnn_band
     calls = []
 
@@ -129,18 +130,18 @@ def test_cudnn_stats_layout_found_once_with_fallback(monkeypatch):
             raise RuntimeError("cudnn: stride not supported")
         return "packed"
 
-    monkeypatch.setattr(CB, "_stats_hbt", None)
-    assert CB._stats_layout(picky) == (False, "packed") and calls == [True, False]
-    assert CB._stats_layout(picky) == (False, "packed") and calls == [True, False, False]  # not asked again
-    monkeypatch.setattr(CB, "_stats_hbt", None)
-    assert CB._stats_layout(lambda hbt: hbt) == (True, True) and CB._stats_hbt is True
+    monkeypatch.setattr(CB, "_stats_hbt", {"fwd": None, "bwd": None})
+    assert CB._stats_layout("bwd", picky) == (False, "packed") and calls == [True, False]
+    assert CB._stats_layout("bwd", picky) == (False, "packed") and calls == [True, False, False]  # not asked again
+    assert CB._stats_layout("fwd", lambda hbt: hbt) == (True, True)
+    assert CB._stats_hbt == {"fwd": True, "bwd": False}
 
     def broken(hbt):
         raise ValueError("no graph at all")
 
-    monkeypatch.setattr(CB, "_stats_hbt", None)
+    monkeypatch.setattr(CB, "_stats_hbt", {"fwd": None, "bwd": None})
     with pytest.raises(ValueError, match="no graph at all"):
-        CB._stats_layout(broken)
+        CB._stats_layout("fwd", broken)
     lse = torch.arange(2 * 3 * 5, dtype=torch.float32).view(3, 2, 5)  # [H, B, T]
     view = CB._stats_view(lse)
     assert view.shape == (2, 3, 5, 1) and view.stride() == (5, 10, 1, 1) and view.data_ptr() == lse.data_ptr()
@@ -224,22 +225,22 @@ def test_cudnn_band_is_deterministic_when_asked_cuda(w):
 
 @needs_cudnn
 def test_cudnn_band_stats_layouts_agree_cuda(monkeypatch):
-    """The band's statistics declared in the far kernel's [H, B, T] layout (no copies) and in cuDNN's packed
-    layout give the same output, log-sum-exp and gradients (and this cuDNN takes the former)."""
+    """Where this cuDNN takes the band's statistics in the far kernel's [H, B, T] layout (no copies), the
+    output, log-sum-exp and gradients equal those of cuDNN's packed layout."""
     torch.manual_seed(0)
     qkv = torch.randn(2, 512, 3 * 4 * 64, device="cuda", dtype=torch.bfloat16)
     q, k, v = (t.view(2, 512, 4, 64) for t in qkv.split(4 * 64, dim=2))
     do = torch.randn_like(q)
+    FS._cudnn_band.backward(do, q, k, v, *FS._cudnn_band.forward(q, k, v, 64, 0.125), 64, 0.125)
+    found = dict(FS._cudnn_band._stats_hbt)
+    assert None not in found.values()
     res = {}
     for hbt in (True, False):
-        monkeypatch.setattr(FS._cudnn_band, "_stats_hbt", hbt)
+        monkeypatch.setattr(FS._cudnn_band, "_stats_hbt", {"fwd": hbt and found["fwd"], "bwd": hbt and found["bwd"]})
         out, lse = FS._cudnn_band.forward(q, k, v, 96, 0.125)
         res[hbt] = (out, lse, *FS._cudnn_band.backward(do, q, k, v, out, lse, 96, 0.125))
     for a, b in zip(res[True], res[False]):
         torch.testing.assert_close(a, b)  # the same math; the backward's atomics may order sums differently
-    monkeypatch.setattr(FS._cudnn_band, "_stats_hbt", None)
-    FS._cudnn_band.forward(q, k, v, 64, 0.125)
-    assert FS._cudnn_band._stats_hbt is True, "this cuDNN rejected the [H, B, T] statistics layout"
 
 
 class _no_tf32:
@@ -276,6 +277,37 @@ def test_flash_split_inside_compiled_model_cuda(backend):
     torch.testing.assert_close(outs[0][0], outs[1][0], atol=2e-2, rtol=2e-2)
     for a, b in zip(outs[0][1], outs[1][1]):
         torch.testing.assert_close(a, b, atol=5e-2, rtol=5e-2)
+
+
+def _graph_breaks(backend: str, device: str) -> list[str]:
+    """``torch._dynamo.explain`` of a small GPT with ``local_strided`` through ``backend``: the graph breaks."""
+    from mstlib.model import GPT
+    from mstlib.config import ModelConfig
+
+    cfg = ModelConfig(n_layer=2, n_head=4, n_embd=128, block_size=256, vocab_size=256)
+    model = GPT(cfg).to(device)
+    model.set_attention(A.build_attention(AttentionConfig(pattern="local_strided", window=64, stride=64,
+                                                          backend=backend), 256, device), ())
+    idx = torch.randint(0, 256, (2, 256), device=device)
+    torch._dynamo.reset()
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+        ex = torch._dynamo.explain(model)(idx, idx)
+    return [b.reason for b in ex.break_reasons]
+
+
+def test_flash_split_traces_as_one_graph_cpu():
+    """torch.compile sees the whole model with the split attention as one graph: a graph break at the
+    attention call splits every layer and leaves the loss uncompiled (on the GPU that made a compiled mini
+    model with hybrid attention as slow as the eager one, session 6)."""
+    assert _graph_breaks("flash_split", "cpu") == []
+
+
+@cuda
+@pytest.mark.parametrize("backend", ["flash_split", pytest.param("cudnn_split", marks=needs_cudnn)])
+def test_split_backends_trace_as_one_graph_cuda(backend):
+    """The same on the GPU, where the attention call takes the Triton far part, FlashAttention's or cuDNN's
+    band and their custom operators."""
+    assert _graph_breaks(backend, "cuda") == []
 
 
 _INTERPRET_CHECK = r"""
