@@ -79,6 +79,7 @@ class _Spec:
     use_flash: bool  # the near part on a GPU kernel (CUDA, half precision): FlashAttention's or cuDNN's
     triton_far: bool  # the strided far part (and merge) through the Triton kernels of mstlib._far_triton
     cudnn_band: bool = False  # the band through cuDNN's sliding window (mstlib._cudnn_band; cudnn_split)
+    compiled: bool = False  # the torch far part and merge through torch.compile (_PIECES[True])
 
 
 # ---------------------------------------------------------------------------------------- far part math
@@ -212,9 +213,17 @@ def _bwd_far(q, k, v, o, lse, do, dq_near, dk_near, dv_near, spec: _Spec, scale:
 @functools.lru_cache(maxsize=1)
 def _compiled() -> tuple:
     """``(forward, backward)`` pieces through ``torch.compile``: one pair for the process (each shape gets its
-    own graph). Looked up when an attention function is built, not inside the autograd function, so a model
-    compiled as a whole traces straight through (nested compilation is inlined)."""
+    own graph). Looked up when an attention function is built (into :data:`_PIECES`), not inside the
+    autograd function, so a model compiled as a whole traces straight through (nested compilation is
+    inlined)."""
     return torch.compile(_fwd_merge, dynamic=False), torch.compile(_bwd_far, dynamic=False)
+
+
+#: The torch far part and merge, ``(forward, backward)``: plain (``False``) and compiled (``True``, set when
+#: an attention function that compiles them is built). The autograd function picks them by
+#: ``_Spec.compiled`` instead of taking them as arguments: torch 2.11's tracing of ``Function.apply`` breaks
+#: the graph on a function argument (``isinstance()`` of a compiled function), at every layer.
+_PIECES: dict[bool, tuple] = {False: (_fwd_merge, _bwd_far)}
 
 
 # ---------------------------------------------------------------------------------------- near part
@@ -266,7 +275,7 @@ class _FlashSplit(torch.autograd.Function):
     """``(q, k, v)`` in ``[B, T, H, D]`` -> attention output ``[B, T, H, D]`` (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, spec: _Spec, scale: float, fwd_piece, bwd_piece):
+    def forward(ctx, q, k, v, spec: _Spec, scale: float):
         B, T, H, D = q.shape
         o_near = lse_near = None
         flash_state = None
@@ -288,8 +297,8 @@ class _FlashSplit(torch.autograd.Function):
             if spec.triton_far:
                 out, lse = _far_triton.far_forward(q, k, v, o_near, lse_near, spec.stride, spec.m_min, float(scale))
             else:
-                out, lse = fwd_piece(q, k, v, o_near, lse_near, spec, scale)
-        ctx.spec, ctx.scale, ctx.flash_state, ctx.bwd_piece = spec, scale, flash_state, bwd_piece
+                out, lse = _PIECES[spec.compiled][0](q, k, v, o_near, lse_near, spec, scale)
+        ctx.spec, ctx.scale, ctx.flash_state = spec, scale, flash_state
         ctx.save_for_backward(q, k, v, out, lse)
         return out
 
@@ -318,10 +327,10 @@ class _FlashSplit(torch.autograd.Function):
                 dq, dk, dv = _far_triton.far_backward(q, k, v, out, lse, dout, dq, dk, dv, spec.stride,
                                                       spec.m_min, scale)
             elif spec.far is not None:
-                dq, dk, dv = ctx.bwd_piece(q, k, v, out, lse, dout, dq, dk, dv, spec, scale)
+                dq, dk, dv = _PIECES[spec.compiled][1](q, k, v, out, lse, dout, dq, dk, dv, spec, scale)
             else:
                 dq, dk, dv = dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
-        return dq, dk, dv, None, None, None, None
+        return dq, dk, dv, None, None
 
 
 def flash_split_attention(name: str, T: int, window: int, stride: int, device, *, summary: int = 1,
@@ -346,7 +355,8 @@ def flash_split_attention(name: str, T: int, window: int, stride: int, device, *
     on_cuda = dev.type == "cuda"
     use_compile = on_cuda if compile is None else compile
     flash_ok = on_cuda and flash_window_available()
-    fwd_piece, bwd_piece = _compiled() if use_compile else (_fwd_merge, _bwd_far)
+    if use_compile:
+        _PIECES[True] = _compiled()
     m_min = _m_min(name, window, stride)
     if near_kernel == "cudnn":
         if near != "local":
@@ -362,9 +372,8 @@ def flash_split_attention(name: str, T: int, window: int, stride: int, device, *
         triton_far = (far == "strided" and far_kernel == "auto" and _far_triton is not None
                       and (use_flash or near is None) and _far_triton.supported(q, t, stride))
         spec = _Spec(near, far, window, stride, summary, m_min, use_flash, triton_far,
-                     use_flash and near_kernel == "cudnn")
-        y = _FlashSplit.apply(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), spec, q.size(-1) ** -0.5,
-                              fwd_piece, bwd_piece)
+                     use_flash and near_kernel == "cudnn", use_compile)
+        y = _FlashSplit.apply(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), spec, q.size(-1) ** -0.5)
         return y.transpose(1, 2)
 
     return attend

@@ -286,8 +286,10 @@ def _graph_breaks(backend: str, device: str) -> list[str]:
 
     cfg = ModelConfig(n_layer=2, n_head=4, n_embd=128, block_size=256, vocab_size=256)
     model = GPT(cfg).to(device)
-    model.set_attention(A.build_attention(AttentionConfig(pattern="local_strided", window=64, stride=64,
-                                                          backend=backend), 256, device), ())
+    # on the CPU with the far part compiled, as on the GPU where the Triton kernels do not serve
+    model.set_attention(FS.flash_split_attention("local_strided", 256, 64, 64, device, compile=True) if device == "cpu"
+                        else A.build_attention(AttentionConfig(pattern="local_strided", window=64, stride=64,
+                                                               backend=backend), 256, device), ())
     idx = torch.randint(0, 256, (2, 256), device=device)
     torch._dynamo.reset()
     with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
@@ -298,7 +300,8 @@ def _graph_breaks(backend: str, device: str) -> list[str]:
 def test_flash_split_traces_as_one_graph_cpu():
     """torch.compile sees the whole model with the split attention as one graph: a graph break at the
     attention call splits every layer and leaves the loss uncompiled (on the GPU that made a compiled mini
-    model with hybrid attention as slow as the eager one, session 6)."""
+    model with hybrid attention as slow as the eager one, session 6: torch 2.11 broke the graph on the
+    compiled far part passed to ``Function.apply``)."""
     assert _graph_breaks("flash_split", "cpu") == []
 
 
