@@ -36,6 +36,7 @@ everything is ``[B, T, H, D]`` ("bthd", FlashAttention's layout), log-sum-exps `
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from typing import Optional
@@ -271,33 +272,45 @@ def _near_backward_math(q, k, v, o, lse, do, spec: _Spec, scale: float):
     return dq, dk, dv
 
 
+def _no_autocast(device_type: str):
+    """Autocast off where it is on (the parts run in their own precision: kernels in the inputs' dtype, the
+    masked math in float32), and no context at all where it is off. Not a context inside
+    :meth:`_FlashSplit.forward`: torch 2.11's tracing of an autograd function leaks an autocast context
+    entered in its forward to the rest of the model, so every later layer of a compiled model traced in
+    float32 and took the masked math path (measured on the GPU in session 6: a compiled mini model's step
+    2.6x dense's; reproduced on the CPU with torch 2.11). ``attend`` enters it around the call instead."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class _FlashSplit(torch.autograd.Function):
-    """``(q, k, v)`` in ``[B, T, H, D]`` -> attention output ``[B, T, H, D]`` (see the module docstring)."""
+    """``(q, k, v)`` in ``[B, T, H, D]`` -> attention output ``[B, T, H, D]`` (see the module docstring). Called
+    with autocast off (``attend``); the backward turns it off itself if the caller's backward runs under it."""
 
     @staticmethod
     def forward(ctx, q, k, v, spec: _Spec, scale: float):
         B, T, H, D = q.shape
         o_near = lse_near = None
         flash_state = None
-        with torch.autocast(q.device.type, enabled=False):
-            if spec.cudnn_band:
-                o_near, lse_near = _cudnn_band.forward(q, k, v, spec.window, scale)
-            elif spec.near is not None and spec.use_flash:
-                cu, max_len = _near_bounds(spec.near, B, T, spec.stride, q.device)
-                o3, lse_near, rng, unused, _ = torch.ops.aten._flash_attention_forward(
-                    q.reshape(B * T, H, D), k.reshape(B * T, H, D), v.reshape(B * T, H, D), cu, cu,
-                    max_len, max_len, 0.0, True, False, scale=scale,
-                    window_size_left=_flash_window(spec), window_size_right=0)
-                if lse_near.shape != (H, B * T):
-                    raise RuntimeError(f"unexpected FlashAttention log-sum-exp shape {tuple(lse_near.shape)}")
-                o_near, lse_near = o3.view(B, T, H, D), lse_near.view(H, B, T)
-                flash_state = (cu, max_len, rng, unused)
-            elif spec.near is not None:
-                o_near, lse_near = _near_forward_math(q, k, v, spec, scale)
-            if spec.triton_far:
-                out, lse = _far_triton.far_forward(q, k, v, o_near, lse_near, spec.stride, spec.m_min, float(scale))
-            else:
-                out, lse = _PIECES[spec.compiled][0](q, k, v, o_near, lse_near, spec, scale)
+        if spec.cudnn_band:
+            o_near, lse_near = _cudnn_band.forward(q, k, v, spec.window, scale)
+        elif spec.near is not None and spec.use_flash:
+            cu, max_len = _near_bounds(spec.near, B, T, spec.stride, q.device)
+            o3, lse_near, rng, unused, _ = torch.ops.aten._flash_attention_forward(
+                q.reshape(B * T, H, D), k.reshape(B * T, H, D), v.reshape(B * T, H, D), cu, cu,
+                max_len, max_len, 0.0, True, False, scale=scale,
+                window_size_left=_flash_window(spec), window_size_right=0)
+            if lse_near.shape != (H, B * T):
+                raise RuntimeError(f"unexpected FlashAttention log-sum-exp shape {tuple(lse_near.shape)}")
+            o_near, lse_near = o3.view(B, T, H, D), lse_near.view(H, B, T)
+            flash_state = (cu, max_len, rng, unused)
+        elif spec.near is not None:
+            o_near, lse_near = _near_forward_math(q, k, v, spec, scale)
+        if spec.triton_far:
+            out, lse = _far_triton.far_forward(q, k, v, o_near, lse_near, spec.stride, spec.m_min, float(scale))
+        else:
+            out, lse = _PIECES[spec.compiled][0](q, k, v, o_near, lse_near, spec, scale)
         ctx.spec, ctx.scale, ctx.flash_state = spec, scale, flash_state
         ctx.save_for_backward(q, k, v, out, lse)
         return out
@@ -308,7 +321,7 @@ class _FlashSplit(torch.autograd.Function):
         spec, scale = ctx.spec, ctx.scale
         B, T, H, D = q.shape
         dq = dk = dv = None
-        with torch.autocast(q.device.type, enabled=False):
+        with _no_autocast(q.device.type):
             dout = dout if dout.stride(-1) == 1 else dout.contiguous()  # the Triton kernels take row strides
             if spec.cudnn_band:
                 dq, dk, dv = _cudnn_band.backward(dout, q, k, v, out, lse, spec.window, scale)
@@ -373,7 +386,9 @@ def flash_split_attention(name: str, T: int, window: int, stride: int, device, *
                       and (use_flash or near is None) and _far_triton.supported(q, t, stride))
         spec = _Spec(near, far, window, stride, summary, m_min, use_flash, triton_far,
                      use_flash and near_kernel == "cudnn", use_compile)
-        y = _FlashSplit.apply(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), spec, q.size(-1) ** -0.5)
+        with _no_autocast(q.device.type):
+            y = _FlashSplit.apply(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), spec,
+                                  q.size(-1) ** -0.5)
         return y.transpose(1, 2)
 
     return attend

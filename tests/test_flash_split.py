@@ -305,6 +305,30 @@ def test_flash_split_traces_as_one_graph_cpu():
     assert _graph_breaks("flash_split", "cpu") == []
 
 
+def test_every_layer_traces_in_autocast_precision_cpu():
+    """Compiled under autocast, every layer's attention call sees the autocast dtype: an autocast context
+    entered inside the autograd function's forward leaked out of torch 2.11's tracing, so layers after the
+    first traced in float32 and took the masked math path on the GPU (session 6)."""
+    from mstlib.model import GPT
+    from mstlib.config import ModelConfig
+
+    model = GPT(ModelConfig(n_layer=3, n_head=2, n_embd=64, block_size=128, vocab_size=128))
+    model.set_attention(FS.flash_split_attention("local_strided", 128, 32, 32, "cpu", compile=True), ())
+    graphs = []
+
+    def keep(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    idx = torch.randint(0, 128, (2, 128))
+    torch._dynamo.reset()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.compile(model, backend=keep)(idx, idx)
+    dtypes = [next(n for n in sub.graph.nodes if n.op == "placeholder").meta["example_value"].dtype
+              for g in graphs for name, sub in g.named_modules() if name.startswith("fwd_body")]
+    assert dtypes == [torch.bfloat16] * 3
+
+
 @cuda
 @pytest.mark.parametrize("backend", ["flash_split", pytest.param("cudnn_split", marks=needs_cudnn)])
 def test_split_backends_trace_as_one_graph_cuda(backend):
