@@ -396,16 +396,17 @@ def _step_flops(run: RunConfig, row: dict[str, Any]) -> float:
     return (6 * n * row["density"] + attn * ad) * row["tokens_per_step"]
 
 
-def load_benchmarks(results_dir: str | Path = "results") -> "pd.DataFrame":
-    """Every stored step-time row (``<results_dir>/bench/*.json`` files that hold a list of rows of
+def load_benchmarks(results_dir: str | Path = "results", folder: str = "bench") -> "pd.DataFrame":
+    """Every stored step-time row (``<results_dir>/<folder>/*.json`` files that hold a list of rows of
     :func:`run_benchmark`) as one table; other benchmark files there (``train_speed_*.json``,
-    ``ddp_compare_*.json``) have their own readers, :func:`load_json_results`."""
+    ``ddp_compare_*.json``) have their own readers, :func:`load_json_results`. ``folder="bench/history"``:
+    superseded calls kept for the record (older code, or a defect the chapter describes)."""
     import pandas as pd
 
     from .results import resolve_root
 
     rows = []
-    for f in sorted((resolve_root(results_dir) / "bench").glob("*.json")):
+    for f in sorted((resolve_root(results_dir) / folder).glob("*.json")):
         data = json.loads(f.read_text())
         if not (isinstance(data, list) and data and isinstance(data[0], dict) and "variant" in data[0]):
             continue

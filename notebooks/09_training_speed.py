@@ -92,6 +92,7 @@ if preset == "smoke":
     source = "measured in this notebook (smoke preset)"
     bench = bench.assign(file="this notebook")
     bench_all = bench.copy()
+    compiled_all = bench.iloc[:0]
 else:
     bench = benchmark.load_benchmarks(results_dir)
     if bench.empty:
@@ -101,7 +102,11 @@ else:
             "(or run this notebook with preset='smoke' to measure a toy model here)"
         )
     # every ratio compares a variant with dense timed in the same process (ratio_to_dense is computed per
-    # file); earlier files stay in results/bench for the record
+    # file); earlier files stay in results/bench for the record. Compiled calls (session 6 on) have their
+    # own section below: the tables here are the eager model's.
+    is_compiled = bench["compile"].fillna(False).astype(bool) if "compile" in bench else pd.Series(False, bench.index)
+    compiled_all = bench[is_compiled].copy()
+    bench = bench[~is_compiled]
     bench_all = bench.copy()
     # the latest call that timed each (device, model, context, variant); each ratio is to dense in that call
     latest = bench.groupby(["device_name", "model", "context", "variant"])["file"].transform("max")
@@ -191,6 +196,7 @@ table = bench.assign(
         "speed vs dense (measured)": bench["ratio_to_dense"],
         "speed vs dense (predicted)": bench["predicted_ratio"],
         "attention backend": bench["attention"],
+        "GPU busy": bench["gpu_busy"] if "gpu_busy" in bench else np.nan,
         "rounds": bench["rounds"],
         "call (file)": bench["file"].str.removesuffix(".json"),
     }
@@ -198,7 +204,7 @@ table = bench.assign(
     "weight density", "ms per step (median)", "p10 – p90, steps without update (ms)",
     "topology update (ms, once per interval)", "tokens / s", "TFLOP/s (counted FLOPs)",
     "speed vs dense (measured)", "speed vs dense (predicted)", "FLOP-count speed-up (ideal)",
-    "attention backend", "rounds", "call (file)",
+    "attention backend", "GPU busy", "rounds", "call (file)",
 ]]
 table.index.names = ["device", "model and context", "variant"]
 
@@ -226,8 +232,9 @@ glue("bench_commit", ", ".join(sorted(str(c)[:10] for c in bench["git_commit"].d
 # expects before measuring: masks over dense storage do the same dense products, so they save nothing
 # (1.0), and a sparse attention pattern (alone, or in MST's ultra phase) saves the tiles its backend skips
 # as if they cost nothing (the attention share of the step's FLOPs times the fraction of tiles skipped;
-# masked SDPA skips none). The last column is what the FLOP count would promise if every
-# skipped FLOP were saved time.
+# masked SDPA skips none). The FLOP-count column is what the FLOP count would promise if every
+# skipped FLOP were saved time. "GPU busy" (calls from session 6 on, `--profile`) is the profiler's kernel
+# time of a step over its event time: near 1 the GPU is the bound, lower the GPU waited for the host.
 
 # %%
 table.style.format({
@@ -239,6 +246,7 @@ table.style.format({
     "speed vs dense (measured)": "{:.3f}",
     "speed vs dense (predicted)": "{:.3f}",
     "FLOP-count speed-up (ideal)": "{:.2f}",
+    "GPU busy": "{:.2f}",
 })
 
 # %%
@@ -668,8 +676,142 @@ else:
 # Where the two agree closely (the `paper` model's long steps), the attention kernels explain the step: a
 # faster HSA there needs faster attention kernels, not less work around them. Where the measurement falls
 # below the prediction (the `mini` model's short eager steps, about 33 ms), the split backends' host work
-# (an autograd function, several kernel launches per layer) is not hidden behind the GPU's, and ratios
-# from different calls mix in.
+# (an autograd function, several kernel launches per layer) is not hidden behind the GPU's (GPU busy in
+# the step table), and ratios from different calls mix in.
+
+# %% [markdown]
+# ## Compiled, as the presets train
+#
+# The presets train with `torch.compile` (`train.compile`, on CUDA), so from session 6 on the step benchmark
+# also runs the model compiled (`python -m mstlib bench --compile --profile`; every variant compiles its own
+# graphs, so these calls time fewer variants). Each row's "GPU kernel time" is the profiler's sum over one
+# step's kernels (the host left out) and "GPU busy" its share of the step's event time.
+
+# %%
+#: What the compiled model ran in each session-6 call (the calls' logs in results/bench/logs/s6call*, and
+#: tools/gpu/compile_probe.py and trace_probe.py, show it): the defects found and fixed in that session.
+#: Superseded calls are kept in results/bench/history/.
+COMPILED_CALL_CODE = {
+    "session6a": "graph break at every attention call (Triton helper, far part passed to Function.apply)",
+    "session6b": "graph break at every attention call (far part passed to Function.apply)",
+    "session6c": "one graph, but autocast off after the first layer: later layers in float32, masked math",
+    "session6e": "one graph, autocast kept (both defects fixed)",
+}
+
+
+def compiled_call(file: str) -> str:
+    return next((k for k in COMPILED_CALL_CODE if k in file), "")
+
+
+def latest_rows(d: pd.DataFrame) -> pd.DataFrame:
+    """The latest call's row of each (device, model, context, variant), failed variants left out."""
+    if "error" in d:
+        d = d[d["error"].isna()]
+    last = d.groupby(["device_name", "model", "context", "variant"], observed=True)["file"].transform("max")
+    return d[d["file"] == last]
+
+
+eager_prof = latest_rows(bench_all.dropna(subset=["gpu_busy"])) if "gpu_busy" in bench_all else bench_all.iloc[:0]
+glue("eager_busy_text", "; ".join(
+    f"{m} {T}: " + ", ".join(f"{r.variant} {r.gpu_busy:.2f}" for r in g.itertuples())
+    for (m, T), g in eager_prof.groupby(["model", "context"])) or "not measured here", display=False)
+
+if compiled_all.empty:
+    for key in ("compiled_ultra_text", "compiled_local_strided_text", "compiled_busy_text", "compiled_history_text",
+                "compiled_dense_speedup", "leak_slowdown", "compiled_mini_dense_ms"):
+        glue(key, "not measured here", display=False)
+else:
+    comp = latest_rows(compiled_all)
+    comp = comp.assign(name=comp["variant"].map(variant_name),
+                       attention=[attention_backend(r) for r in comp.itertuples()],
+                       rounds=comp["rounds"].fillna(1).astype(int) if "rounds" in comp else 1)
+    comp_table = comp.assign(**{
+        "ms per step (median)": comp["ms_per_step_median"],
+        "GPU kernel time (ms)": comp["gpu_ms"] if "gpu_ms" in comp else np.nan,
+        "GPU busy": comp["gpu_busy"] if "gpu_busy" in comp else np.nan,
+        "speed vs dense (measured)": comp["ratio_to_dense"],
+        "speed vs dense (predicted)": [benchmark.predicted_ratio(r.attn_share_flops, r.attn_block_density)
+                                       for r in comp.itertuples()],
+        "attention backend": comp["attention"],
+        "rounds": comp["rounds"],
+        "call (file)": comp["file"].str.removesuffix(".json"),
+    }).set_index(["device_name", "model", "context", "name"])[[
+        "ms per step (median)", "GPU kernel time (ms)", "GPU busy", "speed vs dense (measured)",
+        "speed vs dense (predicted)", "attention backend", "rounds", "call (file)"]].sort_index()
+    display(comp_table.style.format({"ms per step (median)": "{:.2f}", "GPU kernel time (ms)": "{:.2f}",
+                                     "GPU busy": "{:.2f}", "speed vs dense (measured)": "{:.3f}",
+                                     "speed vs dense (predicted)": "{:.3f}"}))
+
+    def comp_ratio(variant: str) -> str:
+        d = comp[comp["variant"] == variant].sort_values(["model", "context"])
+        return ", ".join(f"{r.ratio_to_dense:.3f} ({r.model} {r.context}, {r.attention})" for r in d.itertuples()) \
+            or "not measured"
+
+    glue("compiled_ultra_text", comp_ratio("mst_ultra"), display=False)
+    glue("compiled_local_strided_text", comp_ratio("hsa_cudnn:local_strided"), display=False)
+    busy = comp.dropna(subset=["gpu_busy"]) if "gpu_busy" in comp else comp.iloc[:0]
+    glue("compiled_busy_text", "; ".join(
+        f"{m} {T}: dense {g.loc[g['variant'] == 'dense', 'gpu_busy'].max():.2f}, hybrid attention "
+        f"{g.loc[g['variant'] != 'dense', 'gpu_busy'].min():.2f} to {g.loc[g['variant'] != 'dense', 'gpu_busy'].max():.2f}"
+        for (m, T), g in busy.groupby(["model", "context"]) if (g["variant"] == "dense").any()) or "not measured",
+        display=False)
+    # compiled dense against eager dense in the latest eager call of the same model and context
+    eager_dense = latest_rows(bench_all[bench_all["variant"] == "dense"]).set_index(["model", "context"])
+    glue("compiled_dense_speedup", ", ".join(
+        f"{eager_dense.loc[(r.model, r.context), 'ms_per_step_median'] / r.ms_per_step_median:.2f}x ({r.model} {r.context})"
+        for r in comp[comp["variant"] == "dense"].itertuples() if (r.model, r.context) in eager_dense.index)
+        or "not measured", display=False)
+
+    # the same variants compiled before the session-6 fixes (results/bench/history/) and after
+    hist = benchmark.load_benchmarks(results_dir, "bench/history")
+    hist = hist[hist["compile"].fillna(False).astype(bool)] if "compile" in hist else hist.iloc[:0]
+    both = pd.concat([hist, compiled_all])
+    if "error" in both:
+        both = both[both["error"].isna()]
+    both = both[both["file"].map(compiled_call) != ""]
+    both = both.assign(defects=both["file"].map(lambda f: COMPILED_CALL_CODE[compiled_call(f)]),
+                       call=both["file"].str.removesuffix(".json"),
+                       mode=both["compile_mode"].fillna("default") if "compile_mode" in both else "default")
+    hist_table = both.pivot_table(index=["model", "context", "call", "mode", "defects"], columns="variant",
+                                  values="ratio_to_dense", aggfunc="first")
+    hist_table = hist_table[[v for v in benchmark.VARIANTS if v in hist_table.columns and v != "dense"]]
+    hist_table.columns = [variant_name(v) for v in hist_table.columns]
+    display(hist_table.style.format("{:.3f}", na_rep="–").set_caption(
+        "Speed vs dense of the compiled model, per call: before and after the session-6 fixes"))
+    before = both[~both["file"].str.contains("session6e") & (both["variant"] != "dense")]
+    leak = both[both["file"].str.contains("session6c") & (both["variant"] != "dense")]
+    slow = sorted(1 / leak["ratio_to_dense"])
+    glue("leak_slowdown", "not measured" if not slow else f"{slow[0]:.1f}x" if f"{slow[0]:.1f}" == f"{slow[-1]:.1f}"
+         else f"{slow[0]:.1f}x to {slow[-1]:.1f}x", display=False)
+    glue("compiled_mini_dense_ms", ", ".join(f"{r.ms_per_step_median:.1f} ms" for r in
+                                             comp[(comp["variant"] == "dense") & (comp["model"] == "mini")].itertuples())
+         or "not measured", display=False)
+    glue("compiled_history_text", ", ".join(
+        f"{g['ratio_to_dense'].min():.2f} to {g['ratio_to_dense'].max():.2f} ({m})"
+        for m, g in before.groupby("model")) or "not measured", display=False)
+
+# %% [markdown]
+# **Compiled, MST's ultra phase ran at {glue:text}`compiled_ultra_text` of dense speed**, and
+# `local_strided` through `cudnn_split` alone at {glue:text}`compiled_local_strided_text`. Compiling makes
+# dense itself {glue:text}`compiled_dense_speedup` faster than the eager dense step of the latest eager call.
+# GPU busy in the compiled calls: {glue:text}`compiled_busy_text`. The `mini` model's compiled dense step
+# ({glue:text}`compiled_mini_dense_ms`) keeps its GPU busy; the hybrid attention's steps leave gaps: the host work of the split
+# backends (per layer an autograd function, the cuDNN graph's execution, Triton launches: custom operators
+# that a compiled graph calls one by one). Their GPU kernel time is about dense's, so what the `mini` model
+# loses there is host time, not kernel time; on the `paper` model the host work hides behind longer kernels.
+#
+# **Two defects, found by these calls and fixed, had made the compiled hybrid attention slow**: before the
+# fixes the compiled HSA steps ran at {glue:text}`compiled_history_text` of dense speed (table above, from
+# `results/bench/history/`). First, `torch.compile` broke the graph at every attention call (the Triton
+# far part's support check called into Triton's module, and the compiled torch far part was an argument of
+# `Function.apply`, on which torch 2.11's tracing fails); the attention and the loss then ran eagerly.
+# Second, once the graph was whole, the autocast-off context inside the autograd function's forward leaked
+# out of torch 2.11's tracing, so every layer after the first traced in float32 and took the masked math
+# path: correct numbers, {glue:text}`leak_slowdown` dense's step time. Both are tested now (no graph break; every compiled layer sees the
+# autocast dtype, a test that fails on the old code with torch 2.11). Stored training runs are not
+# affected in their numbers: before the first fix, the graph break ran the attention eagerly, in bf16
+# through the fast path, so those runs were slower during the ultra phase than they needed to be, not
+# different.
 
 # %% [markdown]
 # ## Where MST's overhead went: the topology update
@@ -888,10 +1030,13 @@ else:
 #   costs. `fixed` is slower everywhere: its summary columns still run as compiled tensor algebra, with no
 #   kernel of ours. The gain is bounded by attention's share of the step anyway: at a context of 1024 most of
 #   a GPT-2 small step is the weight matrices.
-# * **The `mini` model's steps are bound by the host.** Its eager steps (about 33 ms) do not hide the split
-#   backends' host work (an autograd function and several launches per layer; the cuDNN band's graph
-#   execution costs about 0.1 ms of host time per call, `tools/gpu/cudnn_probe2.py`), so there every HSA
-#   variant is slower than dense at 1024 and the ratios move by several percent from call to call.
+# * **The `mini` model's hybrid attention is slower than dense at 1024, eager or compiled.** Its eager
+#   dense step keeps the GPU busy (session 6's profiled call: {glue:text}`eager_busy_text`; session 5's
+#   guess that the eager `mini` step was bound by the host was wrong for dense); the split backends' host
+#   work (an autograd function and several launches per layer; the cuDNN band's graph execution costs
+#   about 0.1 ms of host time per call, `tools/gpu/cudnn_probe2.py`) opens gaps in the HSA steps. Compiled,
+#   dense gets faster and the gaps weigh more (previous section). At 1024 the band plus the strided keys
+#   cost about what causal attention costs in kernel time, so there is nothing to win back.
 # * **The official way is slower** (the method notes report 1.9x slower than causal attention on an
 #   H200). The same `local_strided` pattern as a dense boolean mask passed to SDPA ran at
 #   {glue:text}`sdpa_local_strided`: a mask disables the fused causal kernels and still computes every score.
@@ -908,8 +1053,9 @@ else:
 #   the same call are compared here. With the `smoke` preset the "benchmark" is a toy model on whatever
 #   machine runs the notebook (on a shared CPU the ratios are noise); read the GPU numbers from a `mini` or
 #   `paper` execution.
-# * The step benchmark runs the model without `torch.compile` (compiling every variant would take longer
-#   than timing it); the whole-run comparison compiles.
+# * The step table runs the model without `torch.compile` (compiling every variant would take longer than
+#   timing it); the compiled calls (own section) time a few variants at 1024, and the whole-run comparison
+#   compiles.
 # * The MST rows use the phase's mid-point density with a random mask; a real run's masks differ in where
 #   the nonzeros are, which masked dense products do not care about.
 # * The topology update's time is measured on a few calls and amortised; on update steps the official

@@ -67,6 +67,10 @@ def test_unknown_variant_and_loading(tmp_path):
     (bench / "train_speed_mini.json").write_text(json.dumps({"rows": [], "device_name": "X"}))
     df = benchmark.load_benchmarks(tmp_path)
     assert list(df["variant"]) == ["dense"] and list(df["file"]) == ["steps.json"]
+    (bench / "history").mkdir()
+    (bench / "history" / "old.json").write_text(json.dumps([{"variant": "mst_ultra", "model": "mini"}]))
+    assert list(benchmark.load_benchmarks(tmp_path)["file"]) == ["steps.json"]  # history is not mixed in
+    assert list(benchmark.load_benchmarks(tmp_path, "bench/history")["variant"]) == ["mst_ultra"]
     assert [d["file"] for d in benchmark.load_json_results(tmp_path, "train_speed_*.json")] == ["train_speed_mini.json"]
 
 
