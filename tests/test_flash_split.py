@@ -305,28 +305,43 @@ def test_flash_split_traces_as_one_graph_cpu():
     assert _graph_breaks("flash_split", "cpu") == []
 
 
-def test_every_layer_traces_in_autocast_precision_cpu():
-    """Compiled under autocast, every layer's attention call sees the autocast dtype: an autocast context
-    entered inside the autograd function's forward leaked out of torch 2.11's tracing, so layers after the
-    first traced in float32 and took the masked math path on the GPU (session 6)."""
+def _traced_attention_dtypes(device: str, backend: str) -> list[torch.dtype]:
+    """The dtype of ``q`` in each layer's traced attention forward of a 3-layer GPT compiled under bf16
+    autocast (Dynamo's graphs, kept by a backend that runs them as they are)."""
     from mstlib.model import GPT
     from mstlib.config import ModelConfig
 
-    model = GPT(ModelConfig(n_layer=3, n_head=2, n_embd=64, block_size=128, vocab_size=128))
-    model.set_attention(FS.flash_split_attention("local_strided", 128, 32, 32, "cpu", compile=True), ())
+    model = GPT(ModelConfig(n_layer=3, n_head=2, n_embd=128, block_size=128, vocab_size=128)).to(device)
+    fn = (FS.flash_split_attention("local_strided", 128, 32, 32, "cpu", compile=True) if device == "cpu" else
+          A.build_attention(AttentionConfig(pattern="local_strided", window=32, stride=32, backend=backend), 128, device))
+    model.set_attention(fn, ())
     graphs = []
 
     def keep(gm, example_inputs):
         graphs.append(gm)
         return gm.forward
 
-    idx = torch.randint(0, 128, (2, 128))
+    idx = torch.randint(0, 128, (2, 128), device=device)
     torch._dynamo.reset()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device, dtype=torch.bfloat16):
         torch.compile(model, backend=keep)(idx, idx)
-    dtypes = [next(n for n in sub.graph.nodes if n.op == "placeholder").meta["example_value"].dtype
-              for g in graphs for name, sub in g.named_modules() if name.startswith("fwd_body")]
-    assert dtypes == [torch.bfloat16] * 3
+    return [next(n for n in sub.graph.nodes if n.op == "placeholder").meta["example_value"].dtype
+            for g in graphs for name, sub in g.named_modules() if name.startswith("fwd_body")]
+
+
+def test_every_layer_traces_in_autocast_precision_cpu():
+    """Compiled under autocast, every layer's attention call sees the autocast dtype: an autocast context
+    entered inside the autograd function's forward leaked out of torch 2.11's tracing, so layers after the
+    first traced in float32 and took the masked math path on the GPU (session 6)."""
+    assert _traced_attention_dtypes("cpu", "flash_split") == [torch.bfloat16] * 3
+
+
+@cuda
+@pytest.mark.parametrize("backend", ["flash_split", pytest.param("cudnn_split", marks=needs_cudnn)])
+def test_every_layer_traces_in_autocast_precision_cuda(backend):
+    """The same on the GPU, where the leak sent layers 2 and 3 from FlashAttention's or cuDNN's band and the
+    Triton far part to the masked math."""
+    assert _traced_attention_dtypes("cuda", backend) == [torch.bfloat16] * 3
 
 
 @cuda
