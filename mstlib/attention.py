@@ -61,6 +61,7 @@ Units: ``T`` tokens; ``q, k, v`` of shape ``(batch, heads, T, head_dim)``; densi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 from typing import Callable, Optional
@@ -425,6 +426,17 @@ def _near_block_mask(near: str, T: int, window: int, stride: int, device: str):
     return create_block_mask(mask_mod, None, None, T, T, device=device, BLOCK_SIZE=FLEX_BLOCK)
 
 
+def _no_autocast(device_type: str):
+    """Autocast off where it is on, and no context at all where it is off. Code that runs inside an autograd
+    function enters none: torch 2.11's tracing of an autograd function leaks an autocast context entered in
+    its forward to the rest of the model, so every later layer of a compiled model traced in float32
+    (measured on the GPU in session 6: a compiled mini model's step 2.6x dense's; reproduced on the CPU with
+    torch 2.11). The split backends enter it around their autograd function instead."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _masked_attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor,
                           scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention over the keys ``allowed`` (bool, broadcastable to the scores ``[..., Tq, Tk]``),
@@ -434,7 +446,7 @@ def _masked_attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, all
     the scores keep full precision (bf16 inputs are exact in TF32). Gradients are finite everywhere: empty
     rows are given harmless finite scores instead of a softmax over nothing."""
     dt = torch.float64 if q.dtype == torch.float64 else torch.float32
-    with torch.autocast(q.device.type, enabled=False):
+    with _no_autocast(q.device.type):
         s = torch.matmul(q.to(dt), k.to(dt).transpose(-2, -1)) * scale
         allowed = allowed.expand_as(s) if allowed.shape != s.shape else allowed
         has = allowed.any(-1, keepdim=True)

@@ -202,13 +202,13 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
     y = torch.randint(0, run.model.vocab_size, (B, T), generator=g).to(device)
 
     def fwd_bwd() -> None:
+        if graphs:  # a new iteration: the CUDA graphs may reuse the previous step's output memory
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             _, loss = fwd(x, y)
         loss.backward()
 
     def step() -> None:
-        if graphs:  # a new iteration: the CUDA graphs may reuse the previous step's output memory
-            torch.compiler.cudagraph_mark_step_begin()
         fwd_bwd()
         if sparsifier is not None:
             sparsifier.mask_grads_()
@@ -225,8 +225,6 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
     gpu_ms, kernels = kernel_profile(step, 3) if profile and device.type == "cuda" else (None, [])
     update_ms = 0.0
     if sparsifier is not None:
-        if graphs:
-            torch.compiler.cudagraph_mark_step_begin()
         fwd_bwd()  # dense gradients for the update, as on a real update step
         ph = {"warmup": 0.0, "ultra": 0.5, "restoration": 1.0}[phase]
         upd_step = max(run.topology.update_interval, int(ph * run.train.max_iters) // run.topology.update_interval * run.topology.update_interval)

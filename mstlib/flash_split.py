@@ -36,7 +36,6 @@ everything is ``[B, T, H, D]`` ("bthd", FlashAttention's layout), log-sum-exps `
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from dataclasses import dataclass
 from typing import Optional
@@ -45,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import (SPLITS, _check, _check_length, _device_key, _m_min, _masked_attention_lse,
-                        _near_allowed, _summary_columns)
+                        _near_allowed, _no_autocast, _summary_columns)
 from . import _cudnn_band
 from .errors import ConfigError
 
@@ -272,21 +271,11 @@ def _near_backward_math(q, k, v, o, lse, do, spec: _Spec, scale: float):
     return dq, dk, dv
 
 
-def _no_autocast(device_type: str):
-    """Autocast off where it is on (the parts run in their own precision: kernels in the inputs' dtype, the
-    masked math in float32), and no context at all where it is off. Not a context inside
-    :meth:`_FlashSplit.forward`: torch 2.11's tracing of an autograd function leaks an autocast context
-    entered in its forward to the rest of the model, so every later layer of a compiled model traced in
-    float32 and took the masked math path (measured on the GPU in session 6: a compiled mini model's step
-    2.6x dense's; reproduced on the CPU with torch 2.11). ``attend`` enters it around the call instead."""
-    if torch.is_autocast_enabled(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()
-
-
 class _FlashSplit(torch.autograd.Function):
     """``(q, k, v)`` in ``[B, T, H, D]`` -> attention output ``[B, T, H, D]`` (see the module docstring). Called
-    with autocast off (``attend``); the backward turns it off itself if the caller's backward runs under it."""
+    with autocast off (``attend``, :func:`mstlib.attention._no_autocast`: the parts run in their own
+    precision, kernels in the inputs' dtype and the masked math in float32); the backward turns it off
+    itself if the caller's backward runs under it."""
 
     @staticmethod
     def forward(ctx, q, k, v, spec: _Spec, scale: float):
