@@ -219,6 +219,7 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
             sparsifier.after_step_()
 
     timer = _timer(device)
+    skips = _cudagraph_skips()
     for _ in range(warmup):
         step()
     times = [timer(step) for _ in range(repeats)]
@@ -242,6 +243,8 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
     }
     if run.train.compile:
         row["compile_mode"] = compile_mode
+    if graphs:  # graphs Inductor declined to capture (they then run without CUDA graphs; TORCH_LOGS=perf_hints says why)
+        row["cudagraph_skips"] = _cudagraph_skips() - skips
     if gpu_ms is not None:  # the step's kernels, against its event time without the amortised update
         row.update(gpu_ms=gpu_ms, gpu_busy=gpu_ms / statistics.median(times),
                    kernels=[{**k, "name": k["name"][:100]} for k in kernels[:12]])
@@ -257,6 +260,13 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
+
+
+def _cudagraph_skips() -> int:
+    """Inductor's running count of compiled graphs it ran without CUDA graphs in ``reduce-overhead`` mode."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
 
 
 def _quantile(xs: Sequence[float], q: float) -> float:
