@@ -205,7 +205,7 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
         if graphs:  # a new iteration: the CUDA graphs may reuse the previous step's output memory
             torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            _, loss = fwd(x, y)
+            _, loss = fwd(x, y, return_logits=False)
         loss.backward()
 
     def step() -> None:
@@ -278,7 +278,7 @@ def run_benchmark(models: Sequence[str] = ("mini", "paper"), contexts: Sequence[
                   variants: Sequence[str] = DEFAULT_VARIANTS, device: str = "auto", repeats: int = 20, warmup: int = 5,
                   tokens_per_step: int = 32 * 1024, compile_: bool = False, progress: bool = True,
                   out: str | Path | None = None, rounds: int = 1, profile: bool = False,
-                  compile_mode: str = "default") -> list[dict[str, Any]]:
+                  compile_mode: str | Sequence[str] = "default") -> list[dict[str, Any]]:
     """Time every variant for every (model, context); rows as described in the module docstring, with
     ``ratio_to_dense`` (dense step time / variant step time: above 1 is faster than dense),
     ``predicted_ratio`` and ``tflops_achieved`` (the variant's counted training FLOPs per step / time).
@@ -289,7 +289,13 @@ def run_benchmark(models: Sequence[str] = ("mini", "paper"), contexts: Sequence[
     of the *paired* ratios (``round_ratios``: each round's dense time over the variant's in that round).
     ``out``: a JSON file rewritten (atomically) after every (model, context), so a run cut short by a time
     limit keeps what it measured. ``profile``/``compile_mode``: :func:`time_variant` (``compile_mode`` only
-    with ``compile_``)."""
+    with ``compile_``).
+
+    ``compile_mode`` may name several modes (e.g. ``["default", "reduce-overhead"]``): every variant is then
+    timed in each, interleaved in the same rounds, one row per (variant, mode). ``ratio_to_dense`` stays
+    paired with dense *in the same mode*; ``ratio_to_first_mode_dense`` pairs each row with dense in the
+    first mode named (how the presets train, when that is ``"default"``), so a variant in one mode is
+    compared with the dense step a user would otherwise run."""
     from tqdm.auto import tqdm
 
     from . import provenance
@@ -302,10 +308,14 @@ def run_benchmark(models: Sequence[str] = ("mini", "paper"), contexts: Sequence[
             raise ConfigError(f"unknown benchmark variant {v!r}; choose from {list(VARIANTS)}")
     if rounds < 1:
         raise ConfigError(f"rounds must be at least 1, got {rounds}")
-    if compile_mode not in COMPILE_MODES:
-        raise ConfigError(f"unknown compile mode {compile_mode!r}; choose from {list(COMPILE_MODES)}")
-    if compile_mode != "default" and not compile_:
-        raise ConfigError(f"compile mode {compile_mode!r} without compiling: pass --compile {compile_mode}")
+    modes = [compile_mode] if isinstance(compile_mode, str) else list(compile_mode)
+    for mode in modes:
+        if mode not in COMPILE_MODES:
+            raise ConfigError(f"unknown compile mode {mode!r}; choose from {list(COMPILE_MODES)}")
+    if not modes or len(set(modes)) < len(modes):
+        raise ConfigError(f"compile modes {modes} must be one or more distinct modes")
+    if modes != ["default"] and not compile_:
+        raise ConfigError(f"compile mode {' '.join(modes)!r} without compiling: pass --compile {' '.join(modes)}")
     if rounds > 1 and "dense" not in variants:
         raise ConfigError("rounds > 1 pairs every variant with dense in the same round: include 'dense'")
     if dev.type != "cuda":
@@ -317,32 +327,38 @@ def run_benchmark(models: Sequence[str] = ("mini", "paper"), contexts: Sequence[
                  "git_commit": prov["git"].get("commit"), "git_dirty": prov["git"].get("dirty")}
     rows: list[dict[str, Any]] = []
     jobs = [(m, c) for m in models for c in contexts]
-    bar = tqdm(total=len(jobs) * len(variants) * rounds, disable=not progress, desc="benchmark")
+    cells = [(v, mode) for mode in modes for v in variants]  # what one round times
+    bar = tqdm(total=len(jobs) * len(cells) * rounds, disable=not progress, desc="benchmark")
     for model, context in jobs:
         if model not in MODEL_SIZES:
             raise ConfigError(f"unknown model size {model!r}; choose from {sorted(MODEL_SIZES)}")
         batch = max(1, tokens_per_step // context)
         run = _run_config(model, context, batch, compile_)
         share = attention_share(run)
-        timed: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
-        errors: dict[str, str] = {}
+        timed: dict[tuple[str, str], list[dict[str, Any]]] = {c: [] for c in cells}
+        errors: dict[tuple[str, str], str] = {}
         for rnd in range(rounds):
-            for v in (variants if rnd % 2 == 0 else list(reversed(variants))):
+            for cell in (cells if rnd % 2 == 0 else list(reversed(cells))):
                 bar.update()
-                if v in errors:
+                if cell in errors:
                     continue
                 try:
-                    timed[v].append(time_variant(run, v, dev, repeats, warmup, profile, compile_mode))
+                    timed[cell].append(time_variant(run, cell[0], dev, repeats, warmup, profile, cell[1]))
                 except Exception as e:  # one variant the kernel cannot run must not lose the others
-                    errors[v] = f"{type(e).__name__}: {str(e)[:300]}"
+                    errors[cell] = f"{type(e).__name__}: {str(e)[:300]}"
                     if dev.type == "cuda":
                         torch.cuda.empty_cache()
-        dense_rounds = [r["ms_per_step_median"] for r in timed.get("dense", [])]
-        for v in variants:
-            if v in errors:
-                rows.append({"model": model, "context": context, "variant": v, "error": errors[v]})
+        first_dense = [r["ms_per_step_median"] for r in timed.get(("dense", modes[0]), [])]
+        for v, mode in cells:
+            mode_cols = {"compile_mode": mode} if compile_ else {}
+            if (v, mode) in errors:
+                rows.append({"model": model, "context": context, "variant": v, **mode_cols,
+                             "error": errors[(v, mode)]})
                 continue
-            row = _combine_rounds(timed[v], dense_rounds)
+            row = _combine_rounds(timed[(v, mode)], [r["ms_per_step_median"] for r in timed.get(("dense", mode), [])])
+            if len(modes) > 1 and len(first_dense) == len(timed[(v, mode)]):
+                row["ratio_to_first_mode_dense"] = statistics.median(
+                    d / r["ms_per_step_median"] for d, r in zip(first_dense, timed[(v, mode)]))
             row.update(model=model, context=context, batch=batch, compile=compile_, attn_share_flops=share)
             row["predicted_ratio"] = predicted_ratio(share, row.get("attn_block_density"))
             row["backend"] = v.split(":")[0]
@@ -445,9 +461,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=20, help="timed steps per variant (median reported)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--tokens-per-step", type=int, default=32 * 1024)
-    parser.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES,
-                        metavar="MODE", help="torch.compile the model (slow to start); MODE: "
-                        f"{', '.join(COMPILE_MODES)} (default: default, how the presets train)")
+    parser.add_argument("--compile", nargs="*", default=None, choices=COMPILE_MODES, metavar="MODE",
+                        help="torch.compile the model (slow to start); MODE: "
+                        f"{', '.join(COMPILE_MODES)} (default: default, how the presets train); several modes "
+                        "time every variant in each, in the same rounds")
     parser.add_argument("--rounds", type=int, default=1,
                         help="time the variant list this many times, interleaved; ratios paired per round")
     parser.add_argument("--out", default=None, help="write the rows as JSON here (atomically)")
@@ -459,12 +476,15 @@ def main(args: argparse.Namespace) -> int:
     rows = run_benchmark(args.models, args.contexts, args.variants, args.device, args.repeats, args.warmup,
                          args.tokens_per_step, args.compile is not None, out=args.out, rounds=args.rounds,
                          profile=args.profile, compile_mode=args.compile or "default")
-    print(f"{'model':6} {'T':>5} {'variant':24} {'ms/step':>9} {'tok/s':>10} {'vs dense':>8} {'pred':>6} {'busy':>5}")
+    modes = len({r.get("compile_mode") for r in rows}) > 1
+    print(f"{'model':6} {'T':>5} {'variant':24} {'mode':>15} {'ms/step':>9} {'tok/s':>10} {'vs dense':>8} "
+          f"{'pred':>6} {'busy':>5}" + (f" {'vs 1st':>6}" if modes else ""))
     for r in rows:
+        head = f"{r['model']:6} {r['context']:5d} {r['variant']:24} {r.get('compile_mode', 'eager'):>15}"
         if "error" in r:
-            print(f"{r['model']:6} {r['context']:5d} {r['variant']:24} failed: {r['error'][:80]}")
+            print(f"{head} failed: {r['error'][:80]}")
             continue
-        print(f"{r['model']:6} {r['context']:5d} {r['variant']:24} {r['ms_per_step_median']:9.2f} "
-              f"{r['tokens_per_s']:10.0f} {r.get('ratio_to_dense', math.nan):8.3f} {r['predicted_ratio']:6.3f} "
-              f"{r.get('gpu_busy', math.nan):5.2f}")
+        print(f"{head} {r['ms_per_step_median']:9.2f} {r['tokens_per_s']:10.0f} {r.get('ratio_to_dense', math.nan):8.3f} "
+              f"{r['predicted_ratio']:6.3f} {r.get('gpu_busy', math.nan):5.2f}"
+              + (f" {r.get('ratio_to_first_mode_dense', math.nan):6.3f}" if modes else ""))
     return 0

@@ -250,7 +250,13 @@ class TrainConfig:
     """Optimisation (nanoGPT's, the paper's Table 4). ``batch_size`` sequences per micro-step per process,
     ``grad_accum`` micro-steps per optimizer step (total over all processes: each DDP rank does
     ``grad_accum // world_size``, as nanoGPT). LR: linear warm-up for ``warmup_iters`` steps, cosine to
-    ``min_lr`` at ``lr_decay_iters`` (0 means ``max_iters``)."""
+    ``min_lr`` at ``lr_decay_iters`` (0 means ``max_iters``).
+
+    ``compile``: ``true`` runs ``torch.compile`` on CUDA (never on a CPU); ``"reduce-overhead"`` also replays
+    the compiled forward and backward as CUDA graphs (one GPU, no DDP), which removes the host's per-kernel
+    work where short steps leave the GPU waiting (the ``mini`` model with the split attention backends:
+    :mod:`mstlib.benchmark`). The two modes run the same kernels and give the same numbers (a GPU test in
+    ``tests/test_train.py``); ``true`` and ``false`` keep the run ids they had before the mode existed."""
 
     max_iters: int = 600_000
     batch_size: int = 12
@@ -264,7 +270,7 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    compile: bool = True
+    compile: Literal[True, False, "reduce-overhead"] = True
     eval_interval: int = 2000
     eval_iters: int = 200
     log_interval: int = 10
@@ -283,6 +289,9 @@ class TrainConfig:
             raise ConfigError(f"train.beta1/beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ConfigError("train.weight_decay and train.grad_clip must be >= 0")
+        if not any(self.compile is v for v in (True, False)) and self.compile != "reduce-overhead":
+            # Literal[True, False, ...] also admits 1 and 0 (1 == True): say what is meant
+            raise ConfigError(f"train.compile={self.compile!r} is not one of [True, False, 'reduce-overhead']")
 
     @property
     def decay_iters(self) -> int:

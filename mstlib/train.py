@@ -22,6 +22,14 @@ Precision: bf16 autocast on CUDA, float32 on CPU (``train.dtype="auto"``). ``tor
 ``train.compile`` (never on CPU, where it costs minutes for a seconds-long run). AdamW is fused on CUDA,
 with weight decay on matrices and embeddings (dim >= 2) only.
 
+CUDA graphs (``train.compile="reduce-overhead"``, one GPU): each micro-step starts a new CUDA-graph
+iteration, whose replay reuses the previous iteration's output memory. Two things must then not alias that
+memory. First, the logged loss is copied out of it. Second, the gradients: autograd would adopt the first
+micro-step's gradient tensors (graph memory) as ``.grad``, and the next replay would overwrite them. This is
+PyTorch's silent gradient-accumulation hazard with CUDA-graph trees (pytorch/pytorch#169545). So the
+gradients are allocated once, before the first step, and are zeroed rather than freed after each step.
+Autograd then adds every micro-step's gradient into memory of its own.
+
 Output: the run folder of :class:`mstlib.results.RunStore` (config, provenance, ``log.csv`` with one row
 per step, ``metrics.json``, ``done``) and ``checkpoints/<results>/<run_id>/ckpt.pt`` (written atomically every
 ``train.checkpoint_interval`` steps, at ``stop_after`` and at the end). A checkpoint holds model, optimizer,
@@ -367,15 +375,19 @@ def _fmt(v: Any) -> str:
 
 
 @torch.no_grad()
-def estimate_loss(model: nn.Module, batches: Batches, n_batches: int, ctx: Any, dd: Dist) -> float:
-    """Mean loss over the fixed batches ``0 .. n_batches-1`` of ``batches`` (split among DDP ranks)."""
+def estimate_loss(model: nn.Module, batches: Batches, n_batches: int, ctx: Any, dd: Dist,
+                  graphs: bool = False) -> float:
+    """Mean loss over the fixed batches ``0 .. n_batches-1`` of ``batches`` (split among DDP ranks);
+    ``graphs``: the model replays CUDA graphs (each batch a new graph iteration)."""
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=batches.device)
     for i in range(dd.rank, n_batches, dd.world_size):
         x, y = batches.get(i)
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with ctx:
-            _, loss = model(x, y)
+            _, loss = model(x, y, return_logits=False)
         total += loss.double()
     if dd.enabled:
         dist.all_reduce(total)
@@ -503,7 +515,15 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
     amp = autocast_dtype(run, dev)
     ctx = torch.autocast(device_type=dev.type, dtype=amp) if amp is not None else contextlib.nullcontext()
     compiled = bool(tc.compile and dev.type == "cuda")
-    fwd: nn.Module = torch.compile(model) if compiled else model
+    graphs = compiled and tc.compile == "reduce-overhead"
+    if graphs and dd.enabled:
+        raise ConfigError("train.compile='reduce-overhead' (CUDA graphs) runs on one GPU; use train.compile=true "
+                          "with DDP")
+    fwd: nn.Module = torch.compile(model, mode="reduce-overhead" if graphs else None) if compiled else model
+    if graphs:  # gradients in memory of their own, never the graphs' (module docstring)
+        for p in model.parameters():
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
     ddp_model: nn.Module = fwd
     if dd.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -602,8 +622,10 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
             x, y = nxt if nxt is not None else train_batches.get(step, dd.rank * accum + j)
             sync = j == accum - 1
             with (ddp_model.no_sync() if dd.enabled and not sync else contextlib.nullcontext()):
+                if graphs:
+                    torch.compiler.cudagraph_mark_step_begin()
                 with ctx:
-                    _, loss = ddp_model(x, y)
+                    _, loss = ddp_model(x, y, return_logits=False)
                     loss = loss / accum
                 if j + 1 < accum:
                     nxt = train_batches.get(step, dd.rank * accum + j + 1)
@@ -612,7 +634,7 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
                 else:
                     nxt = None
                 loss.backward()
-            micro_losses.append(loss.detach())
+            micro_losses.append(loss.detach().clone() if graphs else loss.detach())  # graphs: out of graph memory
         # this rank's loss of the step; summed (and averaged over ranks) at the log point, in one go per window
         loss_sum = micro_losses[0] if accum == 1 else torch.stack(micro_losses).sum()
 
@@ -634,7 +656,7 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
             optimizer.step()
         if sparsifier is not None:
             sparsifier.after_step_()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=not graphs)
 
         pending.append({
             "step": step, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm, "density": density,
@@ -667,7 +689,7 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
                 r["loss"], r["grad_norm"], r["tokens_per_s"] = lv, gv, tok_s
                 r["time_s"] = round(wall_before + now - t_session, 3)
             if do_eval:
-                pending[-1]["val_loss"] = estimate_loss(fwd, val_batches, tc.eval_iters, ctx, dd)
+                pending[-1]["val_loss"] = estimate_loss(fwd, val_batches, tc.eval_iters, ctx, dd, graphs)
                 if step == tc.max_iters - 1:
                     final_val = pending[-1]["val_loss"]
             log.write(pending)
@@ -689,8 +711,8 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
 
     # -- the end: final losses on fixed batches, metrics, done marker -----------------------------------
     if final_val is None:  # resumed from the final checkpoint: the loop did not run
-        final_val = estimate_loss(fwd, val_batches, tc.eval_iters, ctx, dd)
-    final_train = estimate_loss(fwd, train_eval_batches, tc.eval_iters, ctx, dd)
+        final_val = estimate_loss(fwd, val_batches, tc.eval_iters, ctx, dd, graphs)
+    final_train = estimate_loss(fwd, train_eval_batches, tc.eval_iters, ctx, dd, graphs)
     peak, peak_kind = _peak_memory(dev)
     wall = wall_before + time.perf_counter() - t_session
     metrics = {

@@ -83,14 +83,49 @@ def test_compile_modes_and_profile_options():
     p = argparse.ArgumentParser()
     benchmark.add_arguments(p)
     assert p.parse_args([]).compile is None and not p.parse_args([]).profile
-    assert p.parse_args(["--compile"]).compile == "default"
-    assert p.parse_args(["--compile", "reduce-overhead", "--profile"]).compile == "reduce-overhead"
+    assert p.parse_args(["--compile"]).compile == []  # the presets' mode
+    assert p.parse_args(["--compile", "reduce-overhead", "--profile"]).compile == ["reduce-overhead"]
+    assert p.parse_args(["--compile", "default", "reduce-overhead"]).compile == ["default", "reduce-overhead"]
     with pytest.raises(SystemExit):
         p.parse_args(["--compile", "fastest"])
     with pytest.raises(ConfigError, match="without compiling"):
         benchmark.run_benchmark(["smoke"], [64], ["dense"], device="cpu", compile_mode="reduce-overhead")
     with pytest.raises(ConfigError, match="unknown compile mode"):
         benchmark.run_benchmark(["smoke"], [64], ["dense"], device="cpu", compile_=True, compile_mode="fastest")
+    with pytest.raises(ConfigError, match="distinct modes"):
+        benchmark.run_benchmark(["smoke"], [64], ["dense"], device="cpu", compile_=True,
+                                compile_mode=["default", "default"])
     (row,) = benchmark.run_benchmark(["smoke"], [64], ["dense"], device="cpu", repeats=1, warmup=0,
                                      tokens_per_step=128, progress=False, profile=True)
     assert "gpu_ms" not in row and "gpu_busy" not in row and "compile_mode" not in row
+
+
+def test_several_compile_modes_interleave_and_pair_with_dense(monkeypatch):
+    """Several compile modes: every (variant, mode) is timed in every round, the order reversed on odd rounds;
+    ``ratio_to_dense`` pairs with dense in the row's own mode and ``ratio_to_first_mode_dense`` with dense
+    in the first mode (timings faked: this checks the bookkeeping, not a GPU)."""
+    ms = {("dense", "default"): [20.0, 22.0], ("mst_ultra", "default"): [25.0, 24.0],
+          ("dense", "reduce-overhead"): [21.0, 21.0], ("mst_ultra", "reduce-overhead"): [20.0, 23.0]}
+    order = []
+
+    def fake(run, variant, device, repeats, warmup, profile, compile_mode):
+        order.append((variant, compile_mode))
+        t = ms[(variant, compile_mode)][sum(1 for o in order if o == (variant, compile_mode)) - 1]
+        return {"variant": variant, "density": 1.0, "ms_per_step_median": t, "ms_p10": t, "ms_p90": t,
+                "update_ms": 0.0, "tokens_per_s": 1.0, "tokens_per_step": 128, "compile_mode": compile_mode}
+
+    monkeypatch.setattr(benchmark, "time_variant", fake)
+    rows = benchmark.run_benchmark(["smoke"], [64], ["dense", "mst_ultra"], device="cpu", rounds=2,
+                                   tokens_per_step=128, progress=False, compile_=True,
+                                   compile_mode=["default", "reduce-overhead"])
+    cells = [("dense", "default"), ("mst_ultra", "default"), ("dense", "reduce-overhead"),
+             ("mst_ultra", "reduce-overhead")]
+    assert order == cells + cells[::-1]
+    by = {(r["variant"], r["compile_mode"]): r for r in rows}
+    assert list(by) == cells
+    graphs = by[("mst_ultra", "reduce-overhead")]
+    assert graphs["round_ratios"] == [21 / 20, 21 / 23]  # against dense in its own mode
+    assert graphs["ratio_to_first_mode_dense"] == pytest.approx((20 / 20 + 22 / 23) / 2)  # against default dense
+    assert by[("dense", "reduce-overhead")]["ratio_to_dense"] == 1.0
+    assert by[("dense", "reduce-overhead")]["ratio_to_first_mode_dense"] == pytest.approx((20 / 21 + 22 / 21) / 2)
+    assert by[("dense", "default")]["ratio_to_first_mode_dense"] == 1.0

@@ -32,7 +32,8 @@ def test_defaults_validate_and_roundtrip():
         ({"attention": {"layers": [12]}}, "outside"),
         ({"attention": {"start": 0.2}}, "only read when"),
         ({"train": {"max_iters": "10"}}, "must be an integer"),
-        ({"train": {"compile": 1}}, "true or false"),
+        ({"train": {"compile": 1}}, "not one of"),
+        ({"train": {"compile": "max-autotune"}}, "not one of"),
         ({"train": {"min_lr": 1e-3, "lr": 1e-4}}, "min_lr <= lr"),
         ({"topology": {"update_interval": 0}}, ">= 1"),
         ({"model": {"n_embd": 100, "n_head": 12}}, "divisible"),
@@ -76,6 +77,21 @@ def test_run_id_is_stable_and_sensitive():
                    {"attention.window": 64}, {"model.n_layer": 6}, {"data.corpus": "x"}):
         ids.add(cfg.replace(**change).run_id())
     assert len(ids) == 8
+    # the compile mode: true keeps its id (the stored runs' ids), CUDA graphs are a run of their own
+    assert cfg.replace(**{"train.compile": True}).run_id() == cfg.run_id()
+    assert cfg.replace(**{"train.compile": "reduce-overhead"}).run_id() not in ids
+
+
+def test_stored_runs_keep_their_run_ids():
+    """Every stored run's config still hashes to its folder's name: a new config field (or a changed
+    default) that would orphan the book's stored runs fails here."""
+    import json
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parent.parent / "results").glob("*/*/*/config.json"))
+    assert configs, "no stored runs in results/"
+    for f in configs:
+        assert RunConfig.from_dict(json.loads(f.read_text())).run_id() == f.parent.name, f
 
 
 def test_model_sizes():

@@ -100,3 +100,50 @@ def test_checkpoint_roundtrip_and_mismatch(tmp_path):
 def test_invalid_model_config():
     with pytest.raises(ConfigError, match="divisible"):
         GPT(ModelConfig(n_layer=1, n_head=3, n_embd=32, block_size=8))
+
+
+def test_loss_only_forward_same_loss_and_gradients():
+    torch.manual_seed(0)
+    idx = torch.randint(0, TINY.vocab_size, (3, 10))
+    grads = []
+    for return_logits in (True, False):
+        torch.manual_seed(1)
+        m = GPT(TINY)
+        logits, loss = m(idx, idx, return_logits=return_logits)
+        assert (logits is None) == (not return_logits)
+        loss.backward()
+        grads.append((loss.detach(), [p.grad for p in m.parameters()]))
+    (l1, g1), (l2, g2) = grads
+    assert torch.equal(l1, l2) and all(torch.equal(a, b) for a, b in zip(g1, g2))
+    with pytest.raises(ValueError, match="pass targets"):
+        GPT(TINY)(idx, return_logits=False)
+
+
+def _backward_tangents(return_logits: bool) -> list[tuple[int, ...]]:
+    """Shapes of the output gradients ("tangents") the compiled backward graph takes for a training forward
+    (AOTAutograd, CPU)."""
+    from torch._dynamo.backends.common import aot_autograd
+    from functorch.compile import make_boxed_func
+
+    shapes: list[tuple[int, ...]] = []
+
+    def bw(gm, _):
+        shapes.extend(tuple(n.meta["val"].shape) for n in gm.graph.nodes
+                      if n.op == "placeholder" and n.name.startswith("tangents"))
+        return make_boxed_func(gm)
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = torch.compile(GPT(TINY), backend=aot_autograd(fw_compiler=lambda gm, _: make_boxed_func(gm), bw_compiler=bw))
+    idx = torch.randint(0, TINY.vocab_size, (2, 8))
+    _, loss = m(idx, idx, return_logits=return_logits)
+    loss.backward()
+    torch._dynamo.reset()
+    return shapes
+
+
+def test_loss_only_forward_gives_the_compiled_backward_no_logits_gradient():
+    # returned logits need a gradient input in the compiled backward (zeros when unused: a fill, and under
+    # CUDA graphs a copy, of the step's largest tensor); the loss-only forward's backward takes the loss's only
+    assert _backward_tangents(True) == [(2, 8, TINY.vocab_size), ()]
+    assert _backward_tangents(False) == [()]
