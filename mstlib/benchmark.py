@@ -24,6 +24,11 @@ Variants:
   FlexAttention band plus the far part through FlexAttention, see :mod:`mstlib.attention`) or the official
   code's dense boolean mask passed to SDPA.
 
+Compiled (``--compile [MODE ...]``, :data:`COMPILE_MODES`): ``default`` is how the presets train;
+``reduce-overhead`` replays the compiled forward and backward as CUDA graphs (rows then count the graphs
+Inductor declined to capture, ``cudagraph_skips``). Several modes are timed in the same rounds, one row per
+(variant, mode). The step calls the model loss-only (``return_logits=False``), as training does.
+
 Each model size takes its own preset's MST settings (``mini``: update every 25 steps; ``paper``: every 100,
 the official interval), so the amortised update is the one that preset's runs pay.
 

@@ -74,6 +74,8 @@ from mstlib.results import resolve_root
 bench_dir = resolve_root(results_dir) / "bench"
 
 # %%
+import json
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -683,20 +685,30 @@ else:
 # ## Compiled, as the presets train
 #
 # The presets train with `torch.compile` (`train.compile`, on CUDA), so from session 6 on the step benchmark
-# also runs the model compiled (`python -m mstlib bench --compile --profile`; every variant compiles its own
-# graphs, so these calls time fewer variants). Each row's "GPU kernel time" is the profiler's sum over one
-# step's kernels (the host left out) and "GPU busy" its share of the step's event time.
+# also runs the model compiled (`python -m mstlib bench --compile [MODE ...] --profile`; every variant
+# compiles its own graphs, so these calls time fewer variants). Two modes: `default`, how the presets train,
+# and `reduce-overhead`, which replays the compiled forward and backward as CUDA graphs (one launch per
+# graph instead of one per kernel: `train.compile="reduce-overhead"` in a config). From session 7 on one
+# call times both modes in the same rounds, so "vs dense (default mode)" pairs every row with the dense
+# step the presets run. Each row's "GPU kernel time" is the profiler's sum over one step's kernels (the host
+# left out) and "GPU busy" its share of the step's event time. The profiler slows kernels down a little, so
+# on GPU-bound steps busy comes out slightly above 1: read it as "the GPU is the bound" from about 0.95 on.
 
 # %%
-#: What the compiled model ran in each session-6 call (the calls' logs in results/bench/logs/s6call*, and
-#: tools/gpu/compile_probe.py and trace_probe.py, show it): the defects found and fixed in that session.
+#: What the compiled model ran in each call (the calls' logs in results/bench/logs/s6call* and s7call*, and
+#: tools/gpu/compile_probe.py and trace_probe.py, show it): the defects found and fixed in sessions 6 and 7.
 #: Superseded calls are kept in results/bench/history/.
 COMPILED_CALL_CODE = {
     "session6a": "graph break at every attention call (Triton helper, far part passed to Function.apply)",
     "session6b": "graph break at every attention call (far part passed to Function.apply)",
     "session6c": "one graph, but autocast off after the first layer: later layers in float32, masked math",
-    "session6e": "one graph, autocast kept (both defects fixed)",
+    "session6e": "one graph, autocast kept (both defects fixed); logits returned",
+    "session7a": "as session6e: the logits returned, so their unused gradient is a zero tensor each step",
+    "session7b": "loss-only forward (no logits output, no zero gradient)",
+    "session7c": "loss-only forward (no logits output, no zero gradient)",
 }
+#: The calls whose compiled graphs had a defect of session 6 (slower than needed, not different numbers).
+DEFECT_CALLS = ("session6a", "session6b", "session6c")
 
 
 def compiled_call(file: str) -> str:
@@ -704,10 +716,11 @@ def compiled_call(file: str) -> str:
 
 
 def latest_rows(d: pd.DataFrame) -> pd.DataFrame:
-    """The latest call's row of each (device, model, context, variant), failed variants left out."""
+    """The latest call's row of each (device, model, context, variant, compile mode), failed variants left out."""
     if "error" in d:
         d = d[d["error"].isna()]
-    last = d.groupby(["device_name", "model", "context", "variant"], observed=True)["file"].transform("max")
+    d = d.assign(mode=d["compile_mode"].fillna("default") if "compile_mode" in d else "default")
+    last = d.groupby(["device_name", "model", "context", "variant", "mode"], observed=True)["file"].transform("max")
     return d[d["file"] == last]
 
 
@@ -716,53 +729,64 @@ glue("eager_busy_text", "; ".join(
     f"{m} {T}: " + ", ".join(f"{r.variant} {r.gpu_busy:.2f}" for r in g.itertuples())
     for (m, T), g in eager_prof.groupby(["model", "context"])) or "not measured here", display=False)
 
+COMPILED_GLUES = ("compiled_ultra_text", "compiled_local_strided_text", "compiled_busy_text", "compiled_history_text",
+                  "compiled_dense_speedup", "leak_slowdown", "compiled_mini_dense_ms", "graphs_ultra_text",
+                  "graphs_local_strided_text", "logits_fix_text", "zero_weight_matmul_text")
 if compiled_all.empty:
-    for key in ("compiled_ultra_text", "compiled_local_strided_text", "compiled_busy_text", "compiled_history_text",
-                "compiled_dense_speedup", "leak_slowdown", "compiled_mini_dense_ms"):
+    for key in COMPILED_GLUES:
         glue(key, "not measured here", display=False)
 else:
     comp = latest_rows(compiled_all)
+    # against dense in the call's first mode (default) where the call timed several; else its own mode's dense
+    vs_default = comp["ratio_to_first_mode_dense"] if "ratio_to_first_mode_dense" in comp else comp["ratio_to_dense"]
     comp = comp.assign(name=comp["variant"].map(variant_name),
                        attention=[attention_backend(r) for r in comp.itertuples()],
-                       rounds=comp["rounds"].fillna(1).astype(int) if "rounds" in comp else 1)
+                       rounds=comp["rounds"].fillna(1).astype(int) if "rounds" in comp else 1,
+                       vs_default=vs_default.fillna(comp["ratio_to_dense"].where(comp["mode"] == "default")))
     comp_table = comp.assign(**{
         "ms per step (median)": comp["ms_per_step_median"],
         "GPU kernel time (ms)": comp["gpu_ms"] if "gpu_ms" in comp else np.nan,
         "GPU busy": comp["gpu_busy"] if "gpu_busy" in comp else np.nan,
-        "speed vs dense (measured)": comp["ratio_to_dense"],
+        "speed vs dense, same mode": comp["ratio_to_dense"],
+        "speed vs dense, default mode": comp["vs_default"],
         "speed vs dense (predicted)": [benchmark.predicted_ratio(r.attn_share_flops, r.attn_block_density)
                                        for r in comp.itertuples()],
         "attention backend": comp["attention"],
         "rounds": comp["rounds"],
         "call (file)": comp["file"].str.removesuffix(".json"),
-    }).set_index(["device_name", "model", "context", "name"])[[
-        "ms per step (median)", "GPU kernel time (ms)", "GPU busy", "speed vs dense (measured)",
-        "speed vs dense (predicted)", "attention backend", "rounds", "call (file)"]].sort_index()
+    }).set_index(["device_name", "model", "context", "mode", "name"])[[
+        "ms per step (median)", "GPU kernel time (ms)", "GPU busy", "speed vs dense, same mode",
+        "speed vs dense, default mode", "speed vs dense (predicted)", "attention backend", "rounds",
+        "call (file)"]].sort_index()
     display(comp_table.style.format({"ms per step (median)": "{:.2f}", "GPU kernel time (ms)": "{:.2f}",
-                                     "GPU busy": "{:.2f}", "speed vs dense (measured)": "{:.3f}",
-                                     "speed vs dense (predicted)": "{:.3f}"}))
+                                     "GPU busy": "{:.2f}", "speed vs dense, same mode": "{:.3f}",
+                                     "speed vs dense, default mode": "{:.3f}", "speed vs dense (predicted)": "{:.3f}"},
+                                    na_rep="–"))
 
-    def comp_ratio(variant: str) -> str:
-        d = comp[comp["variant"] == variant].sort_values(["model", "context"])
-        return ", ".join(f"{r.ratio_to_dense:.3f} ({r.model} {r.context}, {r.attention})" for r in d.itertuples()) \
+    def comp_ratio(variant: str, mode: str = "default", column: str = "ratio_to_dense") -> str:
+        d = comp[(comp["variant"] == variant) & (comp["mode"] == mode)].sort_values(["model", "context"])
+        return ", ".join(f"{getattr(r, column):.3f} ({r.model} {r.context}, {r.attention})" for r in d.itertuples()) \
             or "not measured"
 
     glue("compiled_ultra_text", comp_ratio("mst_ultra"), display=False)
     glue("compiled_local_strided_text", comp_ratio("hsa_cudnn:local_strided"), display=False)
+    glue("graphs_ultra_text", comp_ratio("mst_ultra", "reduce-overhead", "vs_default"), display=False)
+    glue("graphs_local_strided_text", comp_ratio("hsa_cudnn:local_strided", "reduce-overhead", "vs_default"),
+         display=False)
     busy = comp.dropna(subset=["gpu_busy"]) if "gpu_busy" in comp else comp.iloc[:0]
     glue("compiled_busy_text", "; ".join(
-        f"{m} {T}: dense {g.loc[g['variant'] == 'dense', 'gpu_busy'].max():.2f}, hybrid attention "
+        f"{m} {T} ({mode}): dense {g.loc[g['variant'] == 'dense', 'gpu_busy'].max():.2f}, hybrid attention "
         f"{g.loc[g['variant'] != 'dense', 'gpu_busy'].min():.2f} to {g.loc[g['variant'] != 'dense', 'gpu_busy'].max():.2f}"
-        for (m, T), g in busy.groupby(["model", "context"]) if (g["variant"] == "dense").any()) or "not measured",
-        display=False)
+        for (m, T, mode), g in busy.groupby(["model", "context", "mode"]) if (g["variant"] == "dense").any())
+        or "not measured", display=False)
     # compiled dense against eager dense in the latest eager call of the same model and context
     eager_dense = latest_rows(bench_all[bench_all["variant"] == "dense"]).set_index(["model", "context"])
     glue("compiled_dense_speedup", ", ".join(
         f"{eager_dense.loc[(r.model, r.context), 'ms_per_step_median'] / r.ms_per_step_median:.2f}x ({r.model} {r.context})"
-        for r in comp[comp["variant"] == "dense"].itertuples() if (r.model, r.context) in eager_dense.index)
-        or "not measured", display=False)
+        for r in comp[(comp["variant"] == "dense") & (comp["mode"] == "default")].itertuples()
+        if (r.model, r.context) in eager_dense.index) or "not measured", display=False)
 
-    # the same variants compiled before the session-6 fixes (results/bench/history/) and after
+    # the same variants compiled before the fixes of sessions 6 and 7 (results/bench/history/) and after
     hist = benchmark.load_benchmarks(results_dir, "bench/history")
     hist = hist[hist["compile"].fillna(False).astype(bool)] if "compile" in hist else hist.iloc[:0]
     both = pd.concat([hist, compiled_all])
@@ -777,41 +801,187 @@ else:
     hist_table = hist_table[[v for v in benchmark.VARIANTS if v in hist_table.columns and v != "dense"]]
     hist_table.columns = [variant_name(v) for v in hist_table.columns]
     display(hist_table.style.format("{:.3f}", na_rep="–").set_caption(
-        "Speed vs dense of the compiled model, per call: before and after the session-6 fixes"))
-    before = both[~both["file"].str.contains("session6e") & (both["variant"] != "dense")]
+        "Speed vs dense (same call, same mode) of the compiled model, per call: before and after the fixes"))
+    defect = both["file"].map(compiled_call).isin(DEFECT_CALLS)
+    before = both[defect & (both["variant"] != "dense")]
     leak = both[both["file"].str.contains("session6c") & (both["variant"] != "dense")]
     slow = sorted(1 / leak["ratio_to_dense"])
     glue("leak_slowdown", "not measured" if not slow else f"{slow[0]:.1f}x" if f"{slow[0]:.1f}" == f"{slow[-1]:.1f}"
          else f"{slow[0]:.1f}x to {slow[-1]:.1f}x", display=False)
-    glue("compiled_mini_dense_ms", ", ".join(f"{r.ms_per_step_median:.1f} ms" for r in
-                                             comp[(comp["variant"] == "dense") & (comp["model"] == "mini")].itertuples())
-         or "not measured", display=False)
+    glue("compiled_mini_dense_ms", ", ".join(
+        f"{r.ms_per_step_median:.1f} ms ({r.mode})" for r in
+        comp[(comp["variant"] == "dense") & (comp["model"] == "mini")].itertuples()) or "not measured", display=False)
     glue("compiled_history_text", ", ".join(
         f"{g['ratio_to_dense'].min():.2f} to {g['ratio_to_dense'].max():.2f} ({m})"
         for m, g in before.groupby("model")) or "not measured", display=False)
 
+    # the loss-only forward: dense mini steps and the two logits-sized kernels, before (session7a) and after
+    def logits_kernels(kernels) -> str:
+        ks = [k for k in (kernels if isinstance(kernels, list) else [])
+              if "FillFunctor<c10::BFloat16>" in k["name"] or "Memcpy DtoD" in k["name"]]
+        return " + ".join(f"{k['ms']:.2f} ms {'zero fill' if 'Fill' in k['name'] else 'graph-input copy'}"
+                          for k in ks) or "neither"
+
+    dm = both[(both["variant"] == "dense") & (both["model"] == "mini") & both["file"].str.contains("session7")]
+    parts = []
+    for mode, g in dm.groupby("mode"):
+        old, new = g[g["file"].str.contains("session7a")], g[~g["file"].str.contains("session7a")]
+        if len(old) and len(new):
+            o, n = old.iloc[-1], new.sort_values("file").iloc[-1]
+            parts.append(f"{mode}: {o.ms_per_step_median:.2f} ms ({logits_kernels(o.kernels)}) to "
+                         f"{n.ms_per_step_median:.2f} ms ({logits_kernels(n.kernels)})")
+    glue("logits_fix_text", "; ".join(parts) or "not measured", display=False)
+
+    # predicted against measured for the session-7 optimisations (mini model, where the host was the bound).
+    # Loss-only forward: the old step minus the logits-sized kernels its profile shows. CUDA graphs: at best
+    # the variant's default-mode kernel time (every host gap closed), against dense in the default mode.
+    def logits_ms(kernels) -> float:
+        return sum(k["ms"] for k in (kernels if isinstance(kernels, list) else [])
+                   if "FillFunctor<c10::BFloat16>" in k["name"] or "Memcpy DtoD" in k["name"])
+
+    opt_rows = []
+    for mode, g in dm.groupby("mode"):
+        old, new = g[g["file"].str.contains("session7a")], g[~g["file"].str.contains("session7a")]
+        if len(old) and len(new):
+            o, n = old.iloc[-1], new.sort_values("file").iloc[-1]
+            opt_rows.append({"optimisation": f"loss-only forward ({mode})", "model": "mini", "variant": "dense",
+                             "predicted": o.ms_per_step_median - logits_ms(o.kernels),
+                             "measured": n.ms_per_step_median, "unit": "ms per step",
+                             "how": f"{compiled_call(o.file)} minus its zero-fill/copy kernels; {compiled_call(n.file)}"})
+    for (m, T), g in comp.groupby(["model", "context"]):
+        dflt = g[g["mode"] == "default"].set_index("variant")
+        graphs_rows = g[g["mode"] == "reduce-overhead"].set_index("variant")
+        if "dense" not in dflt.index or "gpu_ms" not in g:
+            continue
+        for v, r in graphs_rows.iterrows():
+            if v in dflt.index and pd.notna(dflt.loc[v, "gpu_ms"]) and dflt.loc[v, "gpu_busy"] < 0.95:
+                opt_rows.append({"optimisation": "CUDA graphs", "model": f"{m} {T}", "variant": variant_name(v),
+                                 "predicted": dflt.loc["dense", "ms_per_step_median"] / dflt.loc[v, "gpu_ms"],
+                                 "measured": r["vs_default"], "unit": "speed vs dense, default mode (bound)",
+                                 "how": f"dense's step / the variant's default-mode kernel time; {compiled_call(r['file'])}"})
+    if opt_rows:
+        display(pd.DataFrame(opt_rows).set_index(["optimisation", "model", "variant"]).style.format(
+            {"predicted": "{:.3f}", "measured": "{:.3f}"}).set_caption(
+            "Session 7's optimisations: predicted beside measured (host-bound rows only: GPU busy below 0.95)"))
+
+    # masked weights and the matrix products' kernel time (same shapes, same kernels)
+    def matmul_ms(kernels) -> float:
+        return sum(k["ms"] for k in (kernels if isinstance(kernels, list) else []) if k["name"].startswith("nvjet"))
+
+    zw = []
+    for (m, T, mode), g in comp.groupby(["model", "context", "mode"]):
+        g = g.set_index("variant")
+        if {"dense", "mst_ultra"} <= set(g.index) and "kernels" in g:
+            d, u = matmul_ms(g.loc["dense", "kernels"]), matmul_ms(g.loc["mst_ultra", "kernels"])
+            if d > 0:
+                zw.append(f"{m} {T} ({mode}): {d:.1f} to {u:.1f} ms ({u / d - 1:+.0%}, weight density "
+                          f"{g.loc['mst_ultra', 'density']:.2f})")
+    glue("zero_weight_matmul_text", "; ".join(zw) or "not measured", display=False)
+
 # %% [markdown]
-# **Compiled, MST's ultra phase ran at {glue:text}`compiled_ultra_text` of dense speed**, and
-# `local_strided` through `cudnn_split` alone at {glue:text}`compiled_local_strided_text`. Compiling makes
-# dense itself {glue:text}`compiled_dense_speedup` faster than the eager dense step of the latest eager call.
-# GPU busy in the compiled calls: {glue:text}`compiled_busy_text`. The `mini` model's compiled dense step
-# ({glue:text}`compiled_mini_dense_ms`) keeps its GPU busy; the hybrid attention's steps leave gaps: the host work of the split
-# backends (per layer an autograd function, the cuDNN graph's execution, Triton launches: custom operators
-# that a compiled graph calls one by one). Their GPU kernel time is about dense's, so what the `mini` model
-# loses there is host time, not kernel time; on the `paper` model the host work hides behind longer kernels.
+# **Compiled as the presets train, MST's ultra phase ran at {glue:text}`compiled_ultra_text` of dense
+# speed**, and `local_strided` through `cudnn_split` alone at {glue:text}`compiled_local_strided_text`.
+# **With CUDA graphs (`reduce-overhead`), against dense as the presets run it, the ultra phase ran at
+# {glue:text}`graphs_ultra_text`, and `local_strided` alone at {glue:text}`graphs_local_strided_text`.**
+# Compiling makes dense itself {glue:text}`compiled_dense_speedup` faster than the eager dense step of the
+# latest eager call. GPU busy in the compiled calls: {glue:text}`compiled_busy_text`.
 #
-# **Two defects, found by these calls and fixed, had made the compiled hybrid attention slow**: before the
-# fixes the compiled HSA steps ran at {glue:text}`compiled_history_text` of dense speed (table above, from
-# `results/bench/history/`). First, `torch.compile` broke the graph at every attention call (the Triton
-# far part's support check called into Triton's module, and the compiled torch far part was an argument of
-# `Function.apply`, on which torch 2.11's tracing fails); the attention and the loss then ran eagerly.
-# Second, once the graph was whole, the autocast-off context inside the autograd function's forward leaked
-# out of torch 2.11's tracing, so every layer after the first traced in float32 and took the masked math
-# path: correct numbers, {glue:text}`leak_slowdown` dense's step time. Both are tested now (no graph break; every compiled layer sees the
-# autocast dtype, a test that fails on the old code with torch 2.11). Stored training runs are not
-# affected in their numbers: before the first fix, the graph break ran the attention eagerly, in bf16
-# through the fast path, so those runs were slower during the ultra phase than they needed to be, not
-# different.
+# The `mini` model's default-mode steps show where the rest of its time goes. Its dense step
+# ({glue:text}`compiled_mini_dense_ms`) keeps the GPU busy. The hybrid attention's steps leave gaps: the
+# split backends' host work (per layer an autograd function, the cuDNN graph's execution, Triton launches:
+# custom operators that a compiled graph calls one by one). Their GPU kernel time is about dense's, so what
+# the `mini` model loses there is host time, not kernel time. CUDA graphs replay all of it with one launch
+# per graph, and the gaps close. On the `paper` model the host work hides behind longer kernels in either
+# mode.
+#
+# **Masked weights make the same matrix products faster on this GPU, without skipping any.** MST's ultra
+# phase beats `local_strided` alone, though both run the same attention. The difference is in cuBLAS's
+# matrix-product kernels (the `nvjet` kernels among each step's twelve longest), dense against the ultra
+# phase's masked weights: {glue:text}`zero_weight_matmul_text`. The shapes and kernels are the same; only
+# the values differ. This fits data-dependent power: an H200 running large matrix products is held back
+# by its power limit, and zero operands switch fewer bits. We did not measure clocks or power, so this is
+# an explanation, not a measurement.
+#
+# **The loss-only forward (session 7).** Until session 7 the model returned its logits to the training
+# loop, which never used them. A compiled model's backward then takes a gradient for every output that
+# requires one, so each step filled a zero tensor of the logits' size (3.3 GB in bf16 at 32K tokens per
+# step). The loss's backward kernel read it and added it. Under CUDA graphs it was also copied into the
+# graph's static input. Training now calls `model(x, y, return_logits=False)`; a CPU test checks that the
+# compiled backward takes no logits gradient. The dense `mini` step, compiled, before and after (two calls):
+# {glue:text}`logits_fix_text`. This is why the session-6 CUDA-graph calls made dense slower, not faster.
+# Loss and gradients are unchanged: the zero gradient only ever added 0.
+#
+# **Two defects, found by these calls and fixed in session 6, had made the compiled hybrid attention slow**:
+# before the fixes the compiled HSA steps ran at {glue:text}`compiled_history_text` of dense speed (table
+# above, from `results/bench/history/`).
+#
+# 1. `torch.compile` broke the graph at every attention call. The Triton far part's support check called
+#    into Triton's module, and the compiled torch far part was an argument of `Function.apply`, on which
+#    torch 2.11's tracing fails. The attention and the loss then ran eagerly.
+# 2. Once the graph was whole, the autocast-off context inside the autograd function's forward leaked out
+#    of torch 2.11's tracing. Every layer after the first then traced in float32 and took the masked math
+#    path: correct numbers, at {glue:text}`leak_slowdown` dense's step time.
+#
+# Both are tested now: no graph break, and every compiled layer sees the autocast dtype (a test that fails
+# on the old code with torch 2.11). Stored training runs keep their numbers. Before the first fix, the
+# graph break ran the attention eagerly, in bf16, through the fast path, so those runs were slower during
+# the ultra phase than they needed to be, not different.
+
+# %% [markdown]
+# ### Whole training runs with CUDA graphs
+#
+# The step benchmark synchronises after every step, so the first launches of each step are never hidden.
+# The trainer synchronises once per log window, and the `mini` preset does two micro-steps per optimizer
+# step, so its host can run ahead further. Whole runs therefore say what training gets.
+# `tools/gpu/speed20.sh` ran the `mini` preset through `mstlib.train` for 300 steps (random tokens; MST's
+# phases, topology updates and hybrid-attention window compressed into them), dense and MST, each with
+# `train.compile=true` and with `"reduce-overhead"`, once each. Tokens/s per phase is the median over log
+# windows of 10 steps, after the first two windows (compilation).
+
+# %%
+GRAPH_RUNS = "train_speed_graphs_*"
+graph_dirs = [] if preset == "smoke" else sorted(d for d in bench_dir.glob(GRAPH_RUNS) if d.is_dir())
+if graph_dirs:
+    from mstlib.train import SPEED_WARMUP_WINDOWS
+
+    PHASES = {"dense": "whole run (dense)", "warmup": "warm-up", "ultra": "ultra, with HSA", "restoration": "restoration"}
+    per_phase = []
+    for run_dir in sorted(graph_dirs[-1].iterdir()):
+        cfg = json.loads((run_dir / "config.json").read_text())
+        log_df = pd.read_csv(run_dir / "log.csv")
+        window = (log_df["tokens_per_s"] != log_df["tokens_per_s"].shift()).cumsum()  # one value per log window
+        w = log_df.assign(window=window).groupby("window").agg(phase=("phase", "last"), tok_s=("tokens_per_s", "first"))
+        w = w.iloc[SPEED_WARMUP_WINDOWS:]
+        mode = "CUDA graphs" if cfg["train"]["compile"] == "reduce-overhead" else "compiled (default)"
+        for ph, g in w.groupby("phase", sort=False):
+            per_phase.append({"method": cfg["method"], "mode": mode, "phase": PHASES.get(ph, ph),
+                              "tokens/s (median over windows)": g["tok_s"].median(), "windows": len(g)})
+    per_phase = pd.DataFrame(per_phase)
+    dense_ref = per_phase.query("method == 'dense' and mode == 'compiled (default)'")["tokens/s (median over windows)"]
+    per_phase["vs dense, default mode"] = per_phase["tokens/s (median over windows)"] / dense_ref.iloc[0]
+    display(per_phase.set_index(["method", "phase", "mode"]).sort_index().style.format(
+        {"tokens/s (median over windows)": "{:,.0f}", "vs dense, default mode": "{:.3f}"}).set_caption(
+        f"mini preset, 300 steps per run, {graph_dirs[-1].name}"))
+    ultra = per_phase[per_phase["phase"] == PHASES["ultra"]].set_index("mode")["vs dense, default mode"]
+    glue("graphs_run_ultra", ", ".join(f"{v:.3f} ({m})" for m, v in ultra.items()) or "not measured", display=False)
+    mst_rest = per_phase[(per_phase["method"] == "mst") & (per_phase["phase"] != PHASES["ultra"])]
+    glue("graphs_run_other", f"{mst_rest['vs dense, default mode'].min():.3f} to "
+         f"{mst_rest['vs dense, default mode'].max():.3f}", display=False)
+    gd = per_phase[per_phase["method"] == "dense"].set_index("mode")["vs dense, default mode"]
+    glue("graphs_run_dense", f"{gd.get('CUDA graphs', float('nan')):.3f}", display=False)
+    glue("graphs_run_source", f"{shown}/{graph_dirs[-1].name}/", display=False)
+else:
+    for key in ("graphs_run_ultra", "graphs_run_other", "graphs_run_dense", "graphs_run_source"):
+        glue(key, "not measured here", display=False)
+
+# %% [markdown]
+# In whole `mini` runs ({glue:text}`graphs_run_source`), **the ultra phase with hybrid sparse attention ran
+# at {glue:text}`graphs_run_ultra` of dense's speed** (dense compiled as the presets train). MST's other
+# phases ran at {glue:text}`graphs_run_other`, and dense with CUDA graphs at {glue:text}`graphs_run_dense`.
+# These are single runs. For scale, the paired repeats of one variant in the whole-run section below spread
+# by up to {glue:text}`speed_pair_spread`. MST's phases above dense's speed fit the zero-weight effect of the
+# compiled section: same products, fewer switching bits, not less work. The default mode's ultra phase is
+# closer to dense here than in the step benchmark, because the trainer does not synchronise every step.
 
 # %% [markdown]
 # ## Where MST's overhead went: the topology update
@@ -867,7 +1037,8 @@ else:
 # %%
 speed_files = [] if preset == "smoke" else benchmark.load_json_results(results_dir, "train_speed_*.json")
 ddp_files = [] if preset == "smoke" else benchmark.load_json_results(results_dir, "ddp_compare_*.json")
-repeated = [f for f in speed_files if f.get("summary")]
+# the repeated comparisons with the plain loop (the CUDA-graph runs of session 7 have their own table above)
+repeated = [f for f in speed_files if f.get("summary") and not f["file"].startswith("train_speed_graphs")]
 
 
 def describe(f: dict) -> str:
@@ -902,11 +1073,14 @@ if repeated:
     p0 = {r["variant"]: r for r in first["summary"]}.get("plain nanoGPT loop")
     glue("speed_dense_vs_plain_before", 1.0 / p0["paired_ratio_median"] if p0 else float("nan"), display=False)
     glue("speed_before_commit", str(first["git"]["commit"])[:10], display=False)
+    spreads = [max(r["paired_ratios_to_dense"]) - min(r["paired_ratios_to_dense"]) for r in last["summary"]
+               if r["variant"] != "mstlib dense" and len(r["paired_ratios_to_dense"]) > 1]
+    glue("speed_pair_spread", f"{max(spreads):.3f} ({last['file']})" if spreads else "not measured", display=False)
 else:
     glue("speed_device", "not measured (smoke preset: no stored GPU run)", display=False)
     for key in ("speed_mst_vs_dense", "speed_dense_vs_plain", "speed_split_vs_dense", "speed_dense_vs_plain_before"):
         glue(key, float("nan"), display=False)
-    for key in ("speed_plain_pairs", "speed_mst_pairs", "speed_before_commit"):
+    for key in ("speed_plain_pairs", "speed_mst_pairs", "speed_before_commit", "speed_pair_spread"):
         glue(key, "not measured", display=False)
 single = [f for f in speed_files if not f.get("summary")]
 if single:
@@ -1030,13 +1204,17 @@ else:
 #   costs. `fixed` is slower everywhere: its summary columns still run as compiled tensor algebra, with no
 #   kernel of ours. The gain is bounded by attention's share of the step anyway: at a context of 1024 most of
 #   a GPT-2 small step is the weight matrices.
-# * **The `mini` model's hybrid attention is slower than dense at 1024, eager or compiled.** Its eager
-#   dense step keeps the GPU busy (session 6's profiled call: {glue:text}`eager_busy_text`; session 5's
-#   guess that the eager `mini` step was bound by the host was wrong for dense); the split backends' host
-#   work (an autograd function and several launches per layer; the cuDNN band's graph execution costs
-#   about 0.1 ms of host time per call, `tools/gpu/cudnn_probe2.py`) opens gaps in the HSA steps. Compiled,
-#   dense gets faster and the gaps weigh more (previous section). At 1024 the band plus the strided keys
-#   cost about what causal attention costs in kernel time, so there is nothing to win back.
+# * **The `mini` model's hybrid attention needs CUDA graphs to keep up with dense at 1024.** Eager, and
+#   compiled as the presets train, its steps are slower than dense's. Its eager dense step keeps the GPU
+#   busy (session 6's profiled call: {glue:text}`eager_busy_text`; session 5's guess that the eager `mini`
+#   step was bound by the host was wrong for dense). The split backends' host work opens gaps in the HSA
+#   steps: an autograd function and several launches per layer, and the cuDNN band's graph execution costs
+#   about 0.1 ms of host time per call (`tools/gpu/cudnn_probe2.py`). With CUDA graphs
+#   (`train.compile="reduce-overhead"`) the gaps close. Against dense as the presets run it, the ultra
+#   phase then ran at {glue:text}`graphs_ultra_text` in the step benchmark, and at
+#   {glue:text}`graphs_run_ultra` in whole training runs. At 1024 the band plus the strided keys cost about
+#   what causal attention costs in kernel time, so the hybrid attention saves nothing at the `mini` size
+#   either; what MST's ultra phase gains there comes from its zero weights (above).
 # * **The official way is slower** (the method notes report 1.9x slower than causal attention on an
 #   H200). The same `local_strided` pattern as a dense boolean mask passed to SDPA ran at
 #   {glue:text}`sdpa_local_strided`: a mask disables the fused causal kernels and still computes every score.
