@@ -441,15 +441,20 @@ def train(
     A done run is returned as stored, without training. With ``resume`` an existing checkpoint is
     continued; without, training starts from scratch. ``stop_after``: stop after this many steps in total
     (a checkpoint is written there; the result has ``done=False``), used to test resumption.
+
+    Training on CUDA allows TF32 for float32 matrix products (as nanoGPT); the process's setting is restored
+    on return, so code run after training (a test, a notebook's float32 check) computes as before.
     """
     run = run.validate()
     store = store or RunStore()
     if store.is_done(run) and resume:
         return store.load(run)
     dd, dev = setup_distributed(device)
+    precision = torch.get_float32_matmul_precision()
     try:
         return _train(run, store, dd, dev, resume, stop_after, progress)
     finally:
+        torch.set_float32_matmul_precision(precision)
         if dd.owns_group:
             dist.destroy_process_group()
 

@@ -335,6 +335,7 @@ def test_cuda_graphs_train_like_the_default_compile_cuda(data_dir, tmp_path):
     replay's gradient memory), topology updates, an attention switch, evaluations, and a resume in the
     middle. The same kernels run, so the logs and the final checkpoint must agree."""
     stores = {}
+    precision = torch.get_float32_matmul_precision()  # training allows TF32 and must restore the setting
     for mode in (True, "reduce-overhead"):
         run = tiny_run(data_dir, "mst", **{"train.compile": mode, "train.dtype": "bfloat16"})
         store = stores[mode] = RunStore(tmp_path / str(mode))
@@ -342,6 +343,8 @@ def test_cuda_graphs_train_like_the_default_compile_cuda(data_dir, tmp_path):
         torch._dynamo.reset()
         T.train(run, store, device="cuda", progress=False)
         torch._dynamo.reset()
+        # left at "high", it made later float32 GPU tests in the same process compare TF32 products
+        assert torch.get_float32_matmul_precision() == precision
     runs = {m: tiny_run(data_dir, "mst", **{"train.compile": m, "train.dtype": "bfloat16"}) for m in stores}
     logs = {m: deterministic_log(stores[m].run_dir(runs[m]) / "log.csv") for m in stores}
     a, b = logs[True], logs["reduce-overhead"]
@@ -352,3 +355,21 @@ def test_cuda_graphs_train_like_the_default_compile_cuda(data_dir, tmp_path):
     ca, cb = (T.load_checkpoint(stores[m].checkpoint_path(runs[m])) for m in stores)
     for k in ca["model"]:
         torch.testing.assert_close(cb["model"][k], ca["model"][k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_train_restores_the_float32_matmul_precision(data_dir, tmp_path, monkeypatch):
+    """Training on CUDA allows TF32 (``_train`` sets it); ``train`` puts the caller's setting back, also when
+    training fails, so float32 work after it (tests, notebooks) is not silently TF32."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        def fake(*args, **kwargs):
+            torch.set_float32_matmul_precision("high")
+            raise TrainingError("stopped")
+
+        monkeypatch.setattr(T, "_train", fake)
+        with pytest.raises(TrainingError, match="stopped"):
+            T.train(tiny_run(data_dir), RunStore(tmp_path / "results"), device="cpu", progress=False)
+        assert torch.get_float32_matmul_precision() == "highest"
+    finally:
+        torch.set_float32_matmul_precision(previous)
