@@ -940,7 +940,9 @@ else:
 
 # %%
 GRAPH_RUNS = "train_speed_graphs_*"
-graph_dirs = [] if preset == "smoke" else sorted(d for d in bench_dir.glob(GRAPH_RUNS) if d.is_dir())
+# the runs' folders (log, config, metrics) lie in results/bench/runs/, out of reach of the run store's
+# <preset>/<method>/<run_id> listing: they are speed measurements, not results of the book
+graph_dirs = [] if preset == "smoke" else sorted(d for d in (bench_dir / "runs").glob(GRAPH_RUNS) if d.is_dir())
 if graph_dirs:
     from mstlib.train import SPEED_WARMUP_WINDOWS
 
@@ -969,7 +971,7 @@ if graph_dirs:
          f"{mst_rest['vs dense, default mode'].max():.3f}", display=False)
     gd = per_phase[per_phase["method"] == "dense"].set_index("mode")["vs dense, default mode"]
     glue("graphs_run_dense", f"{gd.get('CUDA graphs', float('nan')):.3f}", display=False)
-    glue("graphs_run_source", f"{shown}/{graph_dirs[-1].name}/", display=False)
+    glue("graphs_run_source", f"{shown}/runs/{graph_dirs[-1].name}/", display=False)
 else:
     for key in ("graphs_run_ultra", "graphs_run_other", "graphs_run_dense", "graphs_run_source"):
         glue(key, "not measured here", display=False)

@@ -85,13 +85,14 @@ def test_run_id_is_stable_and_sensitive():
 def test_stored_runs_keep_their_run_ids():
     """Every stored run's config still hashes to its folder's name: a new config field (or a changed
     default) that would orphan the book's stored runs fails here."""
-    import json
     from pathlib import Path
 
-    configs = sorted((Path(__file__).resolve().parent.parent / "results").glob("*/*/*/config.json"))
-    assert configs, "no stored runs in results/"
-    for f in configs:
-        assert RunConfig.from_dict(json.loads(f.read_text())).run_id() == f.parent.name, f
+    from mstlib.results import RunStore
+
+    runs = RunStore(Path(__file__).resolve().parent.parent / "results").find(done_only=False)
+    assert runs, "no stored runs in results/"
+    for r in runs:
+        assert r.run.run_id() == r.run_id, r.path
 
 
 def test_model_sizes():
