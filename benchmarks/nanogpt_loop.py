@@ -7,6 +7,11 @@ memory with ``non_blocking=True``, the next micro-batch fetched while the GPU ru
 ``loss.item()`` (a GPU sync) only every ``log_interval`` steps. Nothing else: no masks, no schedules, no
 logging to disk, no checkpoints, no evaluation. Written for this project; not copied from nanoGPT.
 
+It keeps nanoGPT's ``logits, loss = model(X, Y)``: the compiled backward then takes a zero gradient of the
+unused logits (a fill of the step's largest tensor). ``mstlib.train`` calls the model loss-only since
+session 7 (``return_logits=False``, :meth:`mstlib.model.GPT.forward`), so runs from then on measure that
+saving against this yardstick as well; the stored comparisons predate it.
+
 Tokens/s: the wall time of each ``log_interval``-step window ends at that synchronising ``loss.item()``;
 the first ``warmup_windows`` windows (compilation, allocator warm-up) are dropped and the median of the
 rest is reported, as mstlib.train does.
