@@ -353,17 +353,17 @@ def run_benchmark(models: Sequence[str] = ("mini", "paper"), contexts: Sequence[
                     errors[cell] = f"{type(e).__name__}: {str(e)[:300]}"
                     if dev.type == "cuda":
                         torch.cuda.empty_cache()
-        first_dense = [r["ms_per_step_median"] for r in timed.get(("dense", modes[0]), [])]
+        dense_ms = {mode: [r["ms_per_step_median"] for r in timed.get(("dense", mode), [])] for mode in modes}
         for v, mode in cells:
             mode_cols = {"compile_mode": mode} if compile_ else {}
             if (v, mode) in errors:
                 rows.append({"model": model, "context": context, "variant": v, **mode_cols,
                              "error": errors[(v, mode)]})
                 continue
-            row = _combine_rounds(timed[(v, mode)], [r["ms_per_step_median"] for r in timed.get(("dense", mode), [])])
-            if len(modes) > 1 and len(first_dense) == len(timed[(v, mode)]):
-                row["ratio_to_first_mode_dense"] = statistics.median(
-                    d / r["ms_per_step_median"] for d, r in zip(first_dense, timed[(v, mode)]))
+            row = _combine_rounds(timed[(v, mode)], dense_ms[mode])
+            paired = _paired_ratios(dense_ms[modes[0]], [r["ms_per_step_median"] for r in timed[(v, mode)]])
+            if len(modes) > 1 and paired:
+                row["ratio_to_first_mode_dense"] = statistics.median(paired)
             row.update(model=model, context=context, batch=batch, compile=compile_, attn_share_flops=share)
             row["predicted_ratio"] = predicted_ratio(share, row.get("attn_block_density"))
             row["backend"] = v.split(":")[0]
@@ -387,6 +387,11 @@ def predicted_ratio(attn_share: float, tile_fraction: float | None) -> float:
     return 1.0 / (1.0 - attn_share * (1.0 - tile_fraction))
 
 
+def _paired_ratios(dense_ms: list[float], ms: list[float]) -> list[float] | None:
+    """Each round's dense time over the variant's in that round; ``None`` unless both have every round."""
+    return [d / m for d, m in zip(dense_ms, ms)] if dense_ms and len(dense_ms) == len(ms) else None
+
+
 def _combine_rounds(per_round: list[dict[str, Any]], dense_ms: list[float]) -> dict[str, Any]:
     """One row from a variant's rounds: medians over rounds; the ratio to dense paired round by round."""
     row = dict(per_round[0])
@@ -397,9 +402,10 @@ def _combine_rounds(per_round: list[dict[str, Any]], dense_ms: list[float]) -> d
                 row[key] = statistics.median(r[key] for r in per_round)
         row["tokens_per_s"] = row["tokens_per_step"] / (row["ms_per_step_median"] / 1e3)
         row["round_ms"] = ms
-        if len(dense_ms) == len(ms):
-            row["round_ratios"] = [d / m for d, m in zip(dense_ms, ms)]
-            row["ratio_to_dense"] = statistics.median(row["round_ratios"])
+        paired = _paired_ratios(dense_ms, ms)
+        if paired:
+            row["round_ratios"] = paired
+            row["ratio_to_dense"] = statistics.median(paired)
         row["rounds"] = len(per_round)
     elif dense_ms:
         row["ratio_to_dense"] = dense_ms[0] / row["ms_per_step_median"]

@@ -715,11 +715,16 @@ def compiled_call(file: str) -> str:
     return next((k for k in COMPILED_CALL_CODE if k in file), "")
 
 
+def with_mode(d: pd.DataFrame) -> pd.DataFrame:
+    """``d`` with a ``mode`` column: the compile mode, ``"default"`` for rows written before modes existed."""
+    return d.assign(mode=d["compile_mode"].fillna("default") if "compile_mode" in d else "default")
+
+
 def latest_rows(d: pd.DataFrame) -> pd.DataFrame:
     """The latest call's row of each (device, model, context, variant, compile mode), failed variants left out."""
     if "error" in d:
         d = d[d["error"].isna()]
-    d = d.assign(mode=d["compile_mode"].fillna("default") if "compile_mode" in d else "default")
+    d = with_mode(d)
     last = d.groupby(["device_name", "model", "context", "variant", "mode"], observed=True)["file"].transform("max")
     return d[d["file"] == last]
 
@@ -793,9 +798,8 @@ else:
     if "error" in both:
         both = both[both["error"].isna()]
     both = both[both["file"].map(compiled_call) != ""]
-    both = both.assign(defects=both["file"].map(lambda f: COMPILED_CALL_CODE[compiled_call(f)]),
-                       call=both["file"].str.removesuffix(".json"),
-                       mode=both["compile_mode"].fillna("default") if "compile_mode" in both else "default")
+    both = with_mode(both).assign(defects=both["file"].map(lambda f: COMPILED_CALL_CODE[compiled_call(f)]),
+                                  call=both["file"].str.removesuffix(".json"))
     hist_table = both.pivot_table(index=["model", "context", "call", "mode", "defects"], columns="variant",
                                   values="ratio_to_dense", aggfunc="first")
     hist_table = hist_table[[v for v in benchmark.VARIANTS if v in hist_table.columns and v != "dense"]]
@@ -816,38 +820,35 @@ else:
         for m, g in before.groupby("model")) or "not measured", display=False)
 
     # the loss-only forward: dense mini steps and the two logits-sized kernels, before (session7a) and after
+    def kernels_where(kernels, match) -> list:
+        return [k for k in (kernels if isinstance(kernels, list) else []) if match(k["name"])]
+
+    def is_logits_kernel(name: str) -> bool:  # the zero gradient's fill, and its copy into a CUDA graph
+        return "FillFunctor<c10::BFloat16>" in name or "Memcpy DtoD" in name
+
     def logits_kernels(kernels) -> str:
-        ks = [k for k in (kernels if isinstance(kernels, list) else [])
-              if "FillFunctor<c10::BFloat16>" in k["name"] or "Memcpy DtoD" in k["name"]]
         return " + ".join(f"{k['ms']:.2f} ms {'zero fill' if 'Fill' in k['name'] else 'graph-input copy'}"
-                          for k in ks) or "neither"
+                          for k in kernels_where(kernels, is_logits_kernel)) or "neither"
 
     dm = both[(both["variant"] == "dense") & (both["model"] == "mini") & both["file"].str.contains("session7")]
-    parts = []
+    logits_pairs = []  # (mode, the session7a row, the latest row after the fix)
     for mode, g in dm.groupby("mode"):
         old, new = g[g["file"].str.contains("session7a")], g[~g["file"].str.contains("session7a")]
         if len(old) and len(new):
-            o, n = old.iloc[-1], new.sort_values("file").iloc[-1]
-            parts.append(f"{mode}: {o.ms_per_step_median:.2f} ms ({logits_kernels(o.kernels)}) to "
-                         f"{n.ms_per_step_median:.2f} ms ({logits_kernels(n.kernels)})")
-    glue("logits_fix_text", "; ".join(parts) or "not measured", display=False)
+            logits_pairs.append((mode, old.iloc[-1], new.sort_values("file").iloc[-1]))
+    glue("logits_fix_text", "; ".join(
+        f"{mode}: {o.ms_per_step_median:.2f} ms ({logits_kernels(o.kernels)}) to "
+        f"{n.ms_per_step_median:.2f} ms ({logits_kernels(n.kernels)})" for mode, o, n in logits_pairs)
+        or "not measured", display=False)
 
     # predicted against measured for the session-7 optimisations (mini model, where the host was the bound).
     # Loss-only forward: the old step minus the logits-sized kernels its profile shows. CUDA graphs: at best
     # the variant's default-mode kernel time (every host gap closed), against dense in the default mode.
-    def logits_ms(kernels) -> float:
-        return sum(k["ms"] for k in (kernels if isinstance(kernels, list) else [])
-                   if "FillFunctor<c10::BFloat16>" in k["name"] or "Memcpy DtoD" in k["name"])
-
-    opt_rows = []
-    for mode, g in dm.groupby("mode"):
-        old, new = g[g["file"].str.contains("session7a")], g[~g["file"].str.contains("session7a")]
-        if len(old) and len(new):
-            o, n = old.iloc[-1], new.sort_values("file").iloc[-1]
-            opt_rows.append({"optimisation": f"loss-only forward ({mode})", "model": "mini", "variant": "dense",
-                             "predicted": o.ms_per_step_median - logits_ms(o.kernels),
-                             "measured": n.ms_per_step_median, "unit": "ms per step",
-                             "how": f"{compiled_call(o.file)} minus its zero-fill/copy kernels; {compiled_call(n.file)}"})
+    opt_rows = [{"optimisation": f"loss-only forward ({mode})", "model": "mini", "variant": "dense",
+                 "predicted": o.ms_per_step_median - sum(k["ms"] for k in kernels_where(o.kernels, is_logits_kernel)),
+                 "measured": n.ms_per_step_median, "unit": "ms per step",
+                 "how": f"{compiled_call(o.file)} minus its zero-fill/copy kernels; {compiled_call(n.file)}"}
+                for mode, o, n in logits_pairs]
     for (m, T), g in comp.groupby(["model", "context"]):
         dflt = g[g["mode"] == "default"].set_index("variant")
         graphs_rows = g[g["mode"] == "reduce-overhead"].set_index("variant")
@@ -866,7 +867,7 @@ else:
 
     # masked weights and the matrix products' kernel time (same shapes, same kernels)
     def matmul_ms(kernels) -> float:
-        return sum(k["ms"] for k in (kernels if isinstance(kernels, list) else []) if k["name"].startswith("nvjet"))
+        return sum(k["ms"] for k in kernels_where(kernels, lambda name: name.startswith("nvjet")))
 
     zw = []
     for (m, T, mode), g in comp.groupby(["model", "context", "mode"]):

@@ -334,18 +334,18 @@ def test_cuda_graphs_train_like_the_default_compile_cuda(data_dir, tmp_path):
     micro-steps per step (the accumulation that CUDA-graph trees silently break when autograd adopts a
     replay's gradient memory), topology updates, an attention switch, evaluations, and a resume in the
     middle. The same kernels run, so the logs and the final checkpoint must agree."""
-    stores = {}
+    runs = {m: tiny_run(data_dir, "mst", **{"train.compile": m, "train.dtype": "bfloat16"})
+            for m in (True, "reduce-overhead")}
+    stores = {m: RunStore(tmp_path / str(m)) for m in runs}
     precision = torch.get_float32_matmul_precision()  # training allows TF32 and must restore the setting
-    for mode in (True, "reduce-overhead"):
-        run = tiny_run(data_dir, "mst", **{"train.compile": mode, "train.dtype": "bfloat16"})
-        store = stores[mode] = RunStore(tmp_path / str(mode))
+    for mode, run in runs.items():
+        store = stores[mode]
         T.train(run, store, device="cuda", progress=False, stop_after=6)
         torch._dynamo.reset()
         T.train(run, store, device="cuda", progress=False)
         torch._dynamo.reset()
         # left at "high", it made later float32 GPU tests in the same process compare TF32 products
         assert torch.get_float32_matmul_precision() == precision
-    runs = {m: tiny_run(data_dir, "mst", **{"train.compile": m, "train.dtype": "bfloat16"}) for m in stores}
     logs = {m: deterministic_log(stores[m].run_dir(runs[m]) / "log.csv") for m in stores}
     a, b = logs[True], logs["reduce-overhead"]
     assert len(a) == len(b) == 12 and a["update"].sum() >= 2
