@@ -723,6 +723,9 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
     metrics = {
         "steps": tc.max_iters,
         "tokens": tc.max_iters * tokens_per_step,
+        # how often the run saw its corpus: tokens trained on over the unique tokens of the train split
+        "unique_train_tokens": len(train_batches.tokens),
+        "passes": tc.max_iters * tokens_per_step / len(train_batches.tokens),
         "final_train_loss": final_train,
         "final_val_loss": final_val,
         # a run too short to leave windows after warm-up reports the median of all its windows

@@ -115,6 +115,10 @@ def test_log_columns_metrics_and_reuse(mst_straight):
     assert tuple(log.columns) == T.LOG_COLUMNS
     assert log["step"].tolist() == list(range(12))
     assert log["tokens"].iloc[-1] == 12 * run.tokens_per_step() == res.metrics["tokens"]
+    # passes over the unique train tokens: trained tokens / the train split's length
+    n_train = len(T.open_split(run, "train"))
+    assert res.metrics["unique_train_tokens"] == n_train
+    assert res.metrics["passes"] == pytest.approx(res.metrics["tokens"] / n_train, rel=1e-12)
     # FLOPs so far: increasing, ending at the FLOP count's total
     assert (np.diff(log["flops"]) > 0).all()
     assert log["flops"].iloc[-1] == pytest.approx(res.metrics["flops_total"], rel=1e-12)
