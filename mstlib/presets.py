@@ -86,7 +86,8 @@ from .config import (
 )
 from .errors import ConfigError
 
-__all__ = ["PRESETS", "METHODS", "make", "matched_sparsity", "tiny_model", "add_arguments", "main"]
+__all__ = ["PRESETS", "METHODS", "make", "matched_sparsity", "tiny_model", "run_flops", "solve_for_flops",
+           "tiny_for_flops", "add_arguments", "main"]
 
 PRESETS: tuple[str, ...] = ("smoke", "mini", "paper")
 METHODS: tuple[str, ...] = ("dense", "mst", "rigl", "ss", "tiny", "set")
@@ -185,38 +186,65 @@ def _freeze(overrides: Mapping[str, Any]) -> str:
     return json.dumps(dict(overrides), sort_keys=True)
 
 
-@functools.lru_cache(maxsize=64)
-def _mst_flops(preset: str, shared_json: str) -> float:
+def run_flops(run: RunConfig) -> float:
+    """Total training FLOPs of ``run`` (:func:`mstlib.flops.training_flops`, no series)."""
     from .flops import training_flops
 
-    run = _method(preset, "mst").replace(**json.loads(shared_json))
     return training_flops(run, series=False).total_flops
+
+
+def solve_for_flops(base: RunConfig, key: str, lo: float, hi: float, target: float,
+                    decimals: int = SPARSITY_DECIMALS) -> float:
+    """The value of the float field ``key`` in [``lo``, ``hi``], rounded to ``decimals``, at which ``base``
+    costs the closest to ``target`` training FLOPs, by bisection. The FLOPs must be monotone in ``key``
+    over the interval (either direction); a target outside the FLOPs at the two ends is a ConfigError."""
+    def flops(v: float) -> float:
+        return run_flops(base.replace(**{key: v}))
+
+    f_lo, f_hi = flops(lo), flops(hi)
+    falling = f_lo >= f_hi
+    if not min(f_lo, f_hi) <= target <= max(f_lo, f_hi):
+        raise ConfigError(
+            f"no {key} in [{lo}, {hi}] makes this {base.method} run cost {target:.4e} FLOPs (it costs "
+            f"{f_lo:.4e} at {lo} and {f_hi:.4e} at {hi}); check the overrides")
+    while hi - lo > 10 ** -(decimals + 2):
+        mid = 0.5 * (lo + hi)
+        if (flops(mid) > target) == falling:
+            lo = mid
+        else:
+            hi = mid
+    cand = {round(lo, decimals), round(hi, decimals)}
+    return min(sorted(cand), key=lambda v: abs(flops(v) - target))
+
+
+def tiny_for_flops(base: RunConfig, target: float) -> ModelConfig:
+    """The dense GPT with ``base``'s head dimension, at most its depth and heads, whose training FLOPs on
+    ``base``'s tokens are closest to ``target`` (ties go to the deeper model: depth is what a small GPT
+    needs most)."""
+    m = base.model
+    hd = m.n_embd // m.n_head
+    best: tuple[float, int, int] | None = None
+    for n_layer in range(1, m.n_layer + 1):
+        for n_head in range(1, m.n_head + 1):
+            run = base.replace(**{"model.n_layer": n_layer, "model.n_head": n_head, "model.n_embd": n_head * hd})
+            err = abs(run_flops(run) / target - 1.0)
+            if best is None or err < best[0] - 1e-12:
+                best = (err, n_layer, n_head)
+    assert best is not None
+    return ModelConfig(n_layer=best[1], n_head=best[2], n_embd=best[2] * hd, block_size=m.block_size,
+                       vocab_size=m.vocab_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _mst_flops(preset: str, shared_json: str) -> float:
+    return run_flops(_method(preset, "mst").replace(**json.loads(shared_json)))
 
 
 @functools.lru_cache(maxsize=64)
 def _solve_sparsity(preset: str, method: str, shared_json: str) -> float:
-    from .flops import training_flops
-
-    target = _mst_flops(preset, shared_json)
-    shared = json.loads(shared_json)
-    base = _method(preset, method).replace(**shared)
-
-    def flops(s: float) -> float:
-        return training_flops(base.replace(**{"schedule.sparsity": s}), series=False).total_flops
-
-    lo, hi = 0.0, 0.9999  # FLOPs fall as sparsity rises
-    if flops(lo) < target:
-        raise ConfigError(f"{method} cannot cost as much as MST ({target:.4e} FLOPs) even dense; check the overrides")
-    if flops(hi) > target:
-        raise ConfigError(f"{method} cannot cost as little as MST ({target:.4e} FLOPs) below sparsity {hi}")
-    while hi - lo > 10 ** -(SPARSITY_DECIMALS + 2):
-        mid = 0.5 * (lo + hi)
-        if flops(mid) > target:
-            lo = mid
-        else:
-            hi = mid
-    cand = {round(lo, SPARSITY_DECIMALS), round(hi, SPARSITY_DECIMALS)}
-    return min(cand, key=lambda s: abs(flops(s) - target))
+    base = _method(preset, method).replace(**json.loads(shared_json))
+    # FLOPs fall as sparsity rises; 0.9999 keeps a few weights in every matrix
+    return solve_for_flops(base, "schedule.sparsity", 0.0, 0.9999, _mst_flops(preset, shared_json))
 
 
 def matched_sparsity(preset: str, method: str, overrides: Mapping[str, Any] | None = None) -> float:
@@ -227,33 +255,15 @@ def matched_sparsity(preset: str, method: str, overrides: Mapping[str, Any] | No
 
 
 @functools.lru_cache(maxsize=64)
-def _solve_tiny(preset: str, shared_json: str) -> tuple[int, int, int]:
-    from .flops import training_flops
-
-    target = _mst_flops(preset, shared_json)
-    shared = json.loads(shared_json)
-    base = _method(preset, "tiny").replace(**shared)
-    m = base.model
-    hd = m.n_embd // m.n_head
-    best: tuple[float, int, int] | None = None
-    for n_layer in range(1, m.n_layer + 1):
-        for n_head in range(1, m.n_head + 1):
-            run = base.replace(**{"model.n_layer": n_layer, "model.n_head": n_head, "model.n_embd": n_head * hd})
-            err = abs(training_flops(run, series=False).total_flops / target - 1.0)
-            # ties (rare) go to the deeper model: depth is what a small GPT needs most
-            if best is None or err < best[0] - 1e-12:
-                best = (err, n_layer, n_head)
-    assert best is not None
-    return best[1], best[2], best[2] * hd
+def _solve_tiny(preset: str, shared_json: str) -> ModelConfig:
+    base = _method(preset, "tiny").replace(**json.loads(shared_json))
+    return tiny_for_flops(base, _mst_flops(preset, shared_json))
 
 
 def tiny_model(preset: str, overrides: Mapping[str, Any] | None = None) -> ModelConfig:
     """Tiny's model: the dense GPT (head dimension as the preset's, at most its depth and width) whose
     training FLOPs are closest to MST's with the same tokens."""
-    n_layer, n_head, n_embd = _solve_tiny(preset, _freeze(_shared(overrides or {})))
-    base = _method(preset, "tiny").replace(**_shared(overrides or {}))
-    return ModelConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=base.model.block_size,
-                       vocab_size=base.model.vocab_size)
+    return _solve_tiny(preset, _freeze(_shared(overrides or {})))
 
 
 # ------------------------------------------------------------------------------------------- make
