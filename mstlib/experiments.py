@@ -8,16 +8,22 @@ a variant's name is stored with it (``variant`` below) so tables can label rows 
 Ablations change one thing against full MST and keep everything else, hybrid sparse attention included:
 where a variant has no ultra-sparsification phase (constant sparsity), HSA runs over the same fraction of
 training that full MST's ultra phase covers, so the SV ablation does not also ablate HSA.
+
+The fair test of the claim (:mod:`mstlib.ladder`: the schedule search, the scale ladder, the gap's
+diagnostics) is here too, under :data:`FAIR_TEST`: its seeds are declared with its runs, and its MST runs
+use the schedule that its selection runs chose, so those experiments read the run store.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from . import ladder
 from .config import RunConfig
 from .errors import ConfigError
-from .presets import make
+from .presets import make, run_flops, solve_for_flops
 
 MAIN_METHODS = ("dense", "mst", "rigl", "ss", "tiny")
 
@@ -50,13 +56,12 @@ def sparsity_variation_runs(preset: str, seeds: list[int]) -> list[Variant]:
     """SV ablation: full MST against constant sparsity at MST's FLOPs, no warm-up, no restoration, and
     other peak sparsities."""
     mst = make(preset, "mst")
-    rigl = make(preset, "rigl")  # its constant sparsity is matched to MST's training FLOPs
+    constant = {"schedule.kind": "constant", **_ultra_window(preset)}
     out = []
     for s in seeds:
         out.append(Variant("sv", "full MST", _mst(preset, s)))
         out.append(Variant("sv", "constant sparsity", _mst(preset, s, {
-            "schedule.kind": "constant", "schedule.sparsity": rigl.schedule.sparsity,
-            **_ultra_window(preset)})))
+            **constant, "schedule.sparsity": _constant_matched(preset)})))
         out.append(Variant("sv", "no warm-up", _mst(preset, s, {"schedule.warmup_end": 0.0})))
         out.append(Variant("sv", "no restoration", _mst(preset, s, {
             "schedule.restore_start": 1.0, "schedule.s_end": mst.schedule.s_max})))
@@ -65,6 +70,14 @@ def sparsity_variation_runs(preset: str, seeds: list[int]) -> list[Variant]:
                 out.append(Variant("sv", f"peak {peak:.2f}", _mst(preset, s, {
                     "schedule.s_max": peak, "schedule.s_end": min(mst.schedule.s_end, peak)})))
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _constant_matched(preset: str) -> float:
+    """The constant sparsity at which MST's topology evolution with hybrid sparse attention over the ultra
+    phase's window costs full MST's training FLOPs (attention's saving included in the match)."""
+    base = _mst(preset, 0, {"schedule.kind": "constant", "schedule.sparsity": 0.5, **_ultra_window(preset)})
+    return solve_for_flops(base, "schedule.sparsity", 0.0, 0.9999, run_flops(make(preset, "mst")))
 
 
 def topology_runs(preset: str, seeds: list[int]) -> list[Variant]:
@@ -114,6 +127,7 @@ def deviation_runs(preset: str, seeds: list[int]) -> list[Variant]:
     return out
 
 
+#: The book's classic experiments (``"all"``): preset and seeds in, labelled runs out.
 EXPERIMENTS: dict[str, Callable[[str, list[int]], list[Variant]]] = {
     "main": main_runs,
     "sv": sparsity_variation_runs,
@@ -123,21 +137,46 @@ EXPERIMENTS: dict[str, Callable[[str, list[int]], list[Variant]]] = {
 }
 
 
-def variants_for(name: str, preset: str, seeds: list[int]) -> list[Variant]:
-    """The labelled runs of experiment ``name`` (or ``"all"``), duplicates (same run id) kept once per
-    table."""
+#: The fair test's experiments: preset and run store in (the ladder's MST uses the chosen schedule).
+FAIR_TEST: dict[str, Callable[[str, Any], list[ladder.LadderRun]]] = {
+    "schedules": lambda preset, store: ladder.selection_runs(preset),
+    "ladder": lambda preset, store: ladder.ladder_runs(preset, store),
+    "gap": ladder.gap_runs,
+    **{f"ladder-{r.name}": (lambda preset, store, name=r.name: ladder.ladder_runs(preset, store, (name,)))
+       for p in ladder.BUDGETS for r in ladder.rungs(p)},
+}
+
+
+def names() -> list[str]:
+    """Every experiment name ``variants_for`` knows."""
+    return sorted(EXPERIMENTS) + ["all"] + sorted(FAIR_TEST)
+
+
+def variants_for(name: str, preset: str, seeds: list[int] | None = None, store: Any = None) -> list[Variant]:
+    """The labelled runs of experiment ``name`` (or ``"all"``, the classic ones), duplicates (same run id)
+    kept once per table. ``seeds`` default to ``[0]``; the fair test's experiments have declared seeds
+    (passing any is an error) and read ``store`` (default ``RunStore("results")``)."""
+    if name in FAIR_TEST:
+        if seeds is not None:
+            raise ConfigError(f"experiment {name!r} has declared seeds (mstlib.ladder); do not pass seeds")
+        if store is None:
+            from .results import RunStore
+
+            store = RunStore()
+        return [Variant(name, f"{r.rung} {r.method}", r.run) for r in FAIR_TEST[name](preset, store)]
+    seeds = [0] if seeds is None else list(seeds)
     if name == "all":
         return [v for n in EXPERIMENTS for v in variants_for(n, preset, seeds)]
     try:
         fn = EXPERIMENTS[name]
     except KeyError:
-        raise ConfigError(f"unknown experiment {name!r}; choose one of {sorted(EXPERIMENTS) + ['all']}") from None
-    return fn(preset, list(seeds))
+        raise ConfigError(f"unknown experiment {name!r}; choose one of {names()}") from None
+    return fn(preset, seeds)
 
 
-def runs_for(name: str, preset: str, seeds: list[int]) -> list[RunConfig]:
+def runs_for(name: str, preset: str, seeds: list[int] | None = None, store: Any = None) -> list[RunConfig]:
     """The distinct runs (by run id, first occurrence kept) that experiment ``name`` needs."""
     seen: dict[str, RunConfig] = {}
-    for v in variants_for(name, preset, seeds):
+    for v in variants_for(name, preset, seeds, store):
         seen.setdefault(v.run.run_id(), v.run)
     return list(seen.values())

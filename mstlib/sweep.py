@@ -365,10 +365,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``python -m mstlib sweep``."""
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--runs", metavar="FILE", help="a JSON list of run configs")
-    src.add_argument("--experiment", metavar="NAME", help="the runs of a notebook (mstlib.experiments), or 'all'")
+    src.add_argument("--experiment", metavar="NAME",
+                     help="the runs of a notebook (mstlib.experiments), 'all', or a fair-test experiment "
+                          "('schedules', 'ladder', 'ladder-<rung>', 'gap')")
     src.add_argument("--methods", nargs="+", metavar="METHOD", help="these methods of --preset, every seed")
     parser.add_argument("--preset", default="mini", help="preset for --experiment/--methods (default: mini)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (default: 0)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="seeds (default: 0; the fair test's experiments have their own)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a field of every run (for --methods, before FLOP matching)")
     parser.add_argument("--device", default="auto", help="auto (GPUs if any, else CPU) | cuda | cpu")
@@ -387,7 +390,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--write-runs", metavar="FILE", help="write the run list as JSON (for --runs) and stop")
 
 
-def runs_from_args(args: argparse.Namespace) -> list[RunConfig]:
+def runs_from_args(args: argparse.Namespace, store: RunStore | None = None) -> list[RunConfig]:
     overrides = dict(parse_override(s) for s in args.set)
     if args.runs:
         runs = load_runs_file(args.runs)
@@ -396,12 +399,12 @@ def runs_from_args(args: argparse.Namespace) -> list[RunConfig]:
             from .experiments import runs_for
         except ImportError as e:
             raise ConfigError(f"--experiment needs mstlib.experiments ({e}); use --runs FILE") from e
-        runs = runs_for(args.experiment, args.preset, list(args.seeds))
+        runs = runs_for(args.experiment, args.preset, args.seeds, store)
     elif args.methods:
         from .presets import make
 
         return unique([make(args.preset, m, seed=s, overrides=overrides or None)
-                       for m in args.methods for s in args.seeds])
+                       for m in args.methods for s in (args.seeds or [0])])
     else:
         raise ConfigError("say which runs: --runs FILE, --experiment NAME or --methods M [M ...]")
     return unique([r.replace(**overrides) for r in runs] if overrides else runs)
@@ -416,7 +419,7 @@ def main(args: argparse.Namespace) -> int:
         if res["conflict"]:
             print("conflicts were kept as they are here; --overwrite replaces them", file=sys.stderr)
         return 1 if res["rejected"] else 0
-    runs = runs_from_args(args)
+    runs = runs_from_args(args, store)
     if args.write_runs:
         write_runs_file(runs, args.write_runs)
         print(f"{len(runs)} runs written to {args.write_runs}")
