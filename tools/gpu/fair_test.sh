@@ -10,10 +10,13 @@
 # this machine, where the search's results are) beside it; then .gpu/runs/last.json. A run already done is
 # skipped, so `start` may be repeated; runs listed twice train once (the second list drops them).
 # Needs data/offline (tools/gpu/receive_corpus.sh) and, for last.json's ablation runs, data/offline-50m.
+# Back here: python -m mstlib sweep --unpack fair_test.tar.gz (into results/).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu-out}; C=.gpu/campaign; mkdir -p "$C" "$OUT"
 PRESET=${PRESET:-mini}
+# the run store lives in an ignored folder: a later call's copy of the working tree leaves it alone
+export R=${RESULTS:-.gpu/results}
 cmd=${1:-status}; shift || true
 
 lists() { ls .gpu/runs/first.json "$C"/chosen.json .gpu/runs/last.json 2>/dev/null; }
@@ -27,18 +30,18 @@ start)
   ;;
 run)
   PER_GPU=${1:-4}
-  sweep() { python3 -m mstlib sweep --runs "$1" --results results --per-gpu "$2" >"$C/$(basename "$1" .json).log" 2>&1; }
+  sweep() { python3 -m mstlib sweep --runs "$1" --results "$R" --per-gpu "$2" >"$C/$(basename "$1" .json).log" 2>&1; }
   echo "$(date -u +%T) first: $(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' .gpu/runs/first.json) runs"
   sweep .gpu/runs/first.json "$PER_GPU" & FIRST=$!
   # the chosen schedule exists once the search's runs are done: then write the runs that use it, minus first's
-  until python3 -c "from mstlib import ladder; from mstlib.results import RunStore; ladder.chosen_schedule('$PRESET', RunStore('results'))" 2>/dev/null; do
+  until python3 -c "from mstlib import ladder; from mstlib.results import RunStore; ladder.chosen_schedule('$PRESET', RunStore('$R'))" 2>/dev/null; do
     kill -0 $FIRST 2>/dev/null || { echo "$(date -u +%T) first ended before the search was complete: no chosen runs"; break; }
     sleep 15
   done
   CHOSEN=
-  if python3 -c "from mstlib import ladder; from mstlib.results import RunStore; ladder.chosen_schedule('$PRESET', RunStore('results'))" 2>/dev/null; then
+  if python3 -c "from mstlib import ladder; from mstlib.results import RunStore; ladder.chosen_schedule('$PRESET', RunStore('$R'))" 2>/dev/null; then
   for e in $(cat .gpu/runs/chosen.txt); do
-    python3 -m mstlib sweep --experiment "$e" --preset "$PRESET" --write-runs "$C/$e.json" >/dev/null
+    python3 -m mstlib sweep --experiment "$e" --preset "$PRESET" --results "$R" --write-runs "$C/$e.json" >/dev/null
   done
   python3 - "$C" .gpu/runs/first.json $(sed "s#^#$C/#; s#\$#.json#" .gpu/runs/chosen.txt) <<'PY'
 import json, sys
@@ -54,7 +57,7 @@ for p in parts:
 json.dump(out, open(f"{c}/chosen.json", "w"))
 print(f"chosen schedule's runs: {len(out)}")
 PY
-  echo "$(date -u +%T) chosen: $(python3 -c "from mstlib import ladder; from mstlib.results import RunStore; print(ladder.chosen_schedule('$PRESET', RunStore('results')))")"
+  echo "$(date -u +%T) chosen: $(python3 -c "from mstlib import ladder; from mstlib.results import RunStore; print(ladder.chosen_schedule('$PRESET', RunStore('$R')))")"
   sweep "$C/chosen.json" $(( PER_GPU / 2 > 0 ? PER_GPU / 2 : 1 )) & CHOSEN=$!
   fi
   wait $FIRST; echo "$(date -u +%T) first done"
@@ -65,11 +68,10 @@ status|wait|pack)
   SECS=${1:-0}; T0=$(date +%s)
   while :; do
     python3 - $(lists) <<'PY'
-import json, sys, time
-from pathlib import Path
+import json, os, sys, time
 from mstlib.config import RunConfig
 from mstlib.results import RunStore
-store = RunStore("results")
+store = RunStore(os.environ["R"])
 done = run = todo = 0; lines = []
 for f in sys.argv[1:]:
     for d in json.load(open(f)):
@@ -92,11 +94,11 @@ PY
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
   # done runs only (a run still training stays here to finish in a later call)
   python3 - "$OUT/fair_test.tar.gz" $(lists) <<'PY'
-import json, sys
+import json, os, sys
 from mstlib.config import RunConfig
 from mstlib.results import RunStore
 from mstlib.sweep import pack
-store = RunStore("results")
+store = RunStore(os.environ["R"])
 runs = [RunConfig.from_dict(d) for f in sys.argv[2:] for d in json.load(open(f))]
 done = [r for r in runs if store.is_done(r)]
 pack(done, store, sys.argv[1])
