@@ -25,7 +25,9 @@ case "$cmd" in
 start)
   PER_GPU=${1:-4}
   if [ -f "$C/pid" ] && kill -0 "$(cat "$C/pid")" 2>/dev/null; then echo "campaign already running (pid $(cat "$C/pid"))"; exit 0; fi
-  setsid nohup bash "$0" run "$PER_GPU" >"$C/campaign.log" 2>&1 < /dev/null &
+  # bash reads a script as it runs: run a copy, so a later call's copy of the working tree cannot change it
+  cp "$0" "$C/campaign.sh"
+  setsid nohup bash "$C/campaign.sh" run "$PER_GPU" >"$C/campaign.log" 2>&1 < /dev/null &
   echo $! >"$C/pid"; echo "campaign started (pid $!), log $C/campaign.log"
   ;;
 run)
