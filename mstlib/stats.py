@@ -1,4 +1,5 @@
-"""Small statistics for the tables: mean and 95% interval over seeds, and binomial intervals.
+"""Small statistics for the tables: mean and 95% interval over seeds, paired differences, Holm's correction,
+a straight-line fit with its interval, and binomial intervals.
 
 No SciPy: the Student-t quantile comes from bisection on the t CDF, which is written through the
 regularised incomplete beta function (continued fraction, Numerical Recipes' ``betacf`` method, our own
@@ -138,3 +139,85 @@ def difference_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -
     df = se2**2 / ((va / na) ** 2 / (na - 1) + (vb / nb) ** 2 / (nb - 1))
     h = t_quantile(0.5 + level / 2.0, df) * math.sqrt(se2)
     return MeanCI(d, d - h, d + h, min(na, nb), level)
+
+
+def paired_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> MeanCI:
+    """Interval of the mean of ``a[i] - b[i]`` (Student t on the differences, n - 1 df): for runs that
+    share a seed, and with it the initial weights and the data order, so their difference is paired."""
+    if len(a) != len(b):
+        raise ValueError(f"paired values need equal lengths, got {len(a)} and {len(b)}")
+    return mean_ci([x - y for x, y in zip(a, b)], level)
+
+
+def paired_p(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided p-value of the paired t test of ``mean(a - b) = 0`` (NaN with fewer than two pairs; 0 or 1
+    when the differences do not vary)."""
+    d = [x - y for x, y in zip(a, b)]
+    n = len(d)
+    if n < 2:
+        return math.nan
+    m = sum(d) / n
+    sd = math.sqrt(sum((x - m) ** 2 for x in d) / (n - 1))
+    if sd == 0.0:
+        return 1.0 if m == 0.0 else 0.0
+    t = m / (sd / math.sqrt(n))
+    return 2.0 * (1.0 - t_cdf(abs(t), n - 1))
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1), in the input order: reject a
+    hypothesis at family-wise level alpha where its adjusted p-value is at most alpha. NaN stays NaN and
+    does not count in the family."""
+    idx = sorted((i for i, p in enumerate(pvalues) if not math.isnan(p)), key=lambda i: pvalues[i])
+    m = len(idx)
+    out = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(idx):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        out[i] = running
+    return out
+
+
+@dataclass(frozen=True)
+class LineFit:
+    """Least-squares line ``y = intercept + slope * x`` over ``n`` points, with the slope's two-sided
+    ``level`` t interval (n - 2 df; NaN bounds with fewer than three points)."""
+
+    slope: float
+    intercept: float
+    slope_lo: float
+    slope_hi: float
+    n: int
+    x_mean: float
+    sxx: float
+    resid_sd: float
+    level: float = 0.95
+
+    def at(self, x: float) -> MeanCI:
+        """The fitted mean at ``x`` with its t interval (an extrapolation far from the data is not a
+        measurement: the interval only says how uncertain the line is, if the line is the right model)."""
+        y = self.intercept + self.slope * x
+        if self.n < 3:
+            return MeanCI(y, math.nan, math.nan, self.n, self.level)
+        se = self.resid_sd * math.sqrt(1.0 / self.n + (x - self.x_mean) ** 2 / self.sxx)
+        h = t_quantile(0.5 + self.level / 2.0, self.n - 2) * se
+        return MeanCI(y, y - h, y + h, self.n, self.level)
+
+
+def fit_line(x: Sequence[float], y: Sequence[float], level: float = 0.95) -> LineFit:
+    """Ordinary least squares of ``y`` on ``x`` (at least two distinct ``x``)."""
+    n = len(x)
+    if n != len(y) or n < 2:
+        raise ValueError(f"fit_line needs two or more (x, y) pairs of equal length, got {n} and {len(y)}")
+    xm, ym = sum(x) / n, sum(y) / n
+    sxx = sum((v - xm) ** 2 for v in x)
+    if sxx == 0.0:
+        raise ValueError("fit_line needs at least two distinct x")
+    slope = sum((u - xm) * (v - ym) for u, v in zip(x, y)) / sxx
+    intercept = ym - slope * xm
+    if n < 3:
+        return LineFit(slope, intercept, math.nan, math.nan, n, xm, sxx, math.nan, level)
+    resid = [v - (intercept + slope * u) for u, v in zip(x, y)]
+    sd = math.sqrt(sum(r * r for r in resid) / (n - 2))
+    h = t_quantile(0.5 + level / 2.0, n - 2) * sd / math.sqrt(sxx)
+    return LineFit(slope, intercept, slope - h, slope + h, n, xm, sxx, sd, level)

@@ -3,7 +3,8 @@ import random
 
 import pytest
 
-from mstlib.stats import betainc, difference_ci, mean_ci, t_cdf, t_quantile, wilson_interval
+from mstlib.stats import (betainc, difference_ci, fit_line, holm, mean_ci, paired_ci, paired_p, t_cdf, t_quantile,
+                          wilson_interval)
 
 
 @pytest.mark.parametrize(
@@ -49,3 +50,42 @@ def test_wilson_and_difference():
     assert d.mean == pytest.approx(-1.0) and d.hi < 0
     with pytest.raises(ValueError):
         mean_ci([])
+
+
+def test_paired_ci_and_p_use_the_per_seed_differences():
+    # a shared seed effect that Welch's unpaired interval counts as noise; the paired one removes it
+    a, b = [5.0, 6.0, 7.0], [4.9, 5.88, 6.91]
+    d = paired_ci(a, b)
+    assert d.mean == pytest.approx(0.1033333, abs=1e-6) and d.lo > 0 and d.n == 3
+    assert difference_ci(a, b).lo < 0 < difference_ci(a, b).hi
+    # t = mean / (sd / sqrt 3) with the differences 0.1, 0.12, 0.09
+    diffs = [0.1, 0.12, 0.09]
+    m = sum(diffs) / 3
+    sd = math.sqrt(sum((x - m) ** 2 for x in diffs) / 2)
+    t = m / (sd / math.sqrt(3))
+    assert paired_p(a, b) == pytest.approx(2 * (1 - t_cdf(t, 2)), rel=1e-12) and paired_p(a, b) < 0.01
+    assert math.isnan(paired_p([1.0], [2.0])) and paired_p([1.0, 2.0], [1.0, 2.0]) == 1.0
+    with pytest.raises(ValueError):
+        paired_ci([1.0, 2.0], [1.0])
+
+
+def test_holm_step_down():
+    # hand-computed: sorted 0.01, 0.02, 0.04 -> 3 * 0.01, max(0.03, 2 * 0.02), max(0.04, 1 * 0.04)
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    out = holm([0.01, math.nan, 0.2])
+    assert out[0] == pytest.approx(0.02) and math.isnan(out[1]) and out[2] == pytest.approx(0.2)
+
+
+def test_fit_line_slope_interval_and_prediction():
+    x = [0.0, 1.0, 2.0, 3.0]
+    y = [1.0, 3.1, 4.9, 7.0]
+    f = fit_line(x, y)
+    assert f.slope == pytest.approx(1.98, abs=1e-9) and f.intercept == pytest.approx(1.03, abs=1e-9)
+    assert f.slope_lo < 1.98 < f.slope_hi and f.slope_hi - f.slope_lo < 0.5
+    at = f.at(10.0)  # far out: the interval widens with the distance from the data
+    assert at.mean == pytest.approx(1.03 + 19.8) and at.hi - at.lo > (f.at(1.5).hi - f.at(1.5).lo) * 3
+    two = fit_line([0.0, 1.0], [1.0, 2.0])
+    assert two.slope == 1.0 and math.isnan(two.slope_lo) and math.isnan(two.at(5.0).lo)
+    with pytest.raises(ValueError):
+        fit_line([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
