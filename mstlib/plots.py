@@ -273,3 +273,66 @@ def metric_bars(
     ax.set_ylabel(by)
     ax.set_title(title or f"{label(metric)} by {by} (mean, 95% CI over seeds)")
     return ax
+
+
+def frontier(points: pd.DataFrame, *, axes: Optional[Sequence[Axes]] = None) -> Sequence[Axes]:
+    """The iso-FLOP frontier (:func:`mstlib.fair_test.frontier_points`): per model, final validation loss
+    against exact training FLOPs (log axis); every dense run of the model (each length of each rung, its own
+    warm-up and decay) joined as the frontier, the methods at the budget as marked points with 95% t error
+    bars over seeds. A point below the line trains better per FLOP than dense; one above it, worse."""
+    _require(points, ["model", "rung", "method", "flops", "loss", "lo", "hi", "n", "dense"], "frontier")
+    models = list(dict.fromkeys(points["model"]))
+    if axes is None:
+        _, grid = plt.subplots(1, len(models), figsize=(6.4 * len(models), 4.6), squeeze=False)
+        axes = list(grid[0])
+    markers = {"mst": "D", "rigl": "s", "tiny": "^"}
+    colours = dict(zip(markers, sns.color_palette(n_colors=len(markers) + 1)[1:]))
+    for ax, model in zip(axes, models):
+        p = points[points["model"] == model]
+        d = p[p["dense"]].groupby("flops", as_index=False).agg(loss=("loss", "mean"), lo=("lo", "min"),
+                                                               hi=("hi", "max"))
+        ax.plot(d["flops"], d["loss"], "-o", color="black", lw=1.5, ms=4, label="dense, every length (frontier)")
+        ax.fill_between(d["flops"], d["lo"].fillna(d["loss"]), d["hi"].fillna(d["loss"]), color="black", alpha=0.1)
+        for method, g in p[~p["dense"]].groupby("method", sort=False):
+            err = np.vstack([(g["loss"] - g["lo"]).fillna(0.0), (g["hi"] - g["loss"]).fillna(0.0)])
+            ax.errorbar(g["flops"], g["loss"], yerr=err, fmt=markers.get(method, "o"), ms=7, capsize=3,
+                        color=colours.get(method), label=f"{method} (n={int(g['n'].min())})")
+        ax.set_xscale("log")
+        ax.set_xlabel("training FLOPs (exact, log scale)")
+        ax.set_ylabel(label("metrics.final_val_loss"))
+        ax.set_title(model)
+        _legend_below(ax)
+    return axes
+
+
+def gap_trend(trends: Sequence[Mapping], *, ax: Optional[Axes] = None) -> Axes:
+    """The equal-token gap (MST minus dense, paired by seed) against training tokens (log2 axis), one colour
+    per model (:func:`mstlib.fair_test.trend` results): each rung's mean with its 95% interval and the
+    least-squares line through the per-seed gaps, drawn over the measured range only (none for a model with
+    one rung)."""
+    ax = _axes(ax, figsize=(7.4, 4.4))
+    for colour, t in zip(sns.color_palette(n_colors=max(1, len(trends))), trends):
+        toks = np.array([r[1] for r in t["rungs"]], dtype=float)
+        mean = np.array([r[2].mean for r in t["rungs"]])
+        lo = np.array([r[2].lo for r in t["rungs"]])
+        hi = np.array([r[2].hi for r in t["rungs"]])
+        err = np.vstack([np.nan_to_num(mean - lo), np.nan_to_num(hi - mean)])
+        ax.errorbar(toks, mean, yerr=err, fmt="o", color=colour, capsize=3, label=f"{t['model']}")
+        f = t["fit"]
+        if f is None:  # one rung: its point, no line
+            continue
+        xs = np.linspace(np.log2(toks.min()), np.log2(toks.max()), 20)
+        ax.plot(2.0 ** xs, f.intercept + f.slope * xs, "--", color=colour, lw=1.2,
+                label=f"{t['model']}: {f.slope:+.3f} nats per doubling")
+    ax.axhline(0.0, color="grey", lw=1, ls=":")
+    ax.set_xscale("log", base=2)
+    ticks = {r[1]: f"{r[1] / 1e6:,.0f}M\n{r[3]:.1f} tok/param" for t in trends for r in t["rungs"]}
+    ax.set_xticks(sorted(ticks), [ticks[k] for k in sorted(ticks)], fontsize="small")
+    ax.minorticks_off()
+    lo, hi = min(ticks), max(ticks)
+    ax.set_xlim(lo / 1.5, hi * 1.5)
+    ax.set_xlabel("training tokens (log2 scale) and tokens per parameter")
+    ax.set_ylabel("MST minus dense, final validation loss (nats)")
+    ax.set_title("The gap at equal tokens, against training length")
+    ax.legend(fontsize="small", frameon=True, loc="best")  # two-line tick labels leave no room below
+    return ax
