@@ -93,14 +93,15 @@ def _missing(store: RunStore, runs: Iterable[RunConfig], evaluate: bool) -> list
 
 def collect(
     variants: Sequence[Variant], *, preset: str, device: str = "auto", results_dir: str = "results",
-    evaluate: bool = True, progress: bool = False,
+    evaluate: bool = True, progress: bool = False, allow_missing: bool = False,
 ) -> "pd.DataFrame":
     """One row per variant: ``table, variant, method, seed, run_id, preset``, ``metrics.*``, ``eval.*``
     (task metrics flattened, e.g. ``eval.wikitext2.ppl_word``), ``provenance.*`` and ``config``.
 
     Missing runs are trained (and evaluated) here when the preset allows it on this machine: always for
     ``smoke``; for the GPU presets only when CUDA is present. Otherwise the error names the sweep that
-    makes them."""
+    makes them; with ``allow_missing`` their rows are left out instead and listed in
+    ``df.attrs["missing"]`` (variant, seed, run id), for a page that reports what is stored so far."""
     import pandas as pd
 
     store = RunStore(results_dir)
@@ -109,6 +110,10 @@ def collect(
         if v.run.preset != preset:
             raise MstError(f"variant {v.variant!r} is preset {v.run.preset!r}, not {preset!r}")
     missing = _missing(store, runs.values(), evaluate)
+    left_out: set[str] = set()
+    if missing and allow_missing and preset in GPU_PRESETS and not torch.cuda.is_available():
+        left_out = {m.run_id() for m in missing}
+        missing = []
     if missing:
         if preset in GPU_PRESETS and not torch.cuda.is_available():
             tables = sorted({v.table for v in variants if v.run.run_id() in {m.run_id() for m in missing}})
@@ -122,6 +127,8 @@ def collect(
             train_and_evaluate(r, store, device=device, evaluate=evaluate, progress=progress)
     rows = []
     for v in variants:
+        if v.run.run_id() in left_out:
+            continue
         res = store.load(v.run)
         row: dict[str, Any] = {
             "table": v.table, "variant": v.variant, "method": v.run.method, "seed": v.run.seed,
@@ -133,7 +140,9 @@ def collect(
         row.update(flatten(res.provenance, "provenance."))
         row["config"] = v.run
         rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    df.attrs["missing"] = [(v.variant, v.run.seed, v.run.run_id()) for v in variants if v.run.run_id() in left_out]
+    return df
 
 
 def logs(df: "pd.DataFrame", results_dir: str = "results") -> "pd.DataFrame":

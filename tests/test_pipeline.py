@@ -44,3 +44,17 @@ def test_gpu_preset_without_runs_names_the_sweep(tmp_path, monkeypatch):
         pipeline.collect(_variants("mini"), preset="mini", results_dir=str(tmp_path))
     with pytest.raises(MstError, match="is preset 'mini', not 'smoke'"):
         pipeline.collect(_variants("mini"), preset="smoke", results_dir=str(tmp_path))
+
+
+def test_allow_missing_reports_what_is_not_stored(tmp_path, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    vs = _variants("mini")
+    df = pipeline.collect(vs, preset="mini", results_dir=str(tmp_path), allow_missing=True)
+    assert df.empty and df.attrs["missing"] == [(v.variant, 0, v.run.run_id()) for v in vs]
+    # a stored run is read, the others listed
+    store = RunStore(tmp_path)
+    done = vs[0].run
+    store.begin(done, {"seed": 0}, fresh=True)
+    store.finish(done, {"final_val_loss": 5.0}, {"seed": 0})
+    df = pipeline.collect(vs, preset="mini", results_dir=str(tmp_path), allow_missing=True, evaluate=False)
+    assert list(df["run_id"]) == [done.run_id()] and len(df.attrs["missing"]) == len(vs) - 1

@@ -1,0 +1,244 @@
+"""The paper's claims and our verdicts on them, computed in one place from the stored runs: the verdict
+chapter and the book's first page both call :func:`evaluate`, so the two can never disagree.
+
+The claims (the paper's title and abstract) and the comparisons behind each:
+
+1. **4x fewer training FLOPs than dense**: exact arithmetic on the configs (no interval), at the paper's
+   scale with our schedule defaults, in the main table's runs, and in the fair test (whose budget is 1/4
+   by construction). Where a factor holds by construction, the verdict says so.
+2. **No loss in quality against dense** (the **primary** comparison: MST with the schedule chosen by the
+   fair test's search, against dense at equal tokens, at the ladder's first rung, on the ladder's own seeds;
+   validation loss, margin ``loss_margin``), and the main table's validation loss and zero-shot perplexities.
+3. **Better than RigL, SS and Tiny at equal FLOPs** (main table; and RigL and Tiny at the fair test's rungs).
+4. **Better than dense trained for the same FLOPs** (our question, the iso-FLOP frontier: dense for 1/4 of
+   the steps with its own schedule), at every stored rung.
+5. - 7. **Sparsity variation, topology evolution by mixed growth, hybrid sparse attention each help** (the
+   ablations, at the main table's scale).
+8. **The gap to dense shrinks as training grows** (not a claim of the paper, but what its claim at 295B
+   tokens needs of our small runs): the slope of the equal-token gap per doubling of tokens, per model.
+
+Runs of one seed share weights and data order, so every comparison is paired by seed. Every comparison but
+the primary one and the exact ones forms one family, corrected with Holm's method. Metrics at their floor at
+this scale (LAMBADA accuracy near 0, GLUE accuracy at or below the majority class) are shown by the pages but
+never enter a verdict (:data:`UNINFORMATIVE`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from . import experiments, fair_test, flops, ladder, presets
+from .errors import MstError
+from .pipeline import collect
+from .results import RunStore
+from .verdicts import (Verdict, at_least, better_than, combine, holm, no_worse_than, not_stored, paired_values,
+                       trend_shrinks)
+
+__all__ = ["Margins", "Claims", "UNINFORMATIVE", "evaluate", "PRIMARY"]
+
+#: Metrics that sit at their floor at our scale: shown, never decisive.
+UNINFORMATIVE = {
+    "eval.lambada.acc": "LAMBADA last-word accuracy (near 0 for models this small)",
+    "eval.rte.acc": "RTE k-shot accuracy (at the majority class)",
+    "eval.mrpc.acc": "MRPC k-shot accuracy (at or below the majority class)",
+}
+#: The one comparison outside the Holm family.
+PRIMARY = "MST vs dense at equal tokens (fair test, first rung)"
+VAL = "validation loss"
+
+
+@dataclass(frozen=True)
+class Margins:
+    """The verdicts' parameters (the verdict chapter's papermill parameters)."""
+
+    flops_target: float = 4.0
+    flops_tolerance: float = 0.1
+    loss_margin: float = 0.02
+    ppl_margin: float = 0.02
+    min_gain: float = 0.0
+    alpha: float = 0.05
+
+    def __post_init__(self) -> None:
+        checks = (("flops_target", self.flops_target > 0), ("flops_tolerance", 0 <= self.flops_tolerance < 1),
+                  ("loss_margin", self.loss_margin >= 0), ("ppl_margin", self.ppl_margin >= 0),
+                  ("min_gain", self.min_gain >= 0), ("alpha", 0 < self.alpha < 1))
+        for name, ok in checks:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok:
+                raise MstError(f"{name}={value!r} is out of range (targets > 0, tolerance in [0, 1), margins >= 0, "
+                               "alpha in (0, 1))")
+
+
+@dataclass
+class Claims:
+    """Every comparison (``parts``: claim -> verdicts, after Holm), one combined verdict per claim, and the
+    data they were read from (``main``, ``ablations``, ``fair``: DataFrames; ``chosen``: the schedule)."""
+
+    parts: dict[str, list[Verdict]]
+    claims: list[Verdict]
+    main: pd.DataFrame
+    ablations: dict[str, pd.DataFrame]
+    fair: pd.DataFrame
+    chosen: str | None
+    scopes: dict[str, str] = field(default_factory=dict)
+
+    def table(self) -> pd.DataFrame:
+        """One row per claim: the claim, its verdict, and the scope of the comparisons behind it."""
+        return pd.DataFrame({
+            "claim": [c.claim for c in self.claims],
+            "verdict": [c.outcome for c in self.claims],
+            "scope": ["; ".join(dict.fromkeys(v.scope for v in self.parts[c.claim] if v.scope)) for c in self.claims],
+        }, index=range(1, len(self.claims) + 1))
+
+
+def _seed_text(seeds: list[int]) -> str:
+    return "seed " + str(seeds[0]) if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+
+
+def _scope(run: Any, seeds: list[int], schedule: str) -> str:
+    tokens = run.train.max_iters * run.tokens_per_step()
+    return f"{run.preset}, {tokens / 1e6:,.0f}M tokens of {run.data.corpus}, {schedule}, {_seed_text(seeds)}"
+
+
+def _vals(df: pd.DataFrame, group: str, metric: str = "metrics.final_val_loss", by: str = "method") -> list[float]:
+    return [float(v) for v in pd.to_numeric(df.loc[df[by] == group, metric], errors="coerce")]
+
+
+def _pair(df: pd.DataFrame, a: str, b: str, metric: str = "metrics.final_val_loss",
+          by: str = "method") -> tuple[list[float], list[float]] | None:
+    if not ((df[by] == a).any() and (df[by] == b).any()):
+        return None
+    return paired_values(df, metric, a, b, by=by)
+
+
+def evaluate(preset: str, seeds: list[int], ablation_seeds: list[int], results_dir: str = "results",
+             device: str = "auto", margins: Margins = Margins()) -> Claims:
+    """All verdicts of the book at ``preset`` (missing smoke runs are trained; a GPU preset's missing runs
+    make their comparisons inconclusive, saying so)."""
+    main = collect(experiments.variants_for("main", preset, seeds), preset=preset, device=device,
+                   results_dir=results_dir, allow_missing=True)
+    abl = {name: collect(experiments.variants_for(name, preset, ablation_seeds), preset=preset, device=device,
+                         results_dir=results_dir, evaluate=False, allow_missing=True)
+           for name in ("sv", "te", "hsa")}
+    scale = "mini" if preset == "paper" else preset
+    store = RunStore(results_dir)
+    fair_test.train_missing(scale, store, device=device)
+    fair, chosen = fair_test.collect(scale, store)
+    m = margins
+    mst = presets.make(preset, "mst")
+    main_scope = _scope(mst, seeds, f"the preset's MST schedule (peak {mst.schedule.s_max:g})")
+    abl_scope = _scope(mst, ablation_seeds, "one change against the preset's MST")
+    first = ladder.selection_rung(scale)
+    fair_run = ladder.rung_run(scale, first.name, "dense", first.seeds[0])
+    fair_scope = _scope(fair_run, list(first.seeds), f"schedule {chosen or '(search incomplete)'}")
+    parts: dict[str, list[Verdict]] = {}
+
+    # 1. FLOPs: exact arithmetic everywhere, so no interval, and said where it holds by construction
+    paper = presets.make("paper", "mst")
+    paper_factor = (flops.training_flops(presets.make("paper", "dense"), series=False).total_flops
+                    / flops.training_flops(paper, series=False).total_flops)
+    fl = [at_least([paper_factor], m.flops_target, tolerance=m.flops_tolerance, exact=True,
+                   claim="at paper scale, our schedule defaults (chosen for about 4x: holds by construction)",
+                   quantity="dense FLOPs / MST FLOPs", scope="paper (GPT-2 124M, 600k steps), computed")]
+    main_ratio = (flops.training_flops(presets.make(preset, "dense"), series=False).total_flops
+                  / flops.training_flops(mst, series=False).total_flops)
+    fl.append(at_least([main_ratio], m.flops_target, tolerance=m.flops_tolerance, exact=True,
+                       claim="the main table's MST runs", quantity="dense FLOPs / MST FLOPs", scope=main_scope))
+    fl.append(at_least([1.0 / ladder.budget(scale)], m.flops_target, tolerance=m.flops_tolerance, exact=True,
+                       claim="the fair test's MST runs (the budget is 1/4: holds by construction)",
+                       quantity="dense FLOPs / MST FLOPs", scope=fair_scope))
+    parts["4x fewer training FLOPs than dense"] = fl
+
+    # 2. No loss against dense: the primary comparison first
+    rule_nw = no_worse_than([0.0, 0.0], [0.0, 0.0], m.loss_margin, claim="", metric=VAL).rule
+    a, b = fair_test.paired(fair, first.name, "mst", "dense") if chosen else ([], [])
+    quality = [no_worse_than(a, b, m.loss_margin, claim=PRIMARY, metric=VAL, scope=fair_scope) if a
+               else not_stored(PRIMARY, VAL, rule_nw, fair_scope)]
+    p = _pair(main, "mst", "dense")
+    quality.append(no_worse_than(*p, m.loss_margin, claim=f"MST vs dense, {VAL} (main table)", metric=VAL,
+                                 scope=main_scope) if p else not_stored("MST vs dense (main table)", VAL, rule_nw, main_scope))
+    for task, name in (("wikitext103", "WikiText-103"), ("wikitext2", "WikiText-2"), ("ptb", "PTB"),
+                       ("1bw", "1BW"), ("lambada", "LAMBADA")):
+        col = f"eval.{task}.ppl_word" if task != "lambada" else "eval.lambada.ppl"
+        if col in main.columns and main[col].notna().all() and p:
+            quality.append(no_worse_than(*_pair(main, "mst", "dense", col), m.ppl_margin, relative=True,
+                                         claim=f"MST vs dense, {name} perplexity (main table)",
+                                         metric=f"{name} perplexity", scope=main_scope))
+    parts["No loss in quality against dense"] = quality
+
+    # 3. Better than the baselines at equal FLOPs
+    rule_bt = better_than([0.0, 0.0], [0.0, 0.0], claim="", metric=VAL, min_gain=m.min_gain).rule
+    base = []
+    for bm, label in (("rigl", "RigL"), ("ss", "SS"), ("tiny", "Tiny")):
+        p = _pair(main, "mst", bm)
+        base.append(better_than(*p, min_gain=m.min_gain, claim=f"MST vs {label} (main table)", metric=VAL,
+                                scope=main_scope) if p else not_stored(f"MST vs {label} (main table)", VAL, rule_bt, main_scope))
+    # 4. ... and dense for the same FLOPs, at every rung of the fair test
+    frontier = []
+    for rung in ladder.rungs(scale):
+        run = ladder.rung_run(scale, rung.name, "dense", rung.seeds[0])
+        scope = _scope(run, list(rung.seeds), f"schedule {chosen or '(search incomplete)'}") + f" ({rung.name})"
+        for bm, label, target in (("rigl", "RigL", base), ("tiny", "Tiny", base),
+                                  (ladder.budget_method(scale), f"{ladder.budget_method(scale)} (its own schedule)", frontier)):
+            if bm not in rung.methods:
+                continue
+            c, r = fair_test.paired(fair, rung.name, "mst", bm) if chosen else ([], [])
+            claim = f"MST vs {label}, {rung.name}"
+            target.append(better_than(c, r, min_gain=m.min_gain, claim=claim, metric=VAL, scope=scope) if c
+                          else not_stored(claim, VAL, rule_bt, scope))
+    parts["Better than RigL, SS and Tiny at equal FLOPs"] = base
+    parts["Better than dense trained for the same FLOPs (the frontier)"] = frontier
+
+    # 5.-7. The ablations (their variants are labelled; full MST is the preset's MST)
+    def abl_part(name: str, full_label: str, others: list[str]) -> list[Verdict]:
+        df = abl[name]
+        out = []
+        for o in others:
+            claim = f"{full_label} vs {o}"
+            p = _pair(df, full_label, o, by="variant")
+            out.append(better_than(*p, min_gain=m.min_gain, claim=claim, metric=VAL, scope=abl_scope) if p
+                       else not_stored(claim, VAL, rule_bt, abl_scope))
+        return out
+
+    parts["Sparsity variation (SV) helps"] = abl_part("sv", "full MST", ["constant sparsity"])
+    parts["Topology evolution by MG helps"] = abl_part("te", "mixed (MG)", ["gradient (RigL)", "random (SET)",
+                                                                             "none (static)"])
+    hsa = abl["hsa"]
+    hsa_full = next((v for v in dict.fromkeys(hsa["variant"]) if v.startswith(mst.attention.pattern + " (ultra")), None)
+    h: list[Verdict] = []
+    if hsa_full is not None and (hsa["variant"] == "dense attention").any():
+        dense_att = presets.make(preset, "mst", overrides={"attention.pattern": "dense"})
+        factor = (flops.training_flops(dense_att, series=False).total_flops
+                  / flops.training_flops(mst, series=False).total_flops)
+        h.append(at_least([factor], 1.0, tolerance=0.0, exact=True, claim="HSA saves FLOPs",
+                          quantity="FLOPs with dense attention / with HSA", scope=abl_scope))
+        h.append(no_worse_than(*_pair(hsa, hsa_full, "dense attention", by="variant"), m.loss_margin,
+                               claim=f"HSA vs dense attention, {VAL}", metric=VAL, scope=abl_scope))
+    else:
+        h.append(not_stored("HSA vs dense attention", VAL, rule_nw, abl_scope))
+    parts["Hybrid sparse attention (HSA) helps"] = h
+
+    # 8. The trend of the equal-token gap, per model
+    trend = []
+    for model in dict.fromkeys(r.model for r in ladder.rungs(scale)):
+        t = fair_test.trend(fair, model) if chosen else None
+        rungs_of = [r.name for r in ladder.rungs(scale) if r.model == model]
+        scope = f"{model}, rungs {', '.join(rungs_of)}, schedule {chosen or '(search incomplete)'}"
+        trend.append(trend_shrinks(t["fit"] if t else None, claim=f"gap per doubling of tokens, {model}",
+                                   quantity="change of (MST - dense) per doubling of tokens", scope=scope,
+                                   missing=("fewer than two rungs stored: no trend yet" if t or chosen else
+                                            "the schedule search is not complete")))
+    parts["The gap to dense shrinks as training grows (our question)"] = trend
+
+    # Holm over every comparison but the primary one (exact and unstored ones are outside by themselves)
+    flat = [(k, i, v) for k, vs in parts.items() for i, v in enumerate(vs) if v.claim != PRIMARY]
+    corrected = holm([v for _, _, v in flat], alpha=m.alpha)
+    for (k, i, _), v in zip(flat, corrected):
+        parts[k][i] = v
+    claims = [combine(name, vs) for name, vs in parts.items()]
+    return Claims(parts, claims, main, abl, fair, chosen,
+                  {"main": main_scope, "ablations": abl_scope, "fair": fair_scope})
