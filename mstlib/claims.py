@@ -38,7 +38,7 @@ from .results import RunStore
 from .verdicts import (Verdict, at_least, better_than, combine, holm, no_worse_than, not_stored, paired_values,
                        trend_shrinks)
 
-__all__ = ["Margins", "Claims", "UNINFORMATIVE", "evaluate", "PRIMARY"]
+__all__ = ["Margins", "Claims", "UNINFORMATIVE", "evaluate", "PRIMARY", "scale_line", "scale_table"]
 
 #: Metrics that sit at their floor at our scale: shown, never decisive.
 UNINFORMATIVE = {
@@ -242,3 +242,66 @@ def evaluate(preset: str, seeds: list[int], ablation_seeds: list[int], results_d
     claims = [combine(name, vs) for name, vs in parts.items()]
     return Claims(parts, claims, main, abl, fair, chosen,
                   {"main": main_scope, "ablations": abl_scope, "fair": fair_scope})
+
+
+def _m(x: float) -> str:
+    """A token or parameter count for people: 15,360, 65.5M, 294.9B."""
+    return f"{x / 1e9:,.1f}B" if x >= 1e9 else f"{x / 1e6:,.1f}M" if x >= 1e6 else f"{x:,.0f}"
+
+
+def _per(x: float) -> str:
+    """Tokens per parameter: 0.01, 2.2, 2,386."""
+    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}" if x >= 1 else f"{x:.2g}"
+
+
+def scale_line(preset: str) -> str:
+    """One line that says the scale of the book's runs against the paper's (config arithmetic only): the
+    preset's model and tokens per run, the fair test's ladder, and the paper's run. Every results page
+    opens with it (:func:`mstlib.notebook.start_page`)."""
+    run = presets.make(preset, "dense")
+    n = flops.nanogpt_params(run.model)
+    tokens = run.train.max_iters * run.tokens_per_step()
+    m = run.model
+    out = (f"**Scale.** `{preset}` preset: a {m.n_layer}x{m.n_embd} GPT ({_m(n)} parameters) trained on "
+           f"{_m(tokens)} tokens per run ({_per(tokens / n)} per parameter)")
+    scale = "mini" if preset == "paper" else preset
+    if preset != "paper":
+        by_model: dict[str, list[float]] = {}
+        for r in ladder.rungs(scale):
+            d = ladder.rung_run(scale, r.name, "dense", r.seeds[0])
+            by_model.setdefault(r.model, []).append(r.steps * d.tokens_per_step())
+        out += "; the fair test's ladder: " + ", ".join(
+            f"{model} on {_m(min(t))} to {_m(max(t))} tokens" for model, t in by_model.items())
+    paper = presets.make("paper", "dense")
+    pn, pt = flops.nanogpt_params(paper.model), paper.train.max_iters * paper.tokens_per_step()
+    return out + f"; the paper: GPT-2 124M ({_m(pn)} parameters) on {_m(pt)} tokens ({_per(pt / pn)} per parameter)."
+
+
+def scale_table(book: Claims, preset: str) -> pd.DataFrame:
+    """The scale in numbers for the first page: per part of the book, the model, its parameters, tokens per
+    run, tokens per parameter, seeds and the GPU-hours its stored runs took (their wall time together;
+    several runs shared one GPU at a time, so GPU time was less)."""
+    rows = []
+    run = presets.make(preset, "dense")
+    n = flops.nanogpt_params(run.model)
+    tokens = run.train.max_iters * run.tokens_per_step()
+    for part, df in (("main table", book.main), *((f"ablation {k}", d) for k, d in book.ablations.items())):
+        if df.empty:
+            continue
+        rows.append({"part": part, "model": f"{run.model.n_layer}x{run.model.n_embd}", "parameters": _m(n),
+                     "tokens per run": _m(tokens), "tokens / parameter": _per(tokens / n),
+                     "seeds": ", ".join(map(str, sorted(set(df["seed"])))), "runs": int(df["run_id"].nunique()),
+                     "wall hours": f"{pd.to_numeric(df['metrics.wall_time_s']).sum() / 3600:.2f}"})
+    fair = book.fair[book.fair["done"]]
+    for (rung, model), g in fair.groupby(["rung", "model"], sort=False):
+        rows.append({"part": f"fair test, {rung}", "model": model, "parameters": _m(float(g["params"].iloc[0])),
+                     "tokens per run": _m(float(g["rung_tokens"].iloc[0])),
+                     "tokens / parameter": _per(float(g["tokens_per_param"].iloc[0])),
+                     "seeds": ", ".join(map(str, sorted(set(g["seed"])))), "runs": int(g["run_id"].nunique()),
+                     "wall hours": f"{g['wall_time_s'].sum() / 3600:.2f}"})
+    paper = presets.make("paper", "dense")
+    pn, pt = flops.nanogpt_params(paper.model), paper.train.max_iters * paper.tokens_per_step()
+    rows.append({"part": "the paper (for scale)", "model": "12x768", "parameters": _m(pn), "tokens per run": _m(pt),
+                 "tokens / parameter": _per(pt / pn), "seeds": "not available", "runs": "",
+                 "wall hours": "not available"})
+    return pd.DataFrame(rows).set_index("part")

@@ -47,8 +47,9 @@ def check_parameters(preset: Any, seeds: Any, device: Any = "auto", results_dir:
     return out
 
 
-def start_page(preset: str, seeds: Sequence[int] = (), note: str = SMOKE_NOTE) -> None:
-    """Figure style, the glued ``preset`` and ``n_seeds``, and the smoke note where it applies."""
+def start_page(preset: str, seeds: Sequence[int] = (), note: str = SMOKE_NOTE, scale: bool = True) -> None:
+    """Figure style, the glued ``preset`` and ``n_seeds``, the book's scale line (``scale``: the same on
+    every results page, :func:`mstlib.claims.scale_line`) and the smoke note where it applies."""
     import seaborn as sns
     from IPython.display import Markdown, display
     from myst_nb import glue
@@ -56,5 +57,10 @@ def start_page(preset: str, seeds: Sequence[int] = (), note: str = SMOKE_NOTE) -
     sns.set_theme(style="whitegrid", context="notebook")
     glue("preset", preset, display=False)
     glue("n_seeds", len(seeds), display=False)
+    if scale:
+        from .claims import scale_line
+
+        glue("scale_line", scale_line(preset), display=False)
+        display(Markdown(scale_line(preset)))
     if preset == "smoke":
         display(Markdown(note))

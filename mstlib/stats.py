@@ -90,10 +90,32 @@ class MeanCI:
         return (self.hi - self.lo) / 2.0
 
     def __format__(self, spec: str) -> str:
+        """``"5.957 ± 0.088"``: the mean to ``spec``'s significant digits (``.4g``; default ``.3g``; a
+        ``.Nf`` spec fixes the decimals instead), the half-width rounded to the mean's last digit; large
+        numbers with thousands separators (``"535,200 ± 62,100"``), never e-notation beside a ±; without an
+        interval ``"5.957 (n=1)"``, without spread (an exact value) the mean alone."""
         spec = spec or ".3g"
+        if spec.endswith("f"):
+            digits = int(spec.strip(".f") or 6)
+        else:
+            sig = int(spec.strip(".g") or 3)
+            digits = sig - 1 - math.floor(math.log10(abs(self.mean))) if math.isfinite(self.mean) and self.mean else sig
+        mean = _fixed(self.mean, digits)
         if self.n < 2:
-            return f"{self.mean:{spec}} (n=1)"
-        return f"{self.mean:{spec}} ± {self.half_width:{spec}}"
+            return f"{mean} (n=1)"
+        if not math.isfinite(self.half_width) or self.half_width <= 1e-12 * max(1.0, abs(self.mean)):
+            return mean
+        return f"{mean} ± {_fixed(self.half_width, digits)}"
+
+
+def _fixed(x: float, digits: int) -> str:
+    """``x`` rounded to ``digits`` decimals (negative: to tens, hundreds, ...), plain notation, thousands
+    separators from 10^4."""
+    if not math.isfinite(x):
+        return str(x)
+    x = round(x, digits)
+    text = f"{x:,.{max(0, digits)}f}" if abs(x) >= 1e4 else f"{x:.{max(0, digits)}f}"
+    return text
 
 
 def mean_ci(values: Iterable[float], level: float = 0.95) -> MeanCI:

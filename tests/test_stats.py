@@ -89,3 +89,12 @@ def test_fit_line_slope_interval_and_prediction():
     assert two.slope == 1.0 and math.isnan(two.slope_lo) and math.isnan(two.at(5.0).lo)
     with pytest.raises(ValueError):
         fit_line([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
+
+
+def test_mean_ci_text_is_for_people():
+    # the half-width to the mean's last digit, separators on large numbers, no e-notation, no spread: no +/-
+    assert f"{mean_ci([5.9, 6.0, 5.97]):.4g}" == "5.957 ± 0.127"
+    assert f"{mean_ci([535600.0, 560000.0, 510000.0]):.4g}" == "535,200 ± 62,100"
+    assert f"{mean_ci([0.6838, 0.6838, 0.6838]):.4g}" == "0.6838"
+    assert "e" not in f"{mean_ci([1e-3, 2e-3, 1.5e-3]):.4g}"
+    assert f"{mean_ci([5.0]):.4g}" == "5.000 (n=1)"

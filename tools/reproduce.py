@@ -60,7 +60,7 @@ PUBLISHED_SEEDS: dict[str, dict[str, list[int]]] = {
     "mini": {"main": [0, 1, 2], "ablation": [0, 1]},
     "paper": {"main": [0, 1, 2], "ablation": [0, 1]},
 }
-MAIN_TABLE_NOTEBOOKS = ("03_", "04_", "10_")
+MAIN_TABLE_NOTEBOOKS = ("00_summary", "03_", "04_", "10_")
 
 
 def parameters_for(path: Path, preset: str) -> dict[str, object]:
