@@ -9,6 +9,7 @@ code). A claim such as "MST loses nothing against dense" needs an interval, not 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -94,13 +95,17 @@ class MeanCI:
         ``.Nf`` spec fixes the decimals instead), the half-width rounded to the mean's last digit; large
         numbers with thousands separators (``"535,200 ± 62,100"``), never e-notation beside a ±; without an
         interval ``"5.957 (n=1)"``, without spread (an exact value) the mean alone."""
-        spec = spec or ".3g"
-        if spec.endswith("f"):
-            digits = int(spec.strip(".f") or 6)
+        match = re.fullmatch(r"([+ ]?)\.(\d+)([fg])", spec or ".3g")
+        if match is None:
+            raise ValueError(f"MeanCI format spec must be like '.4g', '.3f' or '+.3f', got {spec!r}")
+        sign, n, kind = match.group(1), int(match.group(2)), match.group(3)
+        if kind == "f":
+            digits = n
         else:
-            sig = int(spec.strip(".g") or 3)
-            digits = sig - 1 - math.floor(math.log10(abs(self.mean))) if math.isfinite(self.mean) and self.mean else sig
+            digits = n - 1 - math.floor(math.log10(abs(self.mean))) if math.isfinite(self.mean) and self.mean else n
         mean = _fixed(self.mean, digits)
+        if sign == "+" and not mean.startswith("-"):
+            mean = "+" + mean
         if self.n < 2:
             return f"{mean} (n=1)"
         if not math.isfinite(self.half_width) or self.half_width <= 1e-12 * max(1.0, abs(self.mean)):
