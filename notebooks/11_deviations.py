@@ -195,7 +195,8 @@ OURS = pd.DataFrame([
                 f"topology updates against {paper_run.train.max_iters // paper_run.topology.update_interval:,} "
                 f"in the paper's; each update skips an optimizer step, so a mini run skips 1 step in "
                 f"{mini_run.topology.update_interval}, the paper's 1 in {paper_run.topology.update_interval}; the "
-                "warm-up is 10% of a mini run against 0.3% of the paper's")},
+                f"warm-up is {mini_run.train.warmup_iters / mini_run.train.max_iters:.1%} of a mini run against "
+                f"{paper_run.train.warmup_iters / paper_run.train.max_iters:.1%} of the paper's")},
     {"ours": "the optimizer step skipped on topology-update steps (kept as in the official code)",
      "official": "the same", "effect": skip_text},
 ])
