@@ -114,13 +114,12 @@ class MeanCI:
 
 
 def _fixed(x: float, digits: int) -> str:
-    """``x`` rounded to ``digits`` decimals (negative: to tens, hundreds, ...), plain notation, thousands
-    separators from 10^4."""
+    """``x`` rounded to ``digits`` decimals (negative: to tens, hundreds, ...), plain notation with
+    thousands separators."""
     if not math.isfinite(x):
         return str(x)
     x = round(x, digits)
-    text = f"{x:,.{max(0, digits)}f}" if abs(x) >= 1e4 else f"{x:.{max(0, digits)}f}"
-    return text
+    return f"{x:,.{max(0, digits)}f}"
 
 
 def mean_ci(values: Iterable[float], level: float = 0.95) -> MeanCI:
