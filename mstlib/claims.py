@@ -110,7 +110,7 @@ def _vals(df: pd.DataFrame, group: str, metric: str = "metrics.final_val_loss", 
 
 def _pair(df: pd.DataFrame, a: str, b: str, metric: str = "metrics.final_val_loss",
           by: str = "method") -> tuple[list[float], list[float]] | None:
-    if not ((df[by] == a).any() and (df[by] == b).any()):
+    if df.empty or not ((df[by] == a).any() and (df[by] == b).any()):
         return None
     return paired_values(df, metric, a, b, by=by)
 
@@ -164,7 +164,7 @@ def evaluate(preset: str, seeds: list[int], ablation_seeds: list[int], results_d
     for task, name in (("wikitext103", "WikiText-103"), ("wikitext2", "WikiText-2"), ("ptb", "PTB"),
                        ("1bw", "1BW"), ("lambada", "LAMBADA")):
         col = f"eval.{task}.ppl_word" if task != "lambada" else "eval.lambada.ppl"
-        if col in main.columns and main[col].notna().all() and p:
+        if p and col in main.columns and main[col].notna().all():
             quality.append(no_worse_than(*_pair(main, "mst", "dense", col), m.ppl_margin, relative=True,
                                          claim=f"MST vs dense, {name} perplexity (main table)",
                                          metric=f"{name} perplexity", scope=main_scope))
@@ -208,9 +208,10 @@ def evaluate(preset: str, seeds: list[int], ablation_seeds: list[int], results_d
     parts["Topology evolution by MG helps"] = abl_part("te", "mixed (MG)", ["gradient (RigL)", "random (SET)",
                                                                              "none (static)"])
     hsa = abl["hsa"]
-    hsa_full = next((v for v in dict.fromkeys(hsa["variant"]) if v.startswith(mst.attention.pattern + " (ultra")), None)
+    names = list(dict.fromkeys(hsa["variant"])) if not hsa.empty else []
+    hsa_full = next((v for v in names if v.startswith(mst.attention.pattern + " (ultra")), None)
     h: list[Verdict] = []
-    if hsa_full is not None and (hsa["variant"] == "dense attention").any():
+    if hsa_full is not None and "dense attention" in names:
         dense_att = presets.make(preset, "mst", overrides={"attention.pattern": "dense"})
         factor = (flops.training_flops(dense_att, series=False).total_flops
                   / flops.training_flops(mst, series=False).total_flops)

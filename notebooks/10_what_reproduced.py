@@ -86,9 +86,9 @@ book = claims.evaluate(preset, seeds, ablation_seeds, results_dir=results_dir, d
 # %%
 # Where the evidence comes from: every stored run these verdicts read, per part of the book.
 fair = book.fair[book.fair["done"]]
-parts_runs = [("main table", book.main["run_id"], book.main["provenance.device_name"], book.main["metrics.wall_time_s"])]
-parts_runs += [(f"ablation {k}", d["run_id"], d["provenance.device_name"], d["metrics.wall_time_s"])
-               for k, d in book.ablations.items() if not d.empty]
+parts_runs = [(name, d["run_id"], d["provenance.device_name"], d["metrics.wall_time_s"])
+              for name, d in (("main table", book.main), *((f"ablation {k}", d) for k, d in book.ablations.items()))
+              if not d.empty]
 parts_runs += [("fair test", fair["run_id"], fair["device"], fair["wall_time_s"])]
 provenance = pd.DataFrame([{"part": p, "runs": ids.nunique(), "device": ", ".join(sorted(set(map(str, dev)))),
                             "wall time (h)": f"{float(pd.to_numeric(wall).sum()) / 3600:.2f}"}
