@@ -14,8 +14,8 @@ Everything here was fixed before the runs it defines (``shared/docs/science.md``
   The ladder's seeds are all fresh, so its MST runs at the first rung confirm the choice on seeds that did
   not make it.
 * **The ladder.** :func:`rungs`: the ``mini`` model (6 x 384) at about 65M, 164M and 393M tokens and the
-  paper's GPT-2 124M (12 x 768) at about 80M and 200M tokens, all on the whole offline corpus (146M unique
-  training tokens: at most 2.7 passes), 64 x 1024 tokens per step, warm-up 10% of the steps, cosine to a
+  paper's GPT-2 124M (12 x 768) at about 80M, 200M and 600M tokens (the last needs four GPUs), all on the whole offline corpus (146M unique
+  training tokens: at most 4.1 passes), 64 x 1024 tokens per step, warm-up 10% of the steps, cosine to a
   tenth of the peak learning rate, topology updates every 25 steps (the ``mini`` rescaling, for both models).
 * **Where the gap comes from** (:func:`gap_runs`): one change each against the first rung's MST (dense
   embedding, no skipped optimizer step, dense attention) and RigL with a dense embedding, each at its own
@@ -118,6 +118,9 @@ _RUNGS: dict[str, tuple[Rung, ...]] = {
         Rung("mini-393m", "mini (6x384)", "mini", 6000, (2, 3), MINI_METHODS, _MINI),
         Rung("gpt2-80m", "GPT-2 124M (12x768)", "paper", 1220, (2, 3), GPT2_METHODS, _GPT2),
         Rung("gpt2-200m", "GPT-2 124M (12x768)", "paper", 3052, (2,), GPT2_METHODS, _GPT2),
+        # the paper's model as long as the offline corpus allows (about 4 passes): one run per GPU on a
+        # 4-GPU machine, so it waits for one to be lent (python -m mstlib sweep --experiment ladder-gpt2-600m)
+        Rung("gpt2-600m", "GPT-2 124M (12x768)", "paper", 9156, (2, 3, 4), GPT2_METHODS, _GPT2),
     ),
     "smoke": (
         Rung("smoke-a", "smoke (2x32)", "smoke", 16, (2, 3), MINI_METHODS, _SMOKE),

@@ -3,6 +3,7 @@ declared one, the selection rule picks what it says, and the ladder's runs are t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +55,10 @@ def test_rungs_as_the_issue_declares_them():
     tokens = {n: L.rung_run("mini", n, "dense", 2).train.max_iters * 65536 for n in by}
     assert [round(tokens[n] / 1e6) for n in ("mini-65m", "mini-164m", "mini-393m")] == [66, 164, 393]
     assert [round(tokens[n] / 1e6) for n in ("gpt2-80m", "gpt2-200m")] == [80, 200]
-    assert [len(by[n].seeds) for n in by] == [3, 3, 2, 2, 1]
+    # no rung goes past about 4 passes over the offline corpus's 146,084,836 unique training tokens
+    assert max(tokens.values()) / 146_084_836 < 4.2
+    assert [len(by[n].seeds) for n in by] == [3, 3, 2, 2, 1, 3]
+    assert round(tokens["gpt2-600m"] / 1e6) == 600
     g = L.rung_run("mini", "gpt2-80m", "dense", 2)
     assert (g.model.n_layer, g.model.n_head, g.model.n_embd, g.train.lr) == (12, 12, 768, 6e-4)
     assert g.tokens_per_step() == 64 * 1024 and g.data.corpus == "offline"
@@ -136,3 +140,23 @@ def test_ladder_and_gap_runs_use_the_chosen_schedule():
     for r in gap:
         method, change = L.GAP_CHANGES[r.method]
         assert r.run == L.rung_run("smoke", r.rung, method, r.seed, chosen).replace(**change)
+
+
+def test_the_four_gpu_rung_smoke_on_a_cpu(tmp_path):
+    """The gpt2-600m rung's MST run, one step at the true depth and width (12 x 768, the chosen schedule's
+    structure) with the context and batch cut to CPU size: the config builds, trains and stays finite."""
+    from mstlib import train as T
+    from mstlib.corpus import make_example_source, prepare, PrepareOptions
+    from mstlib.results import RunStore
+
+    src = make_example_source(tmp_path / "src")
+    prepare(PrepareOptions(corpus="offline", name="tiny", data_dir=str(tmp_path / "data"), source_dir=str(src),
+                           progress=False))
+    run = L.rung_run("mini", "gpt2-600m", "mst", 2, L.SCHEDULES[1].name)
+    assert run.model.n_layer == 12 and run.model.n_embd == 768 and run.train.max_iters == 9156
+    small = run.replace(**{"train.max_iters": 2, "train.batch_size": 1, "train.grad_accum": 1,
+                           "train.eval_iters": 1, "train.warmup_iters": 1, "model.block_size": 64,
+                           "attention.window": 16, "attention.stride": 16, "topology.update_interval": 1,
+                           "data.corpus": "tiny", "data.data_dir": str(tmp_path / "data")})
+    res = T.train(small, RunStore(tmp_path / "results"), device="cpu", progress=False)
+    assert res.done and math.isfinite(res.metrics["final_val_loss"])
