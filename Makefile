@@ -13,7 +13,7 @@ MATHJAX := book/_static/vendor/mathjax/es5/tex-svg.js
 JB_FLAGS ?= -W --keep-going
 
 .DEFAULT_GOAL := help
-.PHONY: help venv book test sync check-pairs reproduce clean distclean
+.PHONY: help venv book screenshots test sync check-pairs reproduce clean distclean
 
 help: ## list the targets with a one-line description
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -33,6 +33,9 @@ $(MATHJAX): tools/fetch_mathjax.py
 book: $(STAMP) $(MATHJAX) ## build the book into _build/html (offline, notebooks not executed, warnings are errors)
 	$(BIN)/jupyter-book build . --config _config.yml --toc book/_toc.yml $(JB_FLAGS)
 	@echo "open _build/html/index.html"
+
+screenshots: book ## picture every page of the built book at 1400 px (headless Chromium) into book/screenshots/; fails when a table or output is wider than the page
+	$(BIN)/python tools/screenshots.py
 
 test: $(STAMP) $(MATHJAX) ## run the test suite (library, notebooks under papermill, offline book build)
 	$(BIN)/python -m pytest
