@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import nbformat
@@ -106,6 +107,30 @@ def test_sync_takes_the_newer_file_and_keeps_papermill_out_of_the_source(tmp_pat
     assert "Edited in an editor." in synced.cells[0].source
     assert any(c.get("outputs") for c in synced.cells), "outputs of unchanged cells must survive"
     assert check_pairs.check_folder(tmp_path) == []
+
+
+def test_sync_carries_a_tag_edited_in_the_source_and_keeps_outputs_and_the_injected_cell(tmp_path: Path) -> None:
+    """The book's code-on-demand tags live in the .py; a tag-only edit must reach the .ipynb without losing
+    the stored outputs, their execution record, or papermill's injected-parameters cell."""
+    py, ipynb = tmp_path / "a.py", tmp_path / "a.ipynb"
+    src = NOTEBOOKS / "01_data"  # executed by papermill with the mini preset: it has an injected cell
+    shutil.copy(src.with_suffix(".ipynb"), ipynb)
+    before = nbformat.read(ipynb, as_version=4)
+    text = src.with_suffix(".py").read_text()
+    header = next(line for line in text.splitlines() if line.startswith("# %%") and "markdown" not in line
+                  and "parameters" not in line)
+    py.write_text(text.replace(header, '# %% tags=["hide-input", "an-edited-tag"]', 1))
+    os.utime(ipynb, (1_000_000_000, 1_000_000_000))  # the .py is newer
+    assert check_pairs.sync_pair(py).startswith("updated a.ipynb")
+    after = nbformat.read(ipynb, as_version=4)
+    assert check_pairs.check_folder(tmp_path) == []
+    assert any("an-edited-tag" in c.metadata.get("tags", []) for c in after.cells)
+    assert len(after.cells) == len(before.cells)
+    injected = [c for c in after.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "preset" in injected[0].source
+    for old, new in zip(before.cells, after.cells):
+        assert new.get("outputs") == old.get("outputs")
+        assert new.metadata.get("papermill") == old.metadata.get("papermill")
 
 
 # --------------------------------------------------------------------------------- census notebook
@@ -206,11 +231,14 @@ def test_remote_script_pattern() -> None:
     assert not REMOTE_SCRIPT.search('<script src="../_static/vendor/mathjax/es5/tex-svg.js">')
 
 
-@pytest.mark.slow
-def test_book_builds_offline_with_a_page_per_toc_entry(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def built_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The book built offline from the stored notebooks (as `make book` does), once for every test of its
+    pages; returns the html folder."""
     mathjax = ROOT / "book/_static/vendor/mathjax/es5/tex-svg.js"
     if not mathjax.exists():  # `make test` fetches it first; a bare `pytest` may not have
         subprocess.run([sys.executable, str(ROOT / "tools/fetch_mathjax.py")], check=True)
+    out = tmp_path_factory.mktemp("book")
     env = dict(os.environ)
     # any attempt to reach the internet during the build goes to a closed local port and fails
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
@@ -219,11 +247,16 @@ def test_book_builds_offline_with_a_page_per_toc_entry(tmp_path: Path) -> None:
     jb = Path(sys.executable).with_name("jupyter-book")
     result = subprocess.run(
         [str(jb), "build", str(ROOT), "--config", str(ROOT / "_config.yml"), "--toc", str(ROOT / "book/_toc.yml"),
-         "--path-output", str(tmp_path), "-W", "--keep-going"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+         "--path-output", str(out), "-W", "--keep-going"],
+        cwd=out, env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    html = tmp_path / "_build" / "html"
+    return out / "_build" / "html"
+
+
+@pytest.mark.slow
+def test_book_builds_offline_with_a_page_per_toc_entry(built_book: Path) -> None:
+    html = built_book
     assert (html / "index.html").is_file()
     toc = yaml.safe_load((ROOT / "book/_toc.yml").read_text())
     pages = toc_files(toc)
@@ -242,6 +275,146 @@ def test_book_builds_offline_with_a_page_per_toc_entry(tmp_path: Path) -> None:
     assert (html / "_static/vendor/mathjax/es5/tex-svg.js").is_file()
     # glued numbers made it into the prose (execution is off: they come from the stored outputs)
     assert "854,770,176" in census
+
+
+# ------------------------------------------------------------------------------ the pages, as read
+
+
+class Node:
+    """An element of a parsed page: tag, attributes, children (Nodes and text), parent."""
+
+    def __init__(self, tag: str, attrs: dict[str, str], parent: "Node | None") -> None:
+        self.tag, self.attrs, self.parent, self.children = tag, attrs, parent, []
+
+    @property
+    def classes(self) -> set[str]:
+        return set((self.attrs.get("class") or "").split())
+
+    def iter(self):
+        yield self
+        for child in self.children:
+            if isinstance(child, Node):
+                yield from child.iter()
+
+    def text(self) -> str:
+        return "".join(c if isinstance(c, str) else c.text() for c in self.children)
+
+    def ancestors(self):
+        node = self.parent
+        while node is not None:
+            yield node
+            node = node.parent
+
+
+class _TreeBuilder(HTMLParser):
+    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.root = self.node = Node("document", {}, None)
+
+    def handle_starttag(self, tag, attrs):
+        child = Node(tag, {k: v or "" for k, v in attrs}, self.node)
+        self.node.children.append(child)
+        if tag not in self.VOID:
+            self.node = child
+
+    def handle_startendtag(self, tag, attrs):
+        self.node.children.append(Node(tag, {k: v or "" for k, v in attrs}, self.node))
+
+    def handle_endtag(self, tag):
+        for open_node in [self.node, *self.node.ancestors()]:
+            if open_node.tag == tag:  # close it (and any element left open inside it)
+                self.node = open_node.parent or self.root
+                return
+
+    def handle_data(self, data):
+        self.node.children.append(data)
+
+
+def article(html: Path, page: str) -> Node:
+    """The content of one built page (its <article>), parsed."""
+    builder = _TreeBuilder()
+    builder.feed((html / f"{page}.html").read_text())
+    return next(n for n in builder.root.iter() if n.tag == "article")
+
+
+PAGES = toc_files(yaml.safe_load((ROOT / "book/_toc.yml").read_text()))
+#: Pages whose owners have not yet applied the cell-tag convention of tools/check_pairs.py (each is
+#: expected to fail, strictly: once it passes, take it off this list).
+PENDING_TAGS = {"notebooks/03_main_results", "notebooks/05_ablation_sparsity_variation",
+                "notebooks/10_what_reproduced", "notebooks/11_deviations"}
+#: Pages whose tables still print "mean ± half-width" in e-notation (not yet on mstlib.tables' helpers).
+PENDING_NUMBERS = {"notebooks/03_main_results"}
+
+
+def pages_except(pending: set[str]) -> list:
+    return [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="not converted yet")) if p in pending
+            else p for p in PAGES]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", pages_except(PENDING_TAGS))
+def test_every_code_input_is_hidden_or_collapsed(built_book: Path, page: str) -> None:
+    """Code on demand: a code cell shows its output; its source sits in a collapsed block
+    (``hide-input``, ``hide-cell``) or is not on the page (``remove-input``)."""
+    shown = []
+    for cell_input in (n for n in article(built_book, page).iter() if "cell_input" in n.classes):
+        path = []
+        for a in cell_input.ancestors():
+            path.append(a)
+            if "cell" in a.classes:
+                break
+        if not any(a.tag == "details" for a in path):
+            shown.append(cell_input.text().strip().splitlines()[0][:70])
+    assert not shown, f"{page} shows {len(shown)} code input(s) open, first lines: {shown}"
+
+
+MACHINE_PATH = re.compile(r"(?<![\w.~])(?:/(?:root|home|work|tmp|usr|opt|mnt|srv|var|private|Users)/|[A-Za-z]:\\(?=\w))")
+
+
+def test_machine_path_pattern() -> None:
+    assert MACHINE_PATH.search("/work/main/.venv/lib/python3.11/site-packages/tqdm/auto.py:21: TqdmWarning")
+    assert MACHINE_PATH.search("saved to C:\\Users\\me\\runs")
+    assert not MACHINE_PATH.search("stored in results/bench/ (train_speed_mini.json)")
+    assert not MACHINE_PATH.search("../shared/data/eval and a ratio 1/4 of dense")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", PAGES)
+def test_no_stored_output_shows_stderr_a_traceback_or_a_machine_path(built_book: Path, page: str) -> None:
+    found = []
+    for node in article(built_book, page).iter():
+        if {"output", "stderr"} <= node.classes:
+            found.append(f"stderr text: {node.text().strip()[:120]!r}")
+        elif "traceback" in node.classes:
+            found.append(f"a traceback: {node.text().strip()[:120]!r}")
+        elif "cell_output" in node.classes or "pasted-text" in node.classes:
+            text = node.text()
+            if "Traceback (most recent call last)" in text:
+                found.append(f"a traceback: {text.strip()[:120]!r}")
+            match = MACHINE_PATH.search(text)
+            if match:
+                found.append(f"a machine path: {text[max(0, match.start() - 20):match.end() + 60]!r}")
+    assert not found, f"{page}: " + "; ".join(found)
+
+
+E_NOTATION = re.compile(r"\d(?:\.\d+)?[eE][+-]?\d+")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", pages_except(PENDING_NUMBERS))
+def test_no_table_cell_has_e_notation_with_a_plus_minus(built_book: Path, page: str) -> None:
+    """"5.356e+05 ± 2.733e+04" and "0.6838 ± 3.331e-16" are for machines: a cell with an interval is
+    written for people (mstlib.tables.mean_pm), and an exact value has no ±."""
+    bad = [n.text().strip() for n in article(built_book, page).iter() if n.tag in ("td", "th")
+           and ("±" in n.text() or "+/-" in n.text()) and E_NOTATION.search(n.text())]
+    assert not bad, f"{page}: table cells {bad[:8]}"
+
+
+def test_the_speed_chapter_source_is_short_enough_to_read() -> None:
+    lines = len((NOTEBOOKS / "09_training_speed.py").read_text().splitlines())
+    assert lines < 400, f"notebooks/09_training_speed.py has {lines} lines; the chapter's source must stay under 400"
 
 
 # --------------------------------------------------------------------------------- make reproduce
@@ -294,6 +467,10 @@ def test_reproduce_keeps_going_past_a_failing_notebook_and_fails_at_the_end(tmp_
     assert result.returncode == 1
     assert "1 of 2 notebooks ran" in result.stdout and "FAILED 01_bad.ipynb: ZeroDivisionError" in result.stdout
     assert (out / "01_bad.ipynb").is_file() and (out / "02_good.ipynb").is_file()  # the failing one kept too
+    for name in ("01_bad.ipynb", "02_good.ipynb"):  # the book shows papermill's cell collapsed, as the sources do
+        injected = [c for c in nbformat.read(out / name, as_version=4).cells
+                    if "injected-parameters" in c.metadata.get("tags", [])]
+        assert injected and "hide-cell" in injected[0].metadata["tags"], name
 
 
 def test_make_help_lists_every_target() -> None:

@@ -14,8 +14,17 @@ the source.
   notebook is executed again.
 * ``.ipynb`` newer (edited in JupyterLab without jupytext): the ``.py`` is rewritten from it, without the
   injected-parameters cell and without papermill's execution metadata.
-Plain ``jupytext --sync`` would copy papermill's cell and metadata into the source, which is why this
-script exists.
+Plain ``jupytext --sync`` would copy papermill's cell and metadata into the source, and jupytext's
+combine loses tags edited in the .py and the injected cell, which is why this script exists.
+
+Code on demand: the book shows outputs, and code only when the reader asks. Every code cell of a
+notebook's .py carries one of these myst-nb tags (``# %% tags=["hide-input"]``), which ``--sync`` carries
+into the .ipynb with its outputs kept; tests/test_book.py fails on a page that shows a code cell open:
+* ``hide-input``: the cell's output matters (a table, a figure, printed text); its code is collapsed.
+* ``remove-input``: plumbing (imports, checks, loading, cells that only glue numbers); its code is left
+  off the page, and anything it does print (a warning, an error) still shows.
+* ``hide-cell``: the ``parameters`` cell (``tags=["parameters", "hide-cell"]``), collapsed whole; the
+  cell papermill injects gets the same from tools/reproduce.py.
 
 Usage: python tools/check_pairs.py [--sync] [FOLDER]   (exit status 1 with one line per problem)
 """
@@ -72,6 +81,30 @@ def check_pair(py: Path) -> list[str]:
     return problems
 
 
+def _combine(source: nbformat.NotebookNode, paired: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The source's cells with the paired notebook's outputs. jupytext's combine keeps the outputs of
+    unchanged cells but takes their metadata from the outputs' side, so a tag edited in the .py (the
+    book's ``hide-input``) would be lost, and it drops the injected-parameters cell, the record of how
+    the outputs were made; both are put back here."""
+    combined = combine_inputs_with_outputs(source, paired)
+    executed = [c for c in paired.cells if not _is_injected(c)]
+    for cell, src in zip(combined.cells, source.cells):
+        # the execution record of the same cell in the paired notebook (same type and source)
+        same = next((i for i, c in enumerate(executed)
+                     if c.cell_type == src.cell_type and c.source.strip() == src.source.strip()), None)
+        kept = {}
+        if same is not None:
+            kept = {k: v for k, v in executed[same].metadata.items() if k in EXECUTION_METADATA}
+            del executed[: same + 1]
+        cell.metadata = nbformat.from_dict({**kept, **src.metadata})
+    injected = [c for c in paired.cells if _is_injected(c)]
+    if injected:
+        tags = [c.metadata.get("tags", []) for c in combined.cells]
+        at = next((i + 1 for i, t in enumerate(tags) if "parameters" in t), 0)
+        combined.cells[at:at] = injected
+    return combined
+
+
 def sync_pair(py: Path) -> str | None:
     """Bring one pair in sync (see the module docstring); return what was done, None if nothing."""
     ipynb = py.with_suffix(".ipynb")
@@ -81,8 +114,7 @@ def sync_pair(py: Path) -> str | None:
     if not check_pair(py):
         return None
     if py.stat().st_mtime >= ipynb.stat().st_mtime:
-        combined = combine_inputs_with_outputs(jupytext.read(py), nbformat.read(ipynb, as_version=4))
-        jupytext.write(combined, ipynb, fmt="ipynb")
+        jupytext.write(_combine(jupytext.read(py), nbformat.read(ipynb, as_version=4)), ipynb, fmt="ipynb")
         return f"updated {ipynb.name} from {py.name} (outputs of changed cells dropped)"
     nb = jupytext.read(ipynb)
     nb.cells = [c for c in nb.cells if not _is_injected(c)]

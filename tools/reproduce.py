@@ -79,6 +79,26 @@ def parameters_for(path: Path, preset: str) -> dict[str, object]:
     return {k: v for k, v in wanted.items() if k in declared}
 
 
+#: The book collapses the cell papermill inserts (tag ``injected-parameters``), as the sources collapse
+#: their ``parameters`` cell; papermill gives it no other tag, so it is added after each execution.
+INJECTED_TAGS = ("hide-cell",)
+
+
+def hide_injected_parameters(path: Path) -> None:
+    """Tag the injected-parameters cell of an executed notebook so the book shows it collapsed."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    changed = False
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and not set(INJECTED_TAGS) <= set(tags):
+            cell.metadata["tags"] = [*tags, *(t for t in INJECTED_TAGS if t not in tags)]
+            changed = True
+    if changed:
+        nbformat.write(nb, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=PRESETS, required=True)
@@ -125,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    FAILED after {time.perf_counter() - t0:.0f} s: {reason} (output kept in {out})", flush=True)
         else:
             print(f"    ok in {time.perf_counter() - t0:.0f} s", flush=True)
+        if out.exists():
+            hide_injected_parameters(out)
 
     print(f"\n{len(notebooks) - len(failed)} of {len(notebooks)} notebooks ran with preset {args.preset!r}.")
     for name, reason in failed:
