@@ -25,14 +25,14 @@
 # The counts come from building `mstlib.model.GPT` on PyTorch's `meta` device: every tensor has a shape
 # but no storage, so the census of any size is instant and allocates nothing.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-cell"]
 # Which model to count: a key of mstlib.config.MODEL_SIZES ("paper" is GPT-2 124M as the paper trains it;
 # "mini" is the book's GPU scale, "smoke" the tiny CPU model of the tests).
 model_size = "paper"
 # Tokens per sequence for the attention term of the FLOP count; None means the model's context length.
 seq_len = None
 
-# %%
+# %% tags=["hide-input"]
 # Check the parameters before anything else, so a typo fails here with a message that says what to use.
 from mstlib.config import MODEL_SIZES
 from mstlib.config import model_size as lookup_model_size
@@ -47,7 +47,7 @@ if not (isinstance(T, int) and 1 <= T <= cfg.block_size):
     )
 cfg
 
-# %%
+# %% tags=["remove-input"]
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
@@ -144,10 +144,10 @@ assert n_total == sum(p.numel() for p in model.parameters())
 # sparse too; the alternative keeps the embedding dense and sparsifies only the blocks. Position embeddings
 # and LayerNorms are always dense.
 
-# %%
+# %% tags=["hide-input"]
 table.style.format({"parameters": "{:,}", "share of parameters": "{:.1%}"})
 
-# %%
+# %% tags=["remove-input"]
 n_sparse = {
     key: int(table.loc[table[col], "parameters"].sum())
     for key, col in (("all", "sparse (official: all)"), ("blocks", "sparse (blocks only)"))
@@ -178,7 +178,7 @@ glue("share_sparse_blocks", 100 * n_sparse["blocks"] / n_total, display=False)
 # by convention although they multiply nothing. We count the same way so that our numbers compare with
 # nanoGPT's; the FLOP chapter counts sparse training exactly.
 
-# %%
+# %% tags=["hide-input"]
 N = model.num_params(non_embedding=True)  # nanoGPT's N: all parameters minus the position embedding
 attention_flops = 12 * cfg.n_layer * cfg.n_embd * T
 flops_per_token = 6 * N + attention_flops
@@ -201,7 +201,7 @@ glue("flops_share_sparse_all", 100 * 6 * n_sparse["all"] / flops_per_token, disp
 glue("flops_share_attention", 100 * attention_flops / flops_per_token, display=False)
 flops.style.format({"FLOPs per token": "{:,}", "share": "{:.1%}"})
 
-# %%
+# %% tags=["hide-input"]
 plot = flops.assign(
     **{
         "MFLOPs per token": flops["FLOPs per token"] / 1e6,
@@ -240,7 +240,7 @@ plt.show()
 # size is fixed by the vocabulary, holds a much larger share of the model, so whether it is sparse (the
 # official set) or dense (blocks only) matters more at our scale than at the paper's.
 
-# %%
+# %% tags=["hide-input"]
 def summary(name: str, config) -> dict:
     m = build_on_meta(config)
     t = census(m)

@@ -31,7 +31,7 @@
 # prepares a tiny corpus (a few documents per source) into a temporary folder, so the numbers then describe
 # that tiny corpus, not the real one.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-cell"]
 preset = "smoke"  # "smoke": prepare a tiny corpus in a temporary folder (seconds, CPU); "mini"/"paper": read data_dir
 data_dir = "data"  # folder of prepared corpora (relative paths are also tried from the repository root)
 corpus = "offline"  # the prepared corpus to describe (python -m mstlib data list)
@@ -40,7 +40,7 @@ seeds = [0]  # unused here: kept so every notebook takes the same parameters
 device = "auto"  # unused here: nothing runs on a device
 results_dir = "results"  # unused here
 
-# %%
+# %% tags=["remove-input"]
 # Check the parameters first, so a typo stops here with a message that says what to use.
 import tempfile
 from pathlib import Path
@@ -66,7 +66,7 @@ if preset == "smoke":
 meta = corpora.read_meta(data_dir, corpus)  # DataError with the prepare command if it is not there
 meta_all = corpora.verify_corpus(data_dir, corpus, checksum=preset == "smoke")  # sizes always; sha256 when cheap
 
-# %%
+# %% tags=["remove-input"]
 import lzma
 
 import matplotlib.pyplot as plt
@@ -84,14 +84,14 @@ SOURCE_NAMES = {"wikipedia-en": "Wikipedia (2015)", "gutenberg": "Project Gutenb
 #
 # One row per split and source; tokens include one `<|endoftext|>` per document.
 
-# %%
+# %% tags=["hide-input"]
 rows = pd.DataFrame(corpora.summary_rows(meta))
 table = rows.assign(source=rows["source"].map(lambda s: SOURCE_NAMES.get(s, s)),
                     tokens_M=(rows["tokens"] / 1e6).round(3))
 table = table[["split", "source", "documents", "tokens", "tokens_M", "truncated_documents"]]
 table.style.format({"documents": "{:,}", "tokens": "{:,}", "tokens_M": "{:.3f}"}).hide(axis="index")
 
-# %%
+# %% tags=["remove-input"]
 train, val = meta["splits"]["train"], meta["splits"]["val"]
 prov = meta["provenance"]
 src = train["sources"]
@@ -155,7 +155,7 @@ glue("git_commit_short", (prov["git"]["commit"] or "unknown")[:10], display=Fals
 # document has (log scale), as a share of each source's documents. With nanoGPT's random 1024-token windows, a window from a book almost always lies inside
 # one document, while a window from Wikipedia often spans several articles joined by `<|endoftext|>`.
 
-# %%
+# %% tags=["hide-input"]
 docs = corpora.read_documents(data_dir, corpus)
 docs["source"] = docs["source"].map(lambda s: SOURCE_NAMES.get(s, s))
 fig, ax = plt.subplots(figsize=(7, 3.6))
@@ -185,7 +185,7 @@ plt.show()
 #
 # The rules as `meta.json` records them:
 
-# %%
+# %% tags=["hide-input"]
 import re
 
 from IPython.display import Markdown
@@ -211,7 +211,7 @@ Markdown(f"**Split.** {as_markdown(meta['split_rule'])}\n\n**Order.** {as_markdo
 # needs {glue:text}`xz_bytes_per_token:.2f` bytes per token, so one 56 MiB transfer holds about
 # {glue:text}`tokens_per_transfer_m:.0f` M tokens.
 
-# %%
+# %% tags=["hide-input"]
 tokens = corpora.open_tokens(data_dir, corpus, "train")
 sample = np.asarray(tokens[: min(len(tokens), 4_000_000)])  # 8 MB: a few seconds of xz
 xz_bytes_per_token = len(lzma.compress(sample.tobytes(), preset=6)) / len(sample)
@@ -220,7 +220,7 @@ glue("xz_bytes_per_token", xz_bytes_per_token, display=False)
 glue("tokens_per_transfer_m", 56 * 2**20 / xz_bytes_per_token / 1e6, display=False)
 print(f"{len(sample):,} tokens -> {xz_bytes_per_token:.3f} xz bytes/token")
 
-# %%
+# %% tags=["remove-input"]
 if preset == "smoke":  # the tiny corpus was only for this page
     import shutil
 

@@ -32,14 +32,14 @@
 # with nanoGPT's MFU. Nothing is trained: every number on this page is computed from the configs
 # (`mstlib.presets.make`), at paper scale always and at the scale of the `preset` parameter.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-cell"]
 preset = "smoke"  # our scale: "smoke" (CPU tests), "mini" (the book's GPU runs) or "paper"
 seeds = [0]  # FLOP counts do not depend on the seed; kept so every notebook takes the same parameters
 device = "auto"  # unused here: nothing runs on a device
 results_dir = "results"  # unused here: nothing is read from the run store
 methods = ["dense", "mst", "rigl", "ss", "tiny"]  # Table 3's methods; "dense" is the reference
 
-# %%
+# %% tags=["remove-input"]
 # Check the parameters first, so a typo stops here with a message that says what to use.
 from mstlib import notebook, presets
 from mstlib.errors import ConfigError
@@ -56,7 +56,7 @@ if bad or "dense" not in methods:
 scales = ["paper"] if preset == "paper" else ["paper", preset]
 runs = {(scale, m): presets.make(scale, m) for scale in scales for m in methods}  # ConfigError if invalid
 
-# %%
+# %% tags=["remove-input"]
 import functools
 import math
 
@@ -117,7 +117,7 @@ table = pd.DataFrame(rows).set_index(["scale", "method"])
 # the same budget: Table 3 compares them at equal cost, so the rows below should agree with MST's within the
 # solver's tolerance. The paper's own FLOP figures are not available to us.
 
-# %%
+# %% tags=["hide-input"]
 table.style.format({
     "training tokens": "{:,}",
     "training FLOPs": "{:.3e}",
@@ -125,7 +125,7 @@ table.style.format({
     "reduction (x)": "{:.2f}",
 })
 
-# %%
+# %% tags=["remove-input"]
 paper_mst = reports[("paper", "mst")]
 glue("paper_mst_ratio", paper_mst.ratio_to_dense, display=False)
 glue("paper_mst_reduction", 1.0 / paper_mst.ratio_to_dense, display=False)
@@ -181,7 +181,7 @@ for scale, tag in (("paper", "paper"), (ours, "ours")):
 # step functions; MST's ultra-sparsification phase is shaded. Dense and Tiny (both dense) coincide at 1, and
 # RigL and SS, at nearly equal constant sparsities, overlap.
 
-# %%
+# %% tags=["hide-input"]
 def series_frame(report, method: str, scale: str) -> pd.DataFrame:
     s = pd.DataFrame(report.series)
     # one point at the start of each constant segment and one at the end of the run, for a step plot
@@ -226,7 +226,7 @@ plt.show()
 # FLOPs relative to the same steps of dense training. Ultra-sparsification is where the savings are made;
 # warm-up and restoration pass through intermediate densities.
 
-# %%
+# %% tags=["hide-input"]
 phase_rows = []
 for scale in scales:
     rep = reports[(scale, "mst")]
@@ -267,7 +267,7 @@ phase_table.style.format({
 # dense weight gradient of topology-update steps, attention's score and value products, and the LayerNorm
 # weights that nanoGPT's `6N` counts by convention. Each bar is relative to the Dense run of its scale.
 
-# %%
+# %% tags=["hide-input"]
 @functools.lru_cache(maxsize=None)
 def lm_head_nnz(model, sparse_set: str, distribution: str, sparsity: float) -> int:
     """Nonzeros of lm_head (the tied embedding) at a global sparsity, exactly as the masks have them."""
@@ -332,7 +332,7 @@ plt.show()
 # The same split as a waterfall for MST at paper scale: from dense training (1.0), each step removes (or
 # adds) one part's difference between MST and Dense, ending at MST's total.
 
-# %%
+# %% tags=["hide-input"]
 dense_parts = components_of("paper", "dense")
 mst_parts = components_of("paper", "mst")
 dense_total = reports[("paper", "dense")].total_flops
@@ -381,7 +381,7 @@ waterfall.style.format({"change (share of Dense FLOPs)": "{:+.4f}"})
 # changes one setting of MST at paper scale and recounts; the last row is the official `config/mst.py` as
 # released, which (see the deviations page) trains RigL at a constant 50% sparsity with dense attention.
 
-# %%
+# %% tags=["hide-input"]
 SENSITIVITY = {
     "MST as configured here": ("mst", {}),
     "embedding / lm_head kept dense (sparse_set='blocks')": ("mst", {"sparsity.sparse_set": "blocks"}),

@@ -33,14 +33,14 @@
 # scored on the same dev examples). Small GPTs are often near these baselines on GLUE, so the
 # comparison with them comes first.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-cell"]
 preset = "smoke"  # "smoke" (CPU, meaningless numbers), "mini" (the book's GPU scale) or "paper"
 seeds = [0]  # one run per seed and method; from the command line: papermill ... -y "seeds: [0, 1, 2]"
 device = "auto"  # where missing runs are trained: "auto", "cpu", "cuda" or "cuda:N"
 results_dir = "results"  # the run store to read (and, for smoke, write)
 tasks = ["rte", "mrpc"]  # few-shot tasks to show (names of mstlib.evaluate.TASKS of kind "fewshot")
 
-# %%
+# %% tags=["remove-input"]
 # Check the parameters first, so a typo stops here with a message that says what to use.
 from mstlib import evaluate, experiments, notebook, presets
 from mstlib.errors import ConfigError
@@ -51,7 +51,7 @@ if not isinstance(tasks, (list, tuple)) or not tasks or any(t not in FEWSHOT for
     raise ConfigError(f"tasks={tasks!r} must be a non-empty list drawn from {FEWSHOT}")
 variants = experiments.variants_for("main", preset, list(seeds))  # ConfigError on a bad preset/seed
 
-# %%
+# %% tags=["remove-input"]
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
@@ -63,7 +63,7 @@ from mstlib.stats import difference_ci
 
 notebook.start_page(preset, seeds)
 
-# %%
+# %% tags=["remove-input"]
 # The runs of experiment "main" (shared with the main-results chapter: trained once, read here).
 results = pipeline.collect(variants, preset=preset, device=device, results_dir=results_dir)
 NAMES = {"dense": "Dense", "mst": "MST", "rigl": "RigL", "ss": "SS", "tiny": "Tiny"}
@@ -81,7 +81,7 @@ if missing:
 # One row per run and task: accuracy on the dev examples, the Wilson 95% interval from that run's
 # correct/total, and whether the interval lies above the majority baseline.
 
-# %%
+# %% tags=["hide-input"]
 rows = []
 for _, r in results.iterrows():
     for t in tasks:
@@ -103,7 +103,7 @@ per_run.style.format({"accuracy": "{:.3f}", "majority": "{:.3f}", "chance": "{:.
 # Accuracy per method and task, mean ± 95% t half-width over seeds; the baselines do not depend on the
 # model. The paper's column is not available.
 
-# %%
+# %% tags=["hide-input"]
 acc_cols = [f"eval.{t}.acc" for t in tasks]
 summary = pipeline.summary(results, acc_cols, by="variant").set_index("variant").loc[ORDER]
 ours = summary[[f"{c}_fmt" for c in acc_cols]].set_axis([TASK_NAMES.get(t, t) for t in tasks], axis=1)
@@ -120,7 +120,7 @@ glue_table = pd.concat({f"ours ({preset} preset)": pd.concat([ours, baselines]),
 glue_table.index.name = None
 glue_table
 
-# %%
+# %% tags=["remove-input"]
 # Numbers for the prose.
 for t in tasks:
     glue(f"{t}_majority", float(results[f"eval.{t}.majority_acc"].iloc[0]), display=False)
@@ -148,7 +148,7 @@ glue("n_runs", len(results), display=False)
 # baseline has learned nothing usable about the task from the prompt, and differences between such
 # models say nothing about pretraining quality.
 
-# %%
+# %% tags=["hide-input"]
 fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.2), squeeze=False)
 for ax, t in zip(axes[0], tasks):
     refs = {"chance": float(results[f"eval.{t}.chance_acc"].iloc[0]),

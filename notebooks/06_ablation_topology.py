@@ -32,21 +32,21 @@
 # MST's. Each variant is compared with full MST by final validation loss, as a difference with a 95% Welch
 # interval over seeds.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-cell"]
 preset = "smoke"  # "smoke" (CPU, meaningless numbers), "mini" (the book's GPU scale) or "paper"
 seeds = [0]  # one run per seed and variant; from the command line: papermill ... -y "seeds: [0, 1]"
 device = "auto"  # where missing runs are trained: "auto", "cpu", "cuda" or "cuda:N"
 results_dir = "results"  # the run store to read (and, for smoke, write)
 evaluate = False  # also run the zero-shot/few-shot evaluation on missing ablation runs (slow; not needed here)
 
-# %%
+# %% tags=["remove-input"]
 # Check the parameters first, so a typo stops here with a message that says what to use.
 from mstlib import experiments, notebook, presets
 
 seeds = notebook.check_parameters(preset, seeds, device, results_dir, evaluate=evaluate)
 variants = experiments.variants_for("te", preset, list(seeds))  # ConfigError on a bad preset/seed
 
-# %%
+# %% tags=["remove-input"]
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
@@ -57,7 +57,7 @@ from mstlib import pipeline, plots, verdicts
 
 notebook.start_page(preset, seeds)
 
-# %%
+# %% tags=["remove-input"]
 # The runs of experiment "te"; "mixed (MG)" is full MST, shared with the main table.
 results = pipeline.collect(variants, preset=preset, device=device, results_dir=results_dir, evaluate=evaluate)
 logs = pipeline.logs(results, results_dir=results_dir)
@@ -80,7 +80,7 @@ described = {v.variant: describe(v.run.topology) for v in variants}
 # "Δ val loss" is the variant's final validation loss minus full MST's (positive: the variant is worse,
 # i.e. MST's choice helped), with its 95% Welch interval over seeds.
 
-# %%
+# %% tags=["hide-input"]
 METRICS = ["metrics.final_val_loss", "metrics.flops_ratio_to_dense"]
 summary = pipeline.summary(results, METRICS, by="variant").set_index("variant").loc[ORDER]
 delta = verdicts.differences(results, "metrics.final_val_loss", FULL).set_index("variant").loc[ORDER]
@@ -94,7 +94,7 @@ table = pd.DataFrame({
 }, index=ORDER)
 table
 
-# %%
+# %% tags=["remove-input"]
 # Numbers for the prose.
 glue("mix", mst.topology.mix_gradient_fraction, display=False)
 glue("interval", mst.topology.update_interval, display=False)
@@ -121,7 +121,7 @@ for name, key in KEYS.items():
 # The verdict on "TE (MG) helps" (MG against each other growth rule, with its rule) is on the "what
 # reproduced" page.
 
-# %%
+# %% tags=["hide-input"]
 fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
 plots.loss_curves(logs, y="val_loss", ax=axes[0], order=ORDER)
 plots.metric_bars(results, "metrics.final_val_loss", ax=axes[1], order=ORDER, highlight=FULL, style="point",

@@ -32,21 +32,21 @@
 # with full MST by final validation loss, as a difference with a 95% Welch interval over seeds; "attention
 # density" is the share of causal query-key pairs the pattern keeps at the preset's context length.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-cell"]
 preset = "smoke"  # "smoke" (CPU, meaningless numbers), "mini" (the book's GPU scale) or "paper"
 seeds = [0]  # one run per seed and variant; from the command line: papermill ... -y "seeds: [0, 1]"
 device = "auto"  # where missing runs are trained: "auto", "cpu", "cuda" or "cuda:N"
 results_dir = "results"  # the run store to read (and, for smoke, write)
 evaluate = False  # also run the zero-shot/few-shot evaluation on missing ablation runs (slow; not needed here)
 
-# %%
+# %% tags=["remove-input"]
 # Check the parameters first, so a typo stops here with a message that says what to use.
 from mstlib import experiments, notebook, presets
 
 seeds = notebook.check_parameters(preset, seeds, device, results_dir, evaluate=evaluate)
 variants = experiments.variants_for("hsa", preset, list(seeds))  # ConfigError on a bad preset/seed
 
-# %%
+# %% tags=["remove-input"]
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
@@ -58,7 +58,7 @@ from mstlib.attention import pattern_density
 
 notebook.start_page(preset, seeds)
 
-# %%
+# %% tags=["remove-input"]
 # The runs of experiment "hsa"; full MST (its own pattern in the ultra phase) is shared with the main table.
 results = pipeline.collect(variants, preset=preset, device=device, results_dir=results_dir, evaluate=evaluate)
 logs = pipeline.logs(results, results_dir=results_dir)
@@ -89,7 +89,7 @@ described = {v.variant: describe(v.run) for v in variants}
 # with its 95% Welch interval over seeds. "FLOPs / dense" is the run's training FLOPs over the dense
 # model's, so the attention patterns' savings show up there.
 
-# %%
+# %% tags=["hide-input"]
 METRICS = ["metrics.final_val_loss", "metrics.flops_ratio_to_dense"]
 summary = pipeline.summary(results, METRICS, by="variant").set_index("variant").loc[ORDER]
 delta = verdicts.differences(results, "metrics.final_val_loss", FULL).set_index("variant").loc[ORDER]
@@ -103,7 +103,7 @@ table["paper"] = "not available"
 table.index = [f"{v} (full MST)" if v == FULL else v for v in table.index]
 table
 
-# %%
+# %% tags=["remove-input"]
 # Numbers for the prose.
 glue("full", FULL, display=False)
 glue("pattern", mst.attention.pattern, display=False)
@@ -128,13 +128,13 @@ glue("d_dense_attn_ci", delta.loc[DENSE_ATTN, "text"].split(" ", 1)[1] if DENSE_
 # {glue:text}`d_dense_attn:+.4f` nats {glue:text}`d_dense_attn_ci` (positive: dense attention did worse).
 # The verdict on "HSA helps" (with its rule) is on the "what reproduced" page.
 
-# %%
+# %% tags=["hide-input"]
 fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
 plots.loss_curves(logs, y="val_loss", ax=axes[0], order=ORDER)
 plots.density_curves(logs, attention=True, ax=axes[1], order=ORDER)
 fig.tight_layout()
 
-# %%
+# %% tags=["hide-input"]
 ax = plots.metric_bars(results, "metrics.final_val_loss", order=ORDER, highlight=FULL, style="point",
                        title="final validation loss by attention variant (mean, 95% CI over seeds)")
 

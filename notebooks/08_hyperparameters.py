@@ -30,13 +30,13 @@
 # (`mini` in the published book, the book's one-GPU scale). A setting a method does not read is shown as
 # "—", not as a number.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-cell"]
 preset = "smoke"  # our scale beside the paper's: "smoke" (CPU tests), "mini" (the book's GPU runs), "paper"
 seeds = [0]  # hyperparameters do not depend on the seed; kept so every notebook takes the same parameters
 device = "auto"  # unused here: nothing runs on a device
 results_dir = "results"  # unused here: nothing is read from the run store
 
-# %%
+# %% tags=["remove-input"]
 # Check the parameters first, so a typo stops here with a message that says what to use.
 from mstlib import notebook, presets
 from mstlib.errors import ConfigError
@@ -46,7 +46,7 @@ METHODS = ("dense", "mst", "rigl", "ss", "tiny")
 scales = ["paper"] if preset == "paper" else ["paper", preset]
 runs = {(scale, m): presets.make(scale, m, seed=seeds[0]) for scale in scales for m in METHODS}
 
-# %%
+# %% tags=["remove-input"]
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -89,7 +89,7 @@ mst_flops = {s: flops.training_flops(runs[(s, "mst")], series=False).total_flops
 # value: the setup of the paper or its Table 4 as the method notes report them. Those values are rendered
 # from our `paper` preset, which a test (`tests/test_tables.py`) holds to the documented numbers.
 
-# %%
+# %% tags=["hide-input"]
 table4 = hp_table("dense", ["model", "train", "data"], 4)
 n_documented = int((table4["documented in"] != "").sum())
 glue("n_documented", n_documented, display=False)
@@ -110,7 +110,7 @@ table4
 # code's where the paper is silent (update interval 100, drop fraction 0.3 annealed by cosine and restarted
 # per phase, mixed growth 3:1, ER distribution, random initial mask).
 
-# %%
+# %% tags=["hide-input"]
 table5 = hp_table("mst", ["sparsity", "schedule", "topology", "attention"], 5, documented={}, flops_rows=True)
 table5
 
@@ -120,7 +120,7 @@ table5
 # RigL (gradient growth) at a constant sparsity solved so that its training FLOPs equal MST's at the same
 # scale (`mstlib.presets.matched_sparsity`); dense attention.
 
-# %%
+# %% tags=["hide-input"]
 table6 = hp_table("rigl", ["sparsity", "schedule", "topology", "attention"], 6, documented={}, flops_rows=True)
 table6
 
@@ -130,7 +130,7 @@ table6
 # A random ER mask fixed at initialisation (no topology updates), again at the constant sparsity that
 # matches MST's training FLOPs.
 
-# %%
+# %% tags=["hide-input"]
 table7 = hp_table("ss", ["sparsity", "schedule", "topology", "attention"], 7, documented={}, flops_rows=True)
 table7
 
@@ -140,7 +140,7 @@ table7
 # A smaller dense GPT with the same head width, whose depth and number of heads are searched for the
 # training FLOPs closest to MST's (`mstlib.presets.tiny_model`); everything else as Dense.
 
-# %%
+# %% tags=["hide-input"]
 table8 = hp_table("tiny", ["model"], 8, documented={}, flops_rows=True)
 for scale, tag in (("paper", "paper"), (scales[-1], "ours")):
     glue(f"rigl_sparsity_{tag}", runs[(scale, "rigl")].schedule.sparsity, display=False)
@@ -163,7 +163,7 @@ table8
 # All settings that differ between any two methods at paper scale, side by side (SET, the random-growth
 # baseline of the topology ablation, included).
 
-# %%
+# %% tags=["hide-input"]
 all_methods = {METHOD_NAMES.get(m, m.upper()): presets.make("paper", m, seed=seeds[0]) for m in presets.METHODS}
 differences = tables.display(tables.config_table(all_methods, only_differing=True))
 differences
@@ -174,7 +174,7 @@ differences
 # Target sparsity of the sparse set and learning rate over training, as `mstlib.schedule` computes them
 # from the configs above (the trainer calls the same functions), for each method at paper scale and at ours.
 
-# %%
+# %% tags=["hide-input"]
 progress_grid = np.linspace(0.0, 1.0, 401)
 rows = []
 for (scale, m), run in runs.items():
