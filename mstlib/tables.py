@@ -12,11 +12,17 @@ section.
 (nanoGPT's public Table 4 values and the GPT-2 small architecture, see ``PAPER_DOCUMENTED``), rendered from
 our ``paper`` preset's config, and ``"not available"`` for every other setting: the paper's own values for
 its Tables 5-8 are unknown to us, and we never fill them in by guess.
+
+Numbers for people, for every table of the book: :func:`number` (3-4 significant digits, thousands
+separators, ``1.36e16`` only for magnitudes that need it), :func:`mean_pm` (a mean with its 95% half-width,
+the mean rounded to the half-width's precision and no ``±`` where the seeds agree exactly) and
+:func:`style` (a DataFrame's numeric cells through :func:`number`, for display).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -39,6 +45,9 @@ __all__ = [
     "config_table",
     "with_paper_column",
     "display",
+    "number",
+    "mean_pm",
+    "style",
 ]
 
 #: cell text for a setting the run does not read
@@ -336,3 +345,79 @@ def with_paper_column(
 def display(table: pd.DataFrame) -> pd.DataFrame:
     """The table as a notebook shows it: indexed by (section, setting), the dotted key dropped."""
     return table.reset_index(drop=True).set_index(["section", "setting"])
+
+
+#: cell text of a number that is missing (not measured, not applicable)
+MISSING = "–"
+
+
+def _plain(x: float, digits: int) -> str:
+    """``x`` to ``digits`` significant digits in fixed notation (trailing zeros kept, so a column's
+    numbers line up: 1.000 beside 0.958)."""
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(x))))
+    return f"{x:,.{decimals}f}"
+
+
+def _scientific(x: float, digits: int) -> str:
+    mant, exp = f"{x:.{digits - 1}e}".split("e")
+    mant = mant.rstrip("0").rstrip(".") if "." in mant else mant
+    return f"{mant}e{int(exp)}"
+
+
+def number(x: Any, digits: int = 4) -> str:
+    """A number as a table cell for people.
+
+    Integers keep every digit, with thousands separators (``123,587,328``: counts are exact). Floats get
+    ``digits`` significant digits: fixed notation from 0.001 up to a million (``0.6838``, ``5.950``,
+    ``96,910``), ``1.36e16`` style outside that range, where fixed notation would be a row of zeros.
+    Missing values (None, NaN) are :data:`MISSING`; strings and booleans pass through."""
+    if x is None or isinstance(x, str):
+        return MISSING if x is None else x
+    if isinstance(x, bool):
+        return str(x)
+    if isinstance(x, numbers.Integral):
+        return f"{int(x):,}"
+    if not isinstance(x, numbers.Real):
+        return str(x)
+    x = float(x)
+    if math.isnan(x):
+        return MISSING
+    if x == 0 or math.isinf(x):
+        return f"{x:g}"
+    if 1e-3 <= abs(x) < 1e6:
+        return _plain(x, digits)
+    return _scientific(x, digits)
+
+
+def mean_pm(mean: float, half_width: float | None = None, digits: int = 4) -> str:
+    """``mean ± half_width`` written for people: the half-width to two significant digits and the mean
+    rounded to the same decimal place (``5.957 ± 0.088``, ``96,900 ± 3,500``); just the mean, by
+    :func:`number`, where there is no half-width or it is below the mean's ``digits`` significant digits
+    (seeds that agree exactly give 3e-16 of float rounding, not an uncertainty)."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return MISSING
+    mean = float(mean)
+    hw = float("nan") if half_width is None else abs(float(half_width))
+    scale = abs(mean) if mean else 1.0
+    if not math.isfinite(hw) or hw < scale * 10.0 ** (-digits):
+        return number(mean, digits)
+    place = math.floor(math.log10(hw)) - 1  # the decimal place of the half-width's second digit
+    if abs(mean) >= 1e6 or hw < 1e-3:  # a shared power of ten, so neither side is a row of zeros
+        exp = math.floor(math.log10(max(abs(mean), hw)))
+        d = max(0, exp - place)
+        return f"({mean / 10 ** exp:.{d}f} ± {hw / 10 ** exp:.{d}f})e{exp}"
+    d = max(0, -place)
+    return f"{round(mean, -place):,.{d}f} ± {round(hw, -place):,.{d}f}"
+
+
+def style(table: pd.DataFrame, digits: int = 4, formats: Mapping[str, Callable[[Any], str]] | None = None,
+          index: bool = True):
+    """``table`` as the book shows it: every numeric cell through :func:`number` (``formats`` maps a
+    column to its own formatter, e.g. a percentage), missing cells as :data:`MISSING`, the index left
+    out unless ``index``. Returns a pandas Styler (the table's values stay numbers)."""
+    fmt: dict[Any, Callable[[Any], str]] = {c: (lambda v, d=digits: number(v, d)) for c in table.columns}
+    fmt.update(formats or {})
+    styled = table.style.format(fmt)
+    if table.index.nlevels == 1 and table.index.dtype.kind in "if":
+        styled = styled.format_index(lambda v, d=digits: number(v, d))
+    return styled if index else styled.hide(axis="index")

@@ -177,3 +177,44 @@ def test_paper_preset_agrees_with_the_documented_values():
         assert (t.beta1, t.beta2, t.weight_decay, t.grad_clip) == (0.9, 0.95, 0.1, 1.0)
         assert t.batch_size * t.grad_accum == 480
         assert t.dtype == "bfloat16" and run.data.corpus == "openwebtext"
+
+
+# ------------------------------------------------------------------------------ numbers for people
+
+
+@pytest.mark.parametrize("value, text", [
+    (123_587_328, "123,587,328"),  # a count keeps every digit
+    (0.6838123, "0.6838"), (5.95, "5.950"), (431.234, "431.2"), (-0.0233, "-0.02330"),
+    (96_910.4, "96,910"), (530_292.17, "530,292"),
+    (2.521e20, "2.521e20"), (1.36e16, "1.36e16"), (6e-4, "6e-4"), (0.001035, "0.001035"),
+    (0, "0"), (float("nan"), "–"), (None, "–"), ("not measured", "not measured"),
+])
+def test_number_is_written_for_people(value, text):
+    import numpy as np
+
+    assert tables.number(value) == text
+    if isinstance(value, int):
+        assert tables.number(np.int64(value)) == text
+    assert "e+" not in tables.number(value)
+
+
+@pytest.mark.parametrize("mean, half, text", [
+    (5.957, 0.08813, "5.957 ± 0.088"),
+    (96_910, 3_524, "96,900 ± 3,500"),
+    (431.2, 23.24, "431 ± 23"),
+    (0.001035, 0.00155, "0.0010 ± 0.0015"),
+    (2.5e20, 3e18, "(2.500 ± 0.030)e20"),
+    # seeds that agree exactly: float rounding is not an uncertainty, and an exact value has no ±
+    (0.6838, 3.331e-16, "0.6838"), (2.5e20, 1.5, "2.5e20"), (0.5, 0.0, "0.5000"), (0.527, None, "0.5270"),
+])
+def test_mean_pm_rounds_the_mean_to_its_interval_and_drops_a_zero_interval(mean, half, text):
+    assert tables.mean_pm(mean, half) == text
+
+
+def test_style_formats_every_numeric_cell():
+    import pandas as pd
+
+    t = pd.DataFrame({"tokens": [393_216_000, 1_000], "loss": [5.95712, float("nan")], "name": ["a", "b"]})
+    html = tables.style(t, index=False).to_html()
+    assert "393,216,000" in html and "5.957" in html and "–" in html and "e+" not in html
+    assert "5.95712" not in html
