@@ -360,7 +360,8 @@ def _plain(x: float, digits: int) -> str:
 
 def _scientific(x: float, digits: int) -> str:
     mant, exp = f"{x:.{digits - 1}e}".split("e")
-    mant = mant.rstrip("0").rstrip(".") if "." in mant else mant
+    if float(mant) == int(float(mant)):  # a round value reads as one: 6e-4, not 6.000e-4
+        mant = mant.split(".")[0]
     return f"{mant}e{int(exp)}"
 
 
@@ -369,7 +370,8 @@ def number(x: Any, digits: int = 4) -> str:
 
     Integers keep every digit, with thousands separators (``123,587,328``: counts are exact). Floats get
     ``digits`` significant digits: fixed notation from 0.001 up to a million (``0.6838``, ``5.950``,
-    ``96,910``), ``1.36e16`` style outside that range, where fixed notation would be a row of zeros.
+    ``96,910``), ``1.360e16`` style outside that range, where fixed notation would be a row of zeros (a
+    round mantissa alone: ``6e-4``).
     Missing values (None, NaN) are :data:`MISSING`; strings and booleans pass through."""
     if x is None or isinstance(x, str):
         return MISSING if x is None else x

@@ -186,7 +186,7 @@ def test_paper_preset_agrees_with_the_documented_values():
     (123_587_328, "123,587,328"),  # a count keeps every digit
     (0.6838123, "0.6838"), (5.95, "5.950"), (431.234, "431.2"), (-0.0233, "-0.02330"),
     (96_910.4, "96,910"), (530_292.17, "530,292"),
-    (2.521e20, "2.521e20"), (1.36e16, "1.36e16"), (6e-4, "6e-4"), (0.001035, "0.001035"),
+    (2.521e20, "2.521e20"), (1.36e16, "1.360e16"), (6e-4, "6e-4"), (3e20, "3e20"), (0.001035, "0.001035"),
     (0, "0"), (float("nan"), "–"), (None, "–"), ("not measured", "not measured"),
 ])
 def test_number_is_written_for_people(value, text):
@@ -205,7 +205,7 @@ def test_number_is_written_for_people(value, text):
     (0.001035, 0.00155, "0.0010 ± 0.0015"),
     (2.5e20, 3e18, "(2.500 ± 0.030)e20"),
     # seeds that agree exactly: float rounding is not an uncertainty, and an exact value has no ±
-    (0.6838, 3.331e-16, "0.6838"), (2.5e20, 1.5, "2.5e20"), (0.5, 0.0, "0.5000"), (0.527, None, "0.5270"),
+    (0.6838, 3.331e-16, "0.6838"), (2.5e20, 1.5, "2.500e20"), (0.5, 0.0, "0.5000"), (0.527, None, "0.5270"),
 ])
 def test_mean_pm_rounds_the_mean_to_its_interval_and_drops_a_zero_interval(mean, half, text):
     assert tables.mean_pm(mean, half) == text

@@ -14,6 +14,7 @@ over a pipe (``--remote-debugging-pipe``), which needs no network, no port and n
 Pillow (a dependency of matplotlib). Not part of ``make test``: CI has no Chromium.
 
 Usage: python tools/screenshots.py [--html _build/html] [--out book/screenshots] [--width 1400] [--no-png]
+       [--only 09_ ...]
 """
 
 from __future__ import annotations
@@ -249,13 +250,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=1400, help="window width in CSS pixels")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     parser.add_argument("--no-png", action="store_true", help="measure only; write no pictures")
+    parser.add_argument("--only", nargs="+", metavar="TEXT",
+                        help="only the pages whose name contains one of these (e.g. 09_); the index is left as it is")
     args = parser.parse_args(argv)
     if not Path(args.chromium).exists():
         print(f"no Chromium at {args.chromium}: apt-get install -y chromium (or --chromium PATH)", file=sys.stderr)
         return 2
     pages = book_pages(args.html)
+    if args.only:
+        pages = [p for p in pages if any(o in p for o in args.only)]
     if not args.no_png:
         args.out.mkdir(parents=True, exist_ok=True)
+    if not args.no_png and not args.only:
         for old in args.out.glob("*.png"):  # a page that left the book must not keep its picture
             old.unlink()
     browser = Browser(args.chromium)
@@ -275,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{measured['outputs']:>3} outputs  {len(measured['overflow'])} overflowing", flush=True)
     finally:
         browser.close()
-    if not args.no_png:
+    if not args.no_png and not args.only:
         write_index(args.out, rows, args.width)
     sys.stdout.flush()
     overflow = [(r["page"], o, r["column"]) for r in rows for o in r["overflow"]]
