@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -119,9 +120,13 @@ def test_sync_carries_a_tag_edited_in_the_source_and_keeps_outputs_and_the_injec
     text = src.with_suffix(".py").read_text()
     header = next(line for line in text.splitlines() if line.startswith("# %%") and "markdown" not in line
                   and "parameters" not in line)
-    py.write_text(text.replace(header, '# %% tags=["hide-input", "an-edited-tag"]', 1))
+    # a tag edit, and a source edit (an unmatched cell, which jupytext's combine gives a borrowed id)
+    edited = text.replace(header, '# %% tags=["hide-input", "an-edited-tag"]', 1)
+    py.write_text(edited.replace("# Check the parameters first", "# Check the parameters (edited) first", 1))
     os.utime(ipynb, (1_000_000_000, 1_000_000_000))  # the .py is newer
-    assert check_pairs.sync_pair(py).startswith("updated a.ipynb")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nbformat warns (and renames) when cell ids collide
+        assert check_pairs.sync_pair(py).startswith("updated a.ipynb")
     after = nbformat.read(ipynb, as_version=4)
     assert check_pairs.check_folder(tmp_path) == []
     assert any("an-edited-tag" in c.metadata.get("tags", []) for c in after.cells)
@@ -129,6 +134,8 @@ def test_sync_carries_a_tag_edited_in_the_source_and_keeps_outputs_and_the_injec
     injected = [c for c in after.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1 and "preset" in injected[0].source
     for old, new in zip(before.cells, after.cells):
+        if "(edited)" in new.source:
+            continue
         assert new.get("outputs") == old.get("outputs")
         assert new.metadata.get("papermill") == old.metadata.get("papermill")
 

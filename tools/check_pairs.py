@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import uuid
 from pathlib import Path
 
 import jupytext
@@ -102,6 +103,11 @@ def _combine(source: nbformat.NotebookNode, paired: nbformat.NotebookNode) -> nb
         tags = [c.metadata.get("tags", []) for c in combined.cells]
         at = next((i + 1 for i, t in enumerate(tags) if "parameters" in t), 0)
         combined.cells[at:at] = injected
+        # combine hands unmatched cells ids of the outputs' side, the injected cell's among them
+        taken = {c.get("id") for c in injected}
+        for cell in combined.cells:
+            if not _is_injected(cell) and cell.get("id") in taken:
+                cell["id"] = uuid.uuid4().hex[:8]
     return combined
 
 
