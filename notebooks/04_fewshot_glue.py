@@ -42,6 +42,10 @@ tasks = ["rte", "mrpc"]  # few-shot tasks to show (names of mstlib.evaluate.TASK
 
 # %% tags=["remove-input"]
 # Check the parameters first, so a typo stops here with a message that says what to use.
+import warnings
+
+# tqdm.auto (imported by mstlib.evaluate) warns once that this kernel has no ipywidgets; no bar runs here
+warnings.filterwarnings("ignore", message="IProgress not found")
 from mstlib import evaluate, experiments, notebook, presets
 from mstlib.errors import ConfigError
 
@@ -58,7 +62,7 @@ import seaborn as sns
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from mstlib import pipeline, plots
+from mstlib import pipeline, plots, tables
 from mstlib.stats import difference_ci
 
 notebook.start_page(preset, seeds)
@@ -78,7 +82,7 @@ if missing:
 # %% [markdown]
 # ## Every run, with its Wilson interval
 #
-# One row per run and task: accuracy on the dev examples, the Wilson 95% interval from that run's
+# One row per run: per task the accuracy on the dev examples, the Wilson 95% interval from that run's
 # correct/total, and whether the interval lies above the majority baseline.
 
 # %% tags=["hide-input"]
@@ -89,35 +93,42 @@ for _, r in results.iterrows():
         rows.append({
             "task": TASK_NAMES.get(t, t), "method": r["variant"], "seed": r["seed"],
             "k (mean used)": r[f"eval.{t}.mean_k_used"], "dev examples": int(r[f"eval.{t}.n"]),
-            "accuracy": r[f"eval.{t}.acc"], "Wilson 95%": f"[{lo:.3f}, {hi:.3f}]",
+            "accuracy": r[f"eval.{t}.acc"], "Wilson 95%": f"{lo:.3f}–{hi:.3f}",
             "majority": r[f"eval.{t}.majority_acc"], "chance": r[f"eval.{t}.chance_acc"],
             "above majority": "yes" if lo > r[f"eval.{t}.majority_acc"] else "no",
         })
 per_run = pd.DataFrame(rows)
-per_run.style.format({"accuracy": "{:.3f}", "majority": "{:.3f}", "chance": "{:.3f}",
-                      "k (mean used)": "{:.2f}"}).hide(axis="index")
+# what does not change from run to run is said once, above the table, instead of in a column per row
+setup = per_run.groupby("task", sort=False)[["dev examples", "k (mean used)", "majority", "chance"]].agg(
+    lambda c: ", ".join(sorted({tables.number(v, 3) for v in c})))
+display(Markdown("; ".join(f"**{task}**: {r['dev examples']} dev examples, {r['k (mean used)']} demonstrations "
+                           f"on average, majority baseline {r['majority']}, chance {r['chance']}"
+                           for task, r in setup.iterrows())))
+wide = per_run.pivot_table(index=["method", "seed"], columns="task", sort=False, aggfunc="first",
+                           values=["accuracy", "Wilson 95%", "above majority"])
+wide = wide.swaplevel(axis=1)[[(TASK_NAMES.get(t, t), c) for t in tasks
+                               for c in ("accuracy", "Wilson 95%", "above majority")]].loc[ORDER]
+tables.style(wide, digits=3)
 
 # %% [markdown]
 # ## The GLUE table: mean over seeds
 #
-# Accuracy per method and task, mean ± 95% t half-width over seeds; the baselines do not depend on the
-# model. The paper's column is not available.
+# Accuracy per method and task at our scale, mean ± 95% t half-width over seeds (no ± where every seed
+# scored the same); the baselines do not depend on the model. The paper's numbers are not available.
 
 # %% tags=["hide-input"]
 acc_cols = [f"eval.{t}.acc" for t in tasks]
 summary = pipeline.summary(results, acc_cols, by="variant").set_index("variant").loc[ORDER]
-ours = summary[[f"{c}_fmt" for c in acc_cols]].set_axis([TASK_NAMES.get(t, t) for t in tasks], axis=1)
+ours = pd.DataFrame({TASK_NAMES.get(t, t): [tables.mean_pm(m, (hi - lo) / 2, digits=3) for m, lo, hi in zip(
+    summary[c], summary[f"{c}_lo"], summary[f"{c}_hi"])] for t, c in zip(tasks, acc_cols)}, index=summary.index)
 ours.insert(0, "seeds", summary["n"].astype(str))
 baselines = pd.DataFrame({
     TASK_NAMES.get(t, t): [f"{results[f'eval.{t}.chance_acc'].iloc[0]:.3f}",
                            f"{results[f'eval.{t}.majority_acc'].iloc[0]:.3f}"] for t in tasks
 }, index=["chance", "majority (training label)"])
 baselines.insert(0, "seeds", "")
-paper = pd.DataFrame("not available", index=ours.index, columns=[TASK_NAMES.get(t, t) for t in tasks])
-glue_table = pd.concat({f"ours ({preset} preset)": pd.concat([ours, baselines]),
-                        "paper": pd.concat([paper, baselines.drop(columns="seeds").map(lambda _: "")])},
-                       axis=1)
-glue_table.index.name = None
+glue_table = pd.concat([ours, baselines])
+glue_table.index.name = f"{preset} preset"
 glue_table
 
 # %% tags=["remove-input"]

@@ -53,7 +53,7 @@ import seaborn as sns
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from mstlib import pipeline, plots, verdicts
+from mstlib import pipeline, plots, tables, verdicts
 from mstlib.attention import pattern_density
 
 notebook.start_page(preset, seeds)
@@ -87,7 +87,8 @@ described = {v.variant: describe(v.run) for v in variants}
 #
 # "Δ val loss" is the variant's final validation loss minus full MST's (positive: the variant is worse),
 # with its 95% Welch interval over seeds. "FLOPs / dense" is the run's training FLOPs over the dense
-# model's, so the attention patterns' savings show up there.
+# model's, so the attention patterns' savings show up there; "val loss" is the mean ± 95% t half-width
+# over seeds. The paper's numbers for this ablation are not available.
 
 # %% tags=["hide-input"]
 METRICS = ["metrics.final_val_loss", "metrics.flops_ratio_to_dense"]
@@ -96,12 +97,12 @@ delta = verdicts.differences(results, "metrics.final_val_loss", FULL).set_index(
 table = pd.DataFrame([described[v] for v in ORDER], index=ORDER)
 table["attention density"] = table["attention density"].map("{:.3f}".format)
 table["seeds"] = summary["n"]
-table["val loss"] = summary["metrics.final_val_loss_fmt"]
+table["val loss"] = [tables.mean_pm(m, (hi - lo) / 2) for m, lo, hi in zip(
+        summary["metrics.final_val_loss"], summary["metrics.final_val_loss_lo"], summary["metrics.final_val_loss_hi"])]
 table["Δ val loss vs full MST [95% CI]"] = delta["text"]
 table["FLOPs / dense"] = summary["metrics.flops_ratio_to_dense"].map("{:.4f}".format)
-table["paper"] = "not available"
 table.index = [f"{v} (full MST)" if v == FULL else v for v in table.index]
-table
+tables.style(table)  # a Styler shows every description in full (a DataFrame cuts them at 50 characters)
 
 # %% tags=["remove-input"]
 # Numbers for the prose.
