@@ -60,8 +60,15 @@ METHOD_NAMES = {"dense": "Dense", "mst": "MST", "rigl": "RigL", "ss": "SS", "tin
 COLUMNS = {scale: ("paper scale (our paper preset)" if scale == "paper" else f"ours ({scale})") for scale in scales}
 
 
+def shown(t: pd.DataFrame) -> pd.DataFrame:
+    """A config table as displayed: each unit beside its setting (a column fewer, so the table fits)."""
+    t = t.assign(setting=[f"{s} ({u})" if u else s for s, u in zip(t["setting"], t["unit"])])
+    return tables.display(t.drop(columns="unit"))
+
+
 def hp_table(method: str, sections: list[str], table_no: int, documented=None, flops_rows: bool = False):
-    """Table ``table_no`` for ``method``: the paper column, then the method's config at each scale."""
+    """Table ``table_no`` for ``method``: the method's config at each scale, and where the paper documents
+    settings (``documented``; none for Tables 5-8) a paper column, blank where it gives no value."""
     t = tables.config_table({COLUMNS[s]: runs[(s, method)] for s in scales}, sections)
     if flops_rows:
         # the budget the baselines are matched on, recounted from the configs by mstlib.flops
@@ -72,10 +79,10 @@ def hp_table(method: str, sections: list[str], table_no: int, documented=None, f
             row[COLUMNS[s]] = f"{f / dense_flops[s]:.4f}"
             row2[COLUMNS[s]] = f"{f / mst_flops[s]:.4f}"
         t = pd.concat([t, pd.DataFrame([row, row2], index=["budget.dense", "budget.mst"])])
-    t = tables.with_paper_column(t, runs[("paper", method)], f"Table {table_no}", documented=documented)
-    if documented is not None and not documented:
-        t = t.drop(columns="documented in")  # the paper documents none of these
-    return tables.display(t)
+    if documented is None or documented:
+        t = tables.with_paper_column(t, runs[("paper", method)], f"Table {table_no}", documented=documented)
+        t = t.replace({tables.NOT_AVAILABLE: ""})  # said once in the text, not in a cell per row
+    return shown(t)
 
 
 dense_flops = {s: flops.training_flops(runs[(s, "dense")], series=False).total_flops for s in scales}
@@ -87,7 +94,8 @@ mst_flops = {s: flops.training_flops(runs[(s, "mst")], series=False).total_flops
 # The model, the optimisation and the data, as the Dense run uses them (every method shares them within a
 # scale; Tiny changes only the model's size). The column "documented in" says where the paper gives a
 # value: the setup of the paper or its Table 4 as the method notes report them. Those values are rendered
-# from our `paper` preset, which a test (`tests/test_tables.py`) holds to the documented numbers.
+# from our `paper` preset, which a test (`tests/test_tables.py`) holds to the documented numbers; a blank
+# paper cell is a value the paper does not give (not available to us).
 
 # %% tags=["hide-input"]
 table4 = hp_table("dense", ["model", "train", "data"], 4)
@@ -104,6 +112,8 @@ table4
 # corpus (Wikipedia and Project Gutenberg; see the data chapter) instead of OpenWebText.
 #
 # ## Table 5: MST
+#
+# The paper's own values for Tables 5-8 are not available to us, so these tables have no paper column.
 #
 # Sparse weights, sparsity variation, topology evolution and hybrid sparse attention. Every value is ours
 # (`mstlib.presets`, whose docstring gives the arithmetic behind the default schedule) or the official
@@ -165,7 +175,7 @@ table8
 
 # %% tags=["hide-input"]
 all_methods = {METHOD_NAMES.get(m, m.upper()): presets.make("paper", m, seed=seeds[0]) for m in presets.METHODS}
-differences = tables.display(tables.config_table(all_methods, only_differing=True))
+differences = shown(tables.config_table(all_methods, only_differing=True))
 differences
 
 # %% [markdown]
