@@ -145,7 +145,8 @@ assert n_total == sum(p.numel() for p in model.parameters())
 # and LayerNorms are always dense.
 
 # %% tags=["hide-input"]
-table.style.format({"parameters": "{:,}", "share of parameters": "{:.1%}"})
+YES_NO = {c: {True: "yes", False: "no"}.get for c in ("sparse (official: all)", "sparse (blocks only)")}
+table.style.format({"parameters": "{:,}", "share of parameters": "{:.1%}", **YES_NO})
 
 # %% tags=["remove-input"]
 n_sparse = {
@@ -199,7 +200,7 @@ glue("attention_flops", attention_flops, display=False)
 glue("flops_per_token", flops_per_token, display=False)
 glue("flops_share_sparse_all", 100 * 6 * n_sparse["all"] / flops_per_token, display=False)
 glue("flops_share_attention", 100 * attention_flops / flops_per_token, display=False)
-flops.style.format({"FLOPs per token": "{:,}", "share": "{:.1%}"})
+flops.style.format({"FLOPs per token": "{:,}", "share": "{:.1%}", "sparse (official: all)": YES_NO["sparse (official: all)"]}).hide(axis="index")
 
 # %% tags=["hide-input"]
 plot = flops.assign(
