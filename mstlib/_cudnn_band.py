@@ -10,7 +10,7 @@ the band's forward costs 0.11-0.12 ms of host time per call this way, the packag
 ``torch.ops.cudnn.sdpa_fwd`` 0.09-0.16 ms, and executing a cached graph on the *same* buffers 0.02 ms: most
 of the host time is the frontend binding fresh buffers. A step of the paper model hides it; the mini
 model's shorter steps leave gaps for it: a compiled mini step with the split backends kept the GPU busy
-84% of the time against dense's 92%, results/bench/step_times_mini_session6e_compiled.json).
+84% of the time against dense's 92%, results/bench/archive/step_times_mini_session6e_compiled.json).
 
 Contract (the same as FlashAttention's in :mod:`mstlib.flash_split`): ``q, k, v`` are ``[B, T, H, D]``
 (last dim contiguous, any other strides); the band is ``0 <= i - j < window``; the forward returns the band's

@@ -301,7 +301,8 @@ def run_benchmark(models: Sequence[str] = ("mini", "paper"), contexts: Sequence[
     paired with dense *in the same mode*; ``ratio_to_first_mode_dense`` pairs each row with dense in the
     first mode named (how the presets train, when that is ``"default"``), so a variant in one mode is
     compared with the dense step a user would otherwise run."""
-    from tqdm.auto import tqdm
+    # the text bar: tqdm.auto warns in a kernel without ipywidgets, and that warning lands in a page
+    from tqdm import tqdm
 
     from . import provenance
     from .results import atomic_write_json
@@ -434,8 +435,8 @@ def _step_flops(run: RunConfig, row: dict[str, Any]) -> float:
 def load_benchmarks(results_dir: str | Path = "results", folder: str = "bench") -> "pd.DataFrame":
     """Every stored step-time row (``<results_dir>/<folder>/*.json`` files that hold a list of rows of
     :func:`run_benchmark`) as one table; other benchmark files there (``train_speed_*.json``,
-    ``ddp_compare_*.json``) have their own readers, :func:`load_json_results`. ``folder="bench/history"``:
-    superseded calls kept for the record (older code, or a defect the chapter describes)."""
+    ``ddp_compare_*.json``) have their own readers, :func:`load_json_results`. The book finds its files
+    through the manifest instead (:mod:`mstlib.benchstore`); ``folder="bench/archive"`` reads earlier calls."""
     import pandas as pd
 
     from .results import resolve_root

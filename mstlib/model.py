@@ -128,7 +128,7 @@ class GPT(nn.Module):
         well as for the loss. When the caller never uses them, that gradient is a materialised zero tensor
         of their size, filled and then read by the loss's backward. Under CUDA graphs it is also copied into
         the graph's static input (measured on an H200, mini model: 0.97 ms of fills and 1.54 ms of copies
-        per step, ``results/bench/step_times_mini_session7a_*.json``). The loss and every gradient are the same
+        per step, ``results/bench/archive/step_times_mini_session7a_*.json``). The loss and every gradient are the same
         either way: the zero gradient only ever adds 0.
         """
         if not return_logits and targets is None:
