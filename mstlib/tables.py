@@ -353,9 +353,9 @@ MISSING = "–"
 
 def _plain(x: float, digits: int) -> str:
     """``x`` to ``digits`` significant digits in fixed notation (trailing zeros kept, so a column's
-    numbers line up: 1.000 beside 0.958)."""
-    decimals = max(0, digits - 1 - math.floor(math.log10(abs(x))))
-    return f"{x:,.{decimals}f}"
+    numbers line up: 1.000 beside 0.958; large values rounded: 1,642,000)."""
+    places = digits - 1 - math.floor(math.log10(abs(x)))
+    return f"{round(x, places):,.{max(0, places)}f}"
 
 
 def _scientific(x: float, digits: int) -> str:
@@ -369,8 +369,8 @@ def number(x: Any, digits: int = 4) -> str:
     """A number as a table cell for people.
 
     Integers keep every digit, with thousands separators (``123,587,328``: counts are exact). Floats get
-    ``digits`` significant digits: fixed notation from 0.001 up to a million (``0.6838``, ``5.950``,
-    ``96,910``), ``1.360e16`` style outside that range, where fixed notation would be a row of zeros (a
+    ``digits`` significant digits: fixed notation from 0.001 up to a billion (``0.6838``, ``5.950``,
+    ``96,910``, ``1,642,000``), ``1.360e16`` style outside that range, where fixed notation would be a row of zeros (a
     round mantissa alone: ``6e-4``).
     Missing values (None, NaN) are :data:`MISSING`; strings and booleans pass through."""
     if x is None or isinstance(x, str):
@@ -386,7 +386,7 @@ def number(x: Any, digits: int = 4) -> str:
         return MISSING
     if x == 0 or math.isinf(x):
         return f"{x:g}"
-    if 1e-3 <= abs(x) < 1e6:
+    if 1e-3 <= abs(x) < 1e9:
         return _plain(x, digits)
     return _scientific(x, digits)
 
@@ -404,7 +404,7 @@ def mean_pm(mean: float, half_width: float | None = None, digits: int = 4) -> st
     if not math.isfinite(hw) or hw < scale * 10.0 ** (-digits):
         return number(mean, digits)
     place = math.floor(math.log10(hw)) - 1  # the decimal place of the half-width's second digit
-    if abs(mean) >= 1e6 or hw < 1e-3:  # a shared power of ten, so neither side is a row of zeros
+    if abs(mean) >= 1e9 or hw < 1e-3:  # a shared power of ten, so neither side is a row of zeros
         exp = math.floor(math.log10(max(abs(mean), hw)))
         d = max(0, exp - place)
         return f"({mean / 10 ** exp:.{d}f} ± {hw / 10 ** exp:.{d}f})e{exp}"
