@@ -145,8 +145,8 @@ if gpu:
     for key, variant in (("ultra_saved", NAMES["mst_ultra"]), ("hsa_saved", NAMES["hsa_cudnn:local_strided"])):
         glue(key, "; ".join(saved(w["counted FLOPs saved"], w["time saved, compiled"], m)
                             for (m, v), w in worth.iterrows() if v == variant), display=False)
-    glue("ultra_density", ", ".join(tables.number(d, 3) for d in sorted(set(comp.loc[comp["variant"] == "mst_ultra",
-                                                                                     "density"]))), display=False)
+    glue("ultra_density", ", ".join(sorted({tables.number(d, 3) for d in comp.loc[comp["variant"] == "mst_ultra",
+                                                                                   "density"]})), display=False)
     glue("contexts", " and ".join(str(c) for c in sorted(set(comp["context"]))), display=False)
 
 # %% [markdown]
@@ -246,7 +246,7 @@ if gpu:
                                  f"(paper model)" for r in at4k.itertuples()), display=False)
 
 # %% [markdown]
-# ## Block-sparse weights: the one saving that reached the clock
+# ## Block-sparse weights: a saving that reaches the clock
 #
 # Masks save nothing, so we tried the structure that can: block sparsity, where a weight keeps whole square
 # tiles and only those are stored and multiplied (`mstlib.blocksparse`: the forward,
@@ -289,9 +289,9 @@ if gpu:  # the same products by the profiler's kernel time (what the GPU spends,
 # %% [markdown]
 # ## What would make sparsity pay
 #
-# * **Structure the hardware can skip.** Masked weights multiply zeros at full price; only whole tiles
-#   (block sparsity, above) or 2:4 patterns are skipped by kernels, and only where the matrices are large
-#   and sparse enough. MST's unstructured masks would have to become block masks.
+# * **Structure the kernels can skip.** Masked weights multiply zeros at full price; our kernels skip
+#   whole tiles (block sparsity, above), and that pays only where the matrices are large and sparse
+#   enough. MST's unstructured masks would have to become block masks.
 # * **Longer contexts, for the attention pattern.** Attention is {glue:text}`attn_share` of the dense step's
 #   FLOPs, so at the shorter context even free sparse attention saves little; one attention layer through
 #   `cudnn_split` costs about dense's kernel time there and much less at the longer one (table: dense's
