@@ -29,8 +29,8 @@
 # only where the sparsity target changes); and two drop-fraction schedules: constant instead of
 # cosine-annealed, and one cosine over the whole run instead of a restart in each phase. Everything else
 # (sparsity schedule, hybrid sparse attention, FLOPs up to the dense gradients of update steps) is full
-# MST's. Each variant is compared with full MST by final validation loss, as a difference with a 95% Welch
-# interval over seeds.
+# MST's. Each variant is compared with full MST by final validation loss, as a difference with a 95% interval
+# paired by seed (the variants of one seed share their data order and initial weights).
 
 # %% tags=["parameters", "hide-cell"]
 preset = "smoke"  # "smoke" (CPU, meaningless numbers), "mini" (the book's GPU scale) or "paper"
@@ -78,7 +78,7 @@ described = {v.variant: describe(v.run.topology) for v in variants}
 # ## The table
 #
 # "Δ val loss" is the variant's final validation loss minus full MST's (positive: the variant is worse,
-# i.e. MST's choice helped), with its 95% Welch interval over seeds; "val loss" is the mean ± 95% t
+# i.e. MST's choice helped), with its 95% interval paired by seed; "val loss" is the mean ± 95% t
 # half-width over seeds. The paper's numbers for this ablation are not available.
 
 # %% tags=["hide-input"]

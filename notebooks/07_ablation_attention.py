@@ -29,7 +29,7 @@
 # throughout, with each of the four patterns during the ultra phase (one of them is full MST), with the
 # default pattern for the whole run, and with the default pattern on only the first half of the layers.
 # The sparsity schedule and topology evolution are full MST's in every variant. Each variant is compared
-# with full MST by final validation loss, as a difference with a 95% Welch interval over seeds; "attention
+# with full MST by final validation loss, as a difference with a 95% interval paired by seed; "attention
 # density" is the share of causal query-key pairs the pattern keeps at the preset's context length.
 
 # %% tags=["parameters", "hide-cell"]
@@ -86,7 +86,7 @@ described = {v.variant: describe(v.run) for v in variants}
 # ## The table
 #
 # "Δ val loss" is the variant's final validation loss minus full MST's (positive: the variant is worse),
-# with its 95% Welch interval over seeds. "FLOPs / dense" is the run's training FLOPs over the dense
+# with its 95% interval paired by seed. "FLOPs / dense" is the run's training FLOPs over the dense
 # model's, so the attention patterns' savings show up there; "val loss" is the mean ± 95% t half-width
 # over seeds. The paper's numbers for this ablation are not available.
 
