@@ -84,8 +84,10 @@ NAMES = {"dense": "dense", "mst_warmup": "MST, warm-up", "mst_restoration": "MST
          "hsa_cudnn:local_strided": "HSA alone (cudnn_split)", "hsa_flash:local_strided": "HSA alone (flash_split)",
          "hsa_sdpa:local_strided": "HSA as masked SDPA (official)", "hsa_flex:local": "band alone (FlexAttention)",
          "hsa_flash:local": "band alone (flash_split)"}
-GPU_GLUES = ("dense_tflops", "ultra_density", "ultra_saved", "hsa_saved", "contexts", "run_steps", "mini_graphs", "runs_ultra", "runs_other", "masks_span",
-             "sdpa_text", "eager_4096", "bs_best", "bs_best_kernel", "attn_share", "layer_4096", "zero_weights")
+# every number the prose glues from the GPU files; the smoke preset has none of them
+GPU_GLUES = ("dense_tflops", "ultra_density", "ultra_saved", "hsa_saved", "contexts", "run_steps", "mini_graphs",
+             "runs_ultra", "runs_other", "masks_span", "sdpa_text", "eager_4096", "bs_best", "bs_best_kernel",
+             "attn_share", "layer_4096", "zero_weights")
 
 
 def pct(x: float) -> str:
