@@ -26,21 +26,21 @@
 # the sparse phase). Every number in this book is computed by its notebooks from stored runs; none is typed
 # by hand, and the paper's own table values are not available to us, so none of them appears.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-cell"]
 preset = "smoke"  # "smoke" (CPU, meaningless numbers), "mini" (the book's GPU scale) or "paper"
 seeds = [0]  # seeds of the main table; from the command line: papermill ... -y "seeds: [0, 1, 2]"
 ablation_seeds = None  # seeds of the ablations; None: the same as seeds
 device = "auto"  # where missing smoke runs are trained: "auto", "cpu", "cuda" or "cuda:N"
 results_dir = "results"  # the run store to read (and, for smoke, write)
 
-# %%
+# %% tags=["remove-input"]
 # Check the parameters first, so a typo stops here with a message that says what to use.
 from mstlib import claims, notebook
 
 seeds = notebook.check_parameters(preset, seeds, device, results_dir)
 ablation_seeds = seeds if ablation_seeds is None else notebook.check_seeds(ablation_seeds, "ablation_seeds")
 
-# %%
+# %% tags=["remove-input"]
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 from myst_nb import glue
@@ -58,7 +58,7 @@ book = claims.evaluate(preset, seeds, ablation_seeds, results_dir=results_dir, d
 # The paper's claims and our two questions about them, with our verdicts (the same function computes them
 # as the {doc}`verdict chapter <10_what_reproduced>`, which shows every comparison, interval and rule):
 
-# %%
+# %% tags=["hide-input"]
 COLOURS = {"reproduced": "background-color: #d9f2d9", "not reproduced": "background-color: #f7d4d4",
            "inconclusive": "background-color: #f3ecc8"}
 book.table().style.map(lambda v: COLOURS.get(v, ""), subset=["verdict"]).set_properties(**{"text-align": "left"})
@@ -69,7 +69,7 @@ book.table().style.map(lambda v: COLOURS.get(v, ""), subset=["verdict"]).set_pro
 # What was trained, and how far it is from the paper's run ("wall hours": the runs' wall time together;
 # several runs shared one H200 at a time).
 
-# %%
+# %% tags=["hide-input"]
 claims.scale_table(book, preset)
 
 # %% [markdown]
@@ -79,7 +79,7 @@ claims.scale_table(book, preset)
 # the black line joins dense runs of every length, the marks are MST, RigL and Tiny at a quarter of dense's
 # FLOPs. Below the line trains better per FLOP than dense; above it, worse.
 
-# %%
+# %% tags=["hide-input"]
 points = fair_test.frontier_points(book.fair)
 if points.empty:
     display(Markdown("No rung of the fair test is stored yet."))

@@ -37,14 +37,14 @@
 # (runs of one seed share the initial weights and the data order). LAMBADA accuracy is near 0 at this scale:
 # it is shown, but it decides nothing.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-cell"]
 preset = "smoke"  # "smoke" (CPU, meaningless numbers), "mini" (the book's GPU scale) or "paper"
 seeds = [0]  # one run per seed and method; from the command line: papermill ... -y "seeds: [0, 1, 2]"
 device = "auto"  # where missing runs are trained: "auto", "cpu", "cuda" or "cuda:N"
 results_dir = "results"  # the run store to read (and, for smoke, write)
 smooth = 5  # logged points in the centred rolling mean of the training-loss curves
 
-# %%
+# %% tags=["remove-input"]
 # Check the parameters first, so a typo stops here with a message that says what to use.
 from mstlib import experiments, notebook, presets
 from mstlib.errors import ConfigError
@@ -54,7 +54,7 @@ if not (isinstance(smooth, int) and smooth >= 1):
     raise ConfigError(f"smooth={smooth!r} must be an integer >= 1")
 variants = experiments.variants_for("main", preset, list(seeds))  # ConfigError on a bad preset/seed
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
@@ -67,7 +67,7 @@ from mstlib.verdicts import paired_values
 
 notebook.start_page(preset, seeds)
 
-# %%
+# %% tags=["hide-input"]
 # Every run of experiment "main": read from the run store; missing smoke runs are trained here.
 results = pipeline.collect(variants, preset=preset, device=device, results_dir=results_dir)
 logs = pipeline.logs(results, results_dir=results_dir)
@@ -91,7 +91,7 @@ results[["variant", "seed", "run_id", "provenance.device_name", "metrics.wall_ti
 # `mstlib.flops` integrates them over the sparsity and attention schedule (forward, backward, and the
 # dense gradient on topology-update steps); "FLOPs / Dense" is the share of the Dense runs' (mean).
 
-# %%
+# %% tags=["hide-input"]
 COLUMNS = {  # column of pipeline.collect -> table heading; the paper's Table 3 columns first
     "eval.lambada.acc": "LAMBADA acc",
     "eval.lambada.ppl": "LAMBADA ppl",
@@ -112,7 +112,7 @@ table3["FLOPs / Dense"] = summary["flops_vs_dense"].map("{:.3f}".format)
 table3.index.name = None
 table3
 
-# %%
+# %% tags=["remove-input"]
 # Numbers for the prose (never typed by hand): means, and differences to Dense paired by seed.
 def paired(method: str, reference: str, column: str = "metrics.final_val_loss"):
     return paired_ci(*paired_values(results, column, method, reference, by="method"))
@@ -157,7 +157,7 @@ glue("d_mst_best_ci", interval(d_b), display=False)
 # connections back at the end, so a gap to Dense that opens in the middle and narrows during the
 # restoration is the schedule at work; the baselines are sparse (or small) from the first step.
 
-# %%
+# %% tags=["hide-input"]
 fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
 plots.loss_curves(logs, y="val_loss", ax=axes[0], order=ORDER, title="validation loss")
 plots.loss_curves(logs, y="loss", smooth=smooth, ax=axes[1], order=ORDER,
@@ -171,7 +171,7 @@ fig.tight_layout()
 # paper's claim reads as: MST's point sits far left of the vertical line (fewer FLOPs) and not above the
 # horizontal one (no higher loss), and below the baselines, which share its FLOPs.
 
-# %%
+# %% tags=["hide-input"]
 fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
 plots.flops_vs_quality(results, quality="metrics.final_val_loss", reference="Dense", ax=axes[0])
 plots.flops_vs_quality(results, quality="eval.wikitext103.ppl_word", reference="Dense", ax=axes[1])

@@ -34,21 +34,21 @@
 # full MST by final validation loss (nats per token, lower is better), as a difference paired by seed (runs
 # of one seed share the initial weights and the data order) with a 95% t interval.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-cell"]
 preset = "smoke"  # "smoke" (CPU, meaningless numbers), "mini" (the book's GPU scale) or "paper"
 seeds = [0]  # one run per seed and variant; from the command line: papermill ... -y "seeds: [0, 1]"
 device = "auto"  # where missing runs are trained: "auto", "cpu", "cuda" or "cuda:N"
 results_dir = "results"  # the run store to read (and, for smoke, write)
 evaluate = False  # also run the zero-shot/few-shot evaluation on missing ablation runs (slow; not needed here)
 
-# %%
+# %% tags=["remove-input"]
 # Check the parameters first, so a typo stops here with a message that says what to use.
 from mstlib import experiments, notebook, presets
 
 seeds = notebook.check_parameters(preset, seeds, device, results_dir, evaluate=evaluate)
 variants = experiments.variants_for("sv", preset, list(seeds))  # ConfigError on a bad preset/seed
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
@@ -59,7 +59,7 @@ from mstlib import pipeline, plots, verdicts
 
 notebook.start_page(preset, seeds)
 
-# %%
+# %% tags=["hide-input"]
 # The runs of experiment "sv"; full MST is shared with the main table (same config, same stored run).
 results = pipeline.collect(variants, preset=preset, device=device, results_dir=results_dir, evaluate=evaluate,
                            allow_missing=True)
@@ -87,7 +87,7 @@ described = {
 # FLOPs (within 0.1%), so its difference is a comparison at equal cost. The paper's numbers for this
 # ablation are not available to us.
 
-# %%
+# %% tags=["hide-input"]
 from mstlib.presets import run_flops
 
 full_flops = run_flops(next(v.run for v in variants if v.variant == FULL))
@@ -106,7 +106,7 @@ table = pd.DataFrame({
 }, index=ORDER)
 table
 
-# %%
+# %% tags=["remove-input"]
 # Numbers for the prose.
 glue("s_max", mst.schedule.s_max, display=False)
 glue("s_end", mst.schedule.s_end, display=False)
@@ -139,13 +139,13 @@ glue("ratio_full", full_flops / run_flops(presets.make(preset, "dense")), displa
 # every step): the three phases of full MST, the flat line of constant sparsity. The right panel is the
 # validation loss over the same steps.
 
-# %%
+# %% tags=["hide-input"]
 fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
 plots.density_curves(logs, ax=axes[0], order=ORDER)
 plots.loss_curves(logs, y="val_loss", ax=axes[1], order=ORDER)
 fig.tight_layout()
 
-# %%
+# %% tags=["hide-input"]
 ax = plots.metric_bars(results, "metrics.final_val_loss", order=ORDER, highlight=FULL, style="point",
                        title="final validation loss by schedule (mean, 95% CI over seeds)")
 

@@ -44,7 +44,7 @@
 #   decide a verdict;
 # - every comparison states its **scope**: preset, tokens, corpus, schedule and seeds.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-cell"]
 preset = "smoke"  # "smoke" (CPU, meaningless numbers), "mini" (the book's GPU scale) or "paper"
 seeds = [0]  # seeds of the main table; from the command line: papermill ... -y "seeds: [0, 1, 2]"
 ablation_seeds = None  # seeds of the ablations (sv, te, hsa); None: the same as seeds
@@ -57,7 +57,7 @@ ppl_margin = 0.02  # relative margin on per-word perplexity for "no loss" (0.02 
 min_gain = 0.0  # nats/token: the smallest gain that counts for "better than" (0: any significant gain)
 alpha = 0.05  # family-wise level of Holm's correction over the secondary comparisons
 
-# %%
+# %% tags=["remove-input"]
 # Check the parameters first, so a typo stops here with a message that says what to use.
 from mstlib import claims, notebook
 
@@ -65,7 +65,7 @@ seeds = notebook.check_parameters(preset, seeds, device, results_dir)
 ablation_seeds = seeds if ablation_seeds is None else notebook.check_seeds(ablation_seeds, "ablation_seeds")
 margins = claims.Margins(flops_target, flops_tolerance, loss_margin, ppl_margin, min_gain, alpha)
 
-# %%
+# %% tags=["remove-input"]
 import math
 
 import matplotlib.pyplot as plt
@@ -83,7 +83,7 @@ notebook.start_page(preset, seeds, note=(
 glue("n_ablation_seeds", len(ablation_seeds), display=False)
 book = claims.evaluate(preset, seeds, ablation_seeds, results_dir=results_dir, device=device, margins=margins)
 
-# %%
+# %% tags=["hide-input"]
 # Where the evidence comes from: every stored run these verdicts read, per part of the book.
 fair = book.fair[book.fair["done"]]
 parts_runs = [(name, d["run_id"], d["provenance.device_name"], d["metrics.wall_time_s"])
@@ -107,7 +107,7 @@ provenance
 #
 # One row per claim; the comparisons behind each follow.
 
-# %%
+# %% tags=["hide-input"]
 COLOURS = {"reproduced": "background-color: #d9f2d9", "not reproduced": "background-color: #f7d4d4",
            "inconclusive": "background-color: #f3ecc8"}
 overview = book.table()
@@ -120,7 +120,7 @@ overview.style.map(lambda v: COLOURS.get(v, ""), subset=["verdict"]).set_propert
 # with its 95% interval; "n" is the number of seeds (paired) or runs; "p (Holm)" is the adjusted p-value
 # of the secondary comparisons; "rule" refers to the table of rules after this one.
 
-# %%
+# %% tags=["hide-input"]
 flat = [v for vs in book.parts.values() for v in vs]
 evidence = pd.concat([verdicts.verdict_table(vs).assign(claim=name) for name, vs in book.parts.items()],
                      ignore_index=True)
@@ -131,7 +131,7 @@ evidence = evidence[["claim", "comparison", "verdict", "estimate", "95% interval
                      "scope", "note"]]
 evidence.style.map(lambda v: COLOURS.get(v, ""), subset=["verdict"]).hide(axis="index")
 
-# %%
+# %% tags=["hide-input"]
 verdicts.rules_table(flat).style.hide(axis="index")
 
 # %% [markdown]
@@ -141,7 +141,7 @@ verdicts.rules_table(flat).style.hide(axis="index")
 # MST's favour (a gain, or minus a loss difference); the shaded band marks the no-loss margin. A dot
 # without a line has no interval (one seed).
 
-# %%
+# %% tags=["hide-input"]
 rows = []
 for v in flat:
     if v.quantity != "validation loss: baseline - candidate" and v.quantity != "validation loss: candidate - reference":
@@ -170,7 +170,7 @@ ax.legend(dict(zip(labels, handles)).values(), dict(zip(labels, handles)).keys()
 ax.set_title("MST against each reference")
 fig.tight_layout()
 
-# %%
+# %% tags=["hide-input"]
 # The claims in words, from the verdicts above (never typed by hand).
 def say(v: verdicts.Verdict) -> str:
     if math.isnan(v.estimate):
@@ -207,7 +207,7 @@ glue("loss_margin", loss_margin, display=False)
 # small, and few-shot GLUE accuracy sits at or below the majority class. They are in the main-table and GLUE
 # chapters; here are their means, and none of them enters a verdict.
 
-# %%
+# %% tags=["hide-input"]
 floor = []
 for col, what in claims.UNINFORMATIVE.items():
     if col not in book.main.columns:

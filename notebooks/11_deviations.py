@@ -23,14 +23,14 @@
 # defect changes the trained model, measure the effect with runs of its own. The list below is every
 # defect recorded in our reading of that code (the method notes, "The official code, read closely").
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-cell"]
 preset = "smoke"  # "smoke" (CPU, meaningless numbers), "mini" (the book's GPU scale) or "paper"
 seeds = [0]  # one run per seed and variant; from the command line: papermill ... -y "seeds: [0, 1]"
 device = "auto"  # where missing runs are trained: "auto", "cpu", "cuda" or "cuda:N"
 results_dir = "results"  # the run store to read (and, for smoke, write)
 evaluate = False  # also run the zero-shot/few-shot evaluation on missing runs (slow; not needed here)
 
-# %%
+# %% tags=["remove-input"]
 # Check the parameters first, so a typo stops here with a message that says what to use.
 from mstlib import experiments, notebook, presets
 from mstlib.errors import ConfigError
@@ -42,7 +42,10 @@ FULL = "full MST (ours)"
 full_variants = [experiments.Variant("deviations", FULL, v.run)
                  for v in experiments.variants_for("main", preset, list(seeds)) if v.run.method == "mst"]
 
-# %%
+# %% tags=["hide-input"]
+import html
+import re
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
@@ -54,13 +57,18 @@ from mstlib import pipeline, plots, verdicts
 pd.set_option("display.max_colwidth", None)
 notebook.start_page(preset, seeds)
 
+
+def code_spans(text: str) -> str:
+    """`name` in a table cell as code: a DataFrame shows markdown's backticks literally."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(str(text), quote=False))
+
 # %% [markdown]
 # ## Every defect, and what we do instead
 #
 # "Changes results" says whether the defect alters the model that a run as documented trains; "measured"
 # says where its effect is shown.
 
-# %%
+# %% tags=["hide-input"]
 DEFECTS = pd.DataFrame([
     {"defect in the official code": "`config/mst.py` sets keys that the training script never reads; run as "
      "documented, it trains plain RigL at a constant 50% ER sparsity with dense attention.",
@@ -108,7 +116,7 @@ DEFECTS = pd.DataFrame([
      "changes results": "-", "measured": "-"},
 ])
 DEFECTS.index = range(1, len(DEFECTS) + 1)
-DEFECTS.style.set_properties(**{"text-align": "left", "white-space": "normal"})
+DEFECTS.style.format(code_spans).set_properties(**{"text-align": "left", "white-space": "normal"})
 
 # %% [markdown]
 # ## Where we had to choose
@@ -117,7 +125,7 @@ DEFECTS.style.set_properties(**{"text-align": "left", "white-space": "normal"})
 # choice below is a documented default in `mstlib` and a config field or module constant that a reader with
 # the paper can change.
 
-# %%
+# %% tags=["hide-input"]
 CHOICES = pd.DataFrame([
     {"choice": "Peak and final sparsity, phase boundaries", "ours": "s_max 0.95, s_end 0.5, phases at 1/4 "
      "and 3/4 of training (`mstlib.presets.MST_SCHEDULE`)", "why": "gives about 4x fewer training FLOPs at "
@@ -140,7 +148,7 @@ CHOICES = pd.DataFrame([
      "why": "what a sparse kernel would compute (`mstlib.flops` docstring)"},
 ])
 CHOICES.index = range(1, len(CHOICES) + 1)
-CHOICES.style.set_properties(**{"text-align": "left", "white-space": "normal"})
+CHOICES.style.format(code_spans).set_properties(**{"text-align": "left", "white-space": "normal"})
 
 # %% [markdown]
 # ## Where we depart from the official code, and what it does
@@ -148,7 +156,7 @@ CHOICES.style.set_properties(**{"text-align": "left", "white-space": "normal"})
 # Besides the defects above, five choices of ours differ from the official code. Each has its effect
 # measured by a run or argued from arithmetic on the configs (computed here, not typed).
 
-# %%
+# %% tags=["hide-input"]
 import math
 
 import torch
@@ -201,7 +209,7 @@ OURS = pd.DataFrame([
      "official": "the same", "effect": skip_text},
 ])
 OURS.index = range(1, len(OURS) + 1)
-OURS.style.set_properties(**{"text-align": "left", "white-space": "normal"})
+OURS.style.format(code_spans).set_properties(**{"text-align": "left", "white-space": "normal"})
 
 # %% [markdown]
 # ## Where the gap to dense comes from
@@ -210,7 +218,7 @@ OURS.style.set_properties(**{"text-align": "left", "white-space": "normal"})
 # first rung (the schedule its search chose) or RigL, each at its own exact FLOPs. "minus unchanged" is the
 # paired change in loss; "minus dense frontier" compares with what dense training reaches at the same FLOPs.
 
-# %%
+# %% tags=["hide-input"]
 gaps = fair_test.gap_table(fair_df)
 gaps if not gaps.empty else Markdown("No diagnostic run of the fair test is stored yet.")
 
@@ -223,7 +231,7 @@ gaps if not gaps.empty else Markdown("No diagnostic run of the fair test is stor
 # validation loss (difference paired by seed, with its 95% interval; positive: worse than full MST) and
 # training FLOPs.
 
-# %%
+# %% tags=["hide-input"]
 variants = full_variants + deviation_variants
 results = pipeline.collect(variants, preset=preset, device=device, results_dir=results_dir, evaluate=evaluate)
 logs = pipeline.logs(results, results_dir=results_dir)
@@ -241,7 +249,7 @@ measured = pd.DataFrame({
 }, index=ORDER)
 measured
 
-# %%
+# %% tags=["remove-input"]
 glue("val_full", float(summary.loc[FULL, "metrics.final_val_loss"]), display=False)
 glue("ratio_full", float(summary.loc[FULL, "metrics.flops_ratio_to_dense"]), display=False)
 glue("ratio_official", float(summary.loc[OFFICIAL, "metrics.flops_ratio_to_dense"]), display=False)
@@ -258,7 +266,7 @@ for name, key in ((OFFICIAL, "official"), (MOMENTS, "moments")):
 # so its numbers cannot stand for MST's. Leaving AdamW's moments unmasked changed full MST's validation
 # loss by {glue:text}`d_moments:+.4f` nats {glue:text}`d_moments_ci` at the same FLOPs.
 
-# %%
+# %% tags=["hide-input"]
 fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
 plots.loss_curves(logs, y="val_loss", ax=axes[0], order=ORDER)
 plots.flops_vs_quality(results, ax=axes[1], reference=FULL, logx=False, annotate=False,

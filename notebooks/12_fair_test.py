@@ -40,12 +40,12 @@
 # against log2 tokens); the comparisons at the budget are **secondary**, with Holm's correction across
 # them. The paper's own numbers are not available to us, on this page as everywhere in the book.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-cell"]
 preset = "smoke"  # "smoke" (CPU, meaningless numbers) or "mini" (the GPU rungs); "paper" reads mini's
 device = "auto"  # where missing smoke runs are trained: "auto", "cpu", "cuda" or "cuda:N"
 results_dir = "results"  # the run store to read (and, for smoke, write)
 
-# %%
+# %% tags=["remove-input"]
 # Check the parameters first, so a typo stops here with a message that says what to use.
 from mstlib import fair_test, ladder, notebook
 from mstlib.results import RunStore
@@ -54,7 +54,7 @@ notebook.check_parameters(preset, [0], device, results_dir)
 scale = "mini" if preset == "paper" else preset  # the ladder is defined at GPU scale, not at the paper's
 _ = ladder.rungs(scale)  # a ConfigError for a preset without rungs
 
-# %%
+# %% tags=["hide-input"]
 import math
 
 import matplotlib.pyplot as plt
@@ -84,7 +84,7 @@ fair_test.missing(df, scale)
 # length. {glue:text}`n_stored` of the {glue:text}`n_planned` runs it plans are stored; the table above
 # lists what is missing and the command that trains it on a GPU.
 
-# %%
+# %% tags=["hide-input"]
 design = pd.DataFrame([{
     "rung": r.name, "model": r.model, "steps": f"{r.steps:,}",
     "tokens": f"{r.steps * ladder.rung_run(scale, r.name, 'dense', r.seeds[0]).tokens_per_step() / 1e6:,.0f}M",
@@ -101,7 +101,7 @@ design
 # and cannot be chosen. "vs dense" is the paired difference in final validation loss (nats per token,
 # positive = worse than dense) on the same two seeds.
 
-# %%
+# %% tags=["hide-input"]
 selection = fair_test.selection_table(df, chosen)
 glue("chosen", chosen or "not yet chosen (the search is incomplete)", display=False)
 selection
@@ -118,11 +118,11 @@ selection
 # paired difference to dense trained for the budget's share of the steps (equal FLOPs), for the methods
 # at the budget. "passes" is how often a run saw the corpus's unique tokens.
 
-# %%
+# %% tags=["hide-input"]
 rungs_table = fair_test.rung_table(df, scale)
 rungs_table
 
-# %%
+# %% tags=["remove-input"]
 # Numbers for the prose (never typed by hand), from the first rung: the confirmation of the choice.
 first = ladder.selection_rung(scale).name
 budget_dense = ladder.budget_method(scale)
@@ -162,7 +162,7 @@ glue("max_passes", float(df.loc[df["done"], "passes"].max()), display=False)
 # training buys for a given number of FLOPs. A method below the line trains better per FLOP than dense;
 # one on it saves nothing; one above it is worse than just training dense for fewer steps.
 
-# %%
+# %% tags=["hide-input"]
 points = fair_test.frontier_points(df)
 if points.empty:
     display(Markdown("No rung is stored yet."))
@@ -179,7 +179,7 @@ else:
 # "p (Holm)" is the paired t test's p-value adjusted by Holm's step-down method over every row of this
 # table (the family), and "outcome" reads it at 0.05.
 
-# %%
+# %% tags=["hide-input"]
 secondary = fair_test.at_budget(df, scale)
 if secondary.empty:
     display(Markdown("No rung with MST and its baselines is stored yet."))
@@ -199,7 +199,7 @@ secondary_view
 # against the rung's training tokens on a log2 axis, with the least-squares line through the per-seed gaps
 # of each model. Its slope is the change of the gap per doubling of tokens.
 
-# %%
+# %% tags=["hide-input"]
 trends = [t for m in dict.fromkeys(df.loc[df["part"] == "ladder", "model"])
           if (t := fair_test.trend(df, m)) is not None]
 if trends:
@@ -209,7 +209,7 @@ if trends:
 trend_table = fair_test.trend_table(df)
 trend_table if not trend_table.empty else Markdown("No model has two rungs stored yet, so there is no trend.")
 
-# %%
+# %% tags=["hide-input"]
 # The trend in words, built from the fit (or saying plainly that there is none yet).
 lines = []
 for t in trends:
@@ -243,14 +243,14 @@ display(Markdown("\n".join(lines)))
 # with what dense training reaches at the same FLOPs (the frontier of Figure 1 at that point; a point
 # estimate, and blank outside the frontier's range).
 
-# %%
+# %% tags=["hide-input"]
 gap = fair_test.gap_table(df)
 gap if not gap.empty else Markdown("No diagnostic run is stored yet.")
 
 # %% [markdown]
 # ## Where the runs came from
 
-# %%
+# %% tags=["hide-input"]
 stored = df[df["done"]]
 prov = (stored.groupby("rung", sort=False)
         .agg(runs=("run_id", "nunique"), device=("device", lambda s: ", ".join(sorted(set(map(str, s))))),
