@@ -18,6 +18,8 @@ from mstlib.corpus import PrepareOptions, make_example_source, open_tokens, prep
 from mstlib.errors import DataError
 from mstlib.tokenizer import EOT, get_encoding
 
+from conftest import needs_shared
+
 REAL_SOURCES = corpus.default_source_dir()
 
 
@@ -284,7 +286,7 @@ def test_cli_prepare_describe_verify(source, tmp_path, capsys):
     assert "tiny ok: train" in out and "tokenizer ok" in out and "sources ok" in out
 
 
-@pytest.mark.skipif(not (REAL_SOURCES / "SOURCES.md").is_file(), reason="no shared corpus")
+@needs_shared("corpus")
 def test_real_sources_table_and_a_real_tiny_prepare(tmp_path):
     shards, manifests = corpus.read_sources_table(REAL_SOURCES)
     assert len(shards) == 16 and len(manifests) == 2

@@ -30,17 +30,19 @@ ORDERED = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 
 
 @pytest.fixture(scope="module")
-def smoke_book(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, float]]:
-    """A copy of the book's sources whose notebooks were executed with ``preset="smoke"``; and the seconds
-    each notebook took."""
+def smoke_book(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> tuple[Path, dict[str, float]]:
+    """A copy of the book's sources whose notebooks were executed with ``preset="smoke"``, reading the shared
+    data (synthetic stand-ins where the real data is absent); and the seconds each notebook took."""
     root = tmp_path_factory.mktemp("smoke_book")
     results = root / "results"
     out = root / "notebooks"
     out.mkdir()
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    old = {k: os.environ.get(k) for k in env}
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "MST_SHARED_DIR": str(shared_data)}
+    old = {k: os.environ.get(k) for k in [*env, "MST_EVAL_DIR"]}
     os.environ.update(env)
     os.environ.pop("MPLBACKEND", None)
+    os.environ.pop("MST_EVAL_DIR", None)
     times: dict[str, float] = {}
     failures: list[str] = []
     try:
