@@ -804,6 +804,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def main(args: argparse.Namespace) -> int:
     run = config_from_args(args)
     store = RunStore(args.results, args.checkpoints)
+    if int(os.environ.get("RANK", "0")) == 0:  # as the notebooks do; one process writes the corpus
+        from .pipeline import ensure_smoke_corpus
+
+        ensure_smoke_corpus(run, progress=not args.no_progress)
     res = train(run, store, device=args.device, resume=not args.no_resume, stop_after=args.stop_after,
                 progress=not args.no_progress)
     if args.evaluate and res.done and int(os.environ.get("RANK", "0")) == 0:

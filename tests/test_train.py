@@ -377,3 +377,25 @@ def test_train_restores_the_float32_matmul_precision(data_dir, tmp_path, monkeyp
         assert torch.get_float32_matmul_precision() == "highest"
     finally:
         torch.set_float32_matmul_precision(previous)
+
+
+# ------------------------------------------------------------------------------------------ command line
+
+
+def _cli(*argv: str):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    T.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_train_smoke_prepares_its_corpus_on_first_use(tmp_path, with_shared_data, capsys):
+    """`python -m mstlib train --preset smoke` on a fresh clone: offline-smoke is made as the notebooks make it."""
+    data = tmp_path / "data"
+    args = _cli("--preset", "smoke", "--method", "dense", "--device", "cpu", "--no-progress",
+                "--results", str(tmp_path / "results"), "--set", f"data.data_dir={data}",
+                "--set", "train.max_iters=2", "--set", "train.eval_interval=2", "--set", "train.eval_iters=1")
+    assert T.main(args) == 0
+    assert corpus.verify_corpus(data, "offline-smoke")["recipe"]["max_docs"] == 40
+    assert RunStore(tmp_path / "results").load(T.config_from_args(args)).done
