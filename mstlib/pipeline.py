@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import torch
 
 from .config import RunConfig
+from .corpus import SUBSETS
 from .errors import MstError
 from .experiments import Variant
 from .results import RunResult, RunStore, flatten
@@ -42,7 +43,7 @@ def eval_settings(preset: str, **overrides: Any):
 
 
 #: the smoke preset's corpus: the first documents of each source of ``offline`` (CPU, seconds to make)
-SMOKE_CORPUS = {"corpus": "offline", "max_docs": 40}
+SMOKE_CORPUS = SUBSETS["offline-smoke"]
 
 
 def ensure_smoke_corpus(run: RunConfig, progress: bool = False) -> None:

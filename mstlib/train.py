@@ -189,10 +189,11 @@ class Batches:
 
 
 def open_split(run: RunConfig, split: str) -> np.ndarray:
-    """The tokens of ``split`` of the run's corpus (a uint16 memmap)."""
+    """The tokens of ``split`` of the run's corpus (a uint16 memmap), checked: size, sha256 and every id inside
+    the model's vocabulary (an id outside it would end in an IndexError deep in the embedding)."""
     from .corpus import open_tokens
 
-    return open_tokens(run.data.data_dir, run.data.corpus, split)
+    return open_tokens(run.data.data_dir, run.data.corpus, split, vocab_size=run.model.vocab_size)
 
 
 # ------------------------------------------------------------------------------ model and optimizer

@@ -131,13 +131,45 @@ def test_open_tokens_errors_say_how_to_fix(source, tmp_path):
     path.write_bytes(good[:-2])  # one token short
     with pytest.raises(DataError, match="truncated or corrupt"):
         open_tokens(tmp_path, "offline", "train")
+    path.write_bytes(good)
+    open_tokens(tmp_path, "offline", "train")
     path.write_bytes(good[:10] + bytes([good[10] ^ 1]) + good[11:])  # same size, one bit flipped
-    open_tokens(tmp_path, "offline", "train")  # the size check cannot see it ...
     with pytest.raises(DataError, match="Checksum mismatch"):
-        open_tokens(tmp_path, "offline", "train", verify=True)  # ... the checksum does
+        open_tokens(tmp_path, "offline", "train")  # every open checks the sha256 (of a changed file: again)
     (tmp_path / "offline" / "val.bin").unlink()
     with pytest.raises(DataError, match="missing"):
         open_tokens(tmp_path, "offline", "val")
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_on_open(source, tmp_path):
+    prepare(opts(source, tmp_path))
+    meta_path = tmp_path / "offline" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    n = meta["splits"]["train"]["tokens"]
+    bad = np.full(n, 0xFFFF, dtype=np.uint16)  # consistent with meta.json: only the ids are wrong
+    bad.tofile(tmp_path / "offline" / "train.bin")
+    meta["splits"]["train"]["sha256"] = corpus.sha256_file(tmp_path / "offline" / "train.bin")
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"token id 65535, outside the vocabulary \(ids 0..50256") as e:
+        open_tokens(tmp_path, "offline", "train")
+    assert "python -m mstlib data prepare --corpus offline" in str(e.value)
+    open_tokens(tmp_path, "offline", "val")
+    with pytest.raises(DataError, match="model's vocab_size is 512"):
+        open_tokens(tmp_path, "offline", "val", vocab_size=512)  # GPT-2 ids, but not this model's
+
+
+def test_open_tokens_reads_each_file_once_per_process(source, tmp_path, monkeypatch):
+    prepare(opts(source, tmp_path))
+    import hashlib
+    import types
+
+    reads = []  # one sha256 per read of the file
+    monkeypatch.setattr(corpus, "hashlib", types.SimpleNamespace(sha256=lambda: reads.append(1) or hashlib.sha256()))
+    for _ in range(3):
+        open_tokens(tmp_path, "offline", "train")
+    assert len(reads) == 1
+    open_tokens(tmp_path, "offline", "train", verify=True)
+    assert len(reads) == 2
 
 
 def test_missing_or_corrupt_sources(source, tmp_path):
