@@ -1029,8 +1029,9 @@ def unpack_corpus(
     src = Path(src)
     found = sorted(src.glob("t*/pack.json"))
     if not found:
-        raise DataError(f"No pack.json under {src}/t*/: carry a transfer folder made by "
-                        "`python -m mstlib data pack` (see tools/stage_corpus.sh)")
+        raise DataError(f"No pack.json under {src}/t*/: carry the transfer folders made by "
+                        f"`python -m mstlib data pack --corpus {src.name} --out {src.parent}` (see "
+                        "tools/stage_corpus.sh)")
     manifest = json.loads(found[0].read_text())
     if manifest.get("format") != PACK_FORMAT:
         raise DataError(f"{found[0]} is not a corpus pack ({manifest.get('format')!r})")
