@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import datetime as _dt
+import errno
 import hashlib
 import json
 import lzma
@@ -745,6 +746,44 @@ def _build_openwebtext(tmp: Path, opts: PrepareOptions, workers: int, dataset: A
     }
 
 
+# ----------------------------------------------------------------------------------------- disk errors
+
+
+def _disk_error(what: str, where: Path, e: OSError) -> DataError:
+    """A DataError for an OSError while writing: what failed, where, and what to do."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = (f"the disk is full: free space where {where} is (df -h {where}) or choose another folder, "
+                  "then run the same command again")
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        advice = f"{where} is not writable: choose another folder or fix its permissions, then run it again"
+    else:
+        advice = "fix the cause and run the same command again"
+    return DataError(f"{what} failed: {e.strerror or e}{f' ({e.filename})' if e.filename else ''}. {advice}. "
+                     "Nothing was installed: what was there before is unchanged.")
+
+
+def _reports_disk_errors(what: Any, where: Any, tmp: Any = None) -> Any:
+    """Decorator: an OSError (a full disk, a read-only folder) or a broken worker pool inside ``fn`` becomes a
+    DataError saying what failed; ``what``, ``where`` and ``tmp`` take the call's arguments and give its
+    description, its output folder and a partial output to remove."""
+    import functools
+
+    def deco(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kw: Any) -> Any:
+            try:
+                return fn(*args, **kw)
+            except (OSError, cf.process.BrokenProcessPool) as e:
+                if tmp is not None:
+                    shutil.rmtree(tmp(*args, **kw), ignore_errors=True)
+                if isinstance(e, OSError):
+                    raise _disk_error(what(*args, **kw), where(*args, **kw), e) from e
+                raise DataError(f"{what(*args, **kw)} failed: a worker process died ({e}); the machine may be "
+                                "out of memory: run it again with --workers 1") from e
+        return wrapper
+    return deco
+
+
 # ----------------------------------------------------------------------------------------- prepare (atomic)
 
 
@@ -772,6 +811,8 @@ def _clean_stale(data_dir: Path, name: str) -> None:
             pass
 
 
+@_reports_disk_errors(lambda opts, **_: f"Preparing corpus {opts.out_name}",
+                      lambda opts, **_: resolve_data_dir(opts.data_dir))
 def prepare(opts: PrepareOptions, *, dataset: Any = None) -> dict[str, Any]:
     """Prepare a corpus into ``<data_dir>/<name>/`` (see the module docstring); returns its meta.
 
@@ -902,6 +943,9 @@ def _compress_block(args: tuple[str, int, int, int]) -> bytes:
         return lzma.compress(f.read(length), preset=preset)
 
 
+@_reports_disk_errors(lambda data_dir, name, out_dir, **_: f"Packing corpus {name}",
+                      lambda data_dir, name, out_dir, **_: Path(out_dir),
+                      lambda data_dir, name, out_dir, **_: Path(out_dir) / f".tmp-{name}-{os.getpid()}")
 def pack_corpus(
     data_dir: str | os.PathLike[str] | None,
     name: str,
@@ -1017,6 +1061,7 @@ def pack_corpus(
     return manifest
 
 
+@_reports_disk_errors(lambda src, data_dir, **_: f"Unpacking {src}", lambda src, data_dir, **_: resolve_data_dir(data_dir))
 def unpack_corpus(
     src: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None, *, progress: bool = True
 ) -> dict[str, Any]:
@@ -1032,7 +1077,16 @@ def unpack_corpus(
         raise DataError(f"No pack.json under {src}/t*/: carry the transfer folders made by "
                         f"`python -m mstlib data pack --corpus {src.name} --out {src.parent}` (see "
                         "tools/stage_corpus.sh)")
-    manifest = json.loads(found[0].read_text())
+    manifest: dict[str, Any] = {}
+    for copy in found:  # every transfer folder has its own copy: one truncated in transit does no harm
+        try:
+            manifest = json.loads(copy.read_text())
+            break
+        except (ValueError, UnicodeDecodeError):
+            continue
+    if not manifest:
+        raise DataError(f"Every pack.json under {src}/t*/ is unreadable (truncated or corrupt); transfer the "
+                        "folders again")
     if manifest.get("format") != PACK_FORMAT:
         raise DataError(f"{found[0]} is not a corpus pack ({manifest.get('format')!r})")
     name = manifest["name"]
@@ -1090,12 +1144,19 @@ def _decompress_pieces(src: Path, manifest: dict[str, Any], entry: dict[str, Any
                         # the .xz holds several concatenated streams (one per block): a new decompressor each
                         if dec.eof:
                             dec = lzma.LZMADecompressor()
-                        data = dec.decompress(chunk)
+                        try:
+                            data = dec.decompress(chunk)
+                        except (lzma.LZMAError, EOFError) as e:
+                            raise DataError(f"Piece {src / p['path']} is not valid xz data ({e}): it is corrupt; "
+                                            "transfer the pack again") from e
                         chunk = dec.unused_data if dec.eof else b""
                         fo.write(data)
                         raw_h.update(data)
                         raw_n += len(data)
                         bar.update(len(data))
+    if not dec.eof and entry["bytes"]:
+        raise DataError(f"The compressed {entry['file']} ends inside an xz stream: a piece is truncated; transfer "
+                        "the pack again")
     if xz_h.hexdigest() != entry["xz_sha256"] or raw_h.hexdigest() != entry["sha256"] or raw_n != entry["bytes"]:
         raise DataError(f"Unpacked {entry['file']} does not match the pack's checksums; transfer the pack again")
 
@@ -1219,8 +1280,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common(p)
     p.add_argument("--corpus", default="offline")
     p.add_argument("--json", action="store_true", help="print meta.json itself")
-    p = sub.add_parser("verify", help="tokenizer self-check, then sizes and sha256 of prepared corpora")
+    p = sub.add_parser("verify", help="tokenizer self-check, the evaluation sets' sha256, then sizes and sha256 "
+                                      "of prepared corpora")
     common(p)
+    p.add_argument("--eval-dir", default=None,
+                   help="evaluation sets (default: $MST_EVAL_DIR, else <shared>/data/eval)")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation sets (a machine that only trains)")
     p.add_argument("--corpus", default=None, help="one prepared corpus (default: all)")
     p.add_argument("--sources", action="store_true", help="also check the source shards against SOURCES.md")
     p.add_argument("--source-dir", default=None)
@@ -1265,6 +1330,13 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if cmd == "verify":
         print(f"tokenizer ok: {self_check()['checked']}")
+        if not args.no_eval:
+            from mstlib import evalsets
+
+            root = evalsets.resolve_eval_dir(args.eval_dir)
+            evalsets.clear_cache()  # hash every file now, whatever this process saw before
+            hashes = evalsets.verify_all(root)
+            print(f"evaluation sets ok: {len(hashes)} files in {root} match its SOURCES.md")
         if args.sources:
             sd = Path(args.source_dir) if args.source_dir else default_source_dir()
             shards, manifests = read_sources_table(sd)

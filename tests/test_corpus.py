@@ -329,3 +329,110 @@ def test_real_sources_table_and_a_real_tiny_prepare(tmp_path):
     assert t["documents"] == 4 and meta["splits"]["val"]["tokens"] == 2000
     docs = corpus.read_documents(tmp_path, "offline")
     assert "Anarchism" in set(docs["title"])  # the first Wikipedia article of the 2015 dump
+
+
+# ----------------------------------------------------------------------------------- hostile input
+
+
+def _pack(source: Path, tmp_path: Path) -> Path:
+    prepare(opts(source, tmp_path / "a"))
+    corpus.pack_corpus(tmp_path / "a", "offline", tmp_path / "gpu", preset=0, workers=1, progress=False,
+                       with_tokenizer=False, transfer_mib=0.002)  # several transfer folders, one pack.json each
+    return tmp_path / "gpu" / "offline"
+
+
+def _rewrite_piece(root: Path, rel: str, data: bytes) -> None:
+    """Replace a piece and make every pack.json agree with it, so only the xz stream itself is wrong."""
+    import hashlib
+
+    (root / rel).write_bytes(data)
+    for pj in root.glob("t*/pack.json"):
+        man = json.loads(pj.read_text())
+        for p in man["pieces"]:
+            if p["path"] == rel:
+                p["bytes"], p["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+        pj.write_text(json.dumps(man))
+
+
+def test_a_corrupt_or_truncated_pack_is_a_data_error(source, tmp_path):
+    root = _pack(source, tmp_path)
+    pieces = sorted((p.relative_to(root).as_posix() for p in root.glob("t*/train.bin.xz.*")),
+                    key=lambda r: r.rsplit(".", 1)[1])
+    first, last = pieces[0], pieces[-1]
+    cases = {"flipped": (first, lambda b: b[:40] + bytes([b[40] ^ 0xFF]) + b[41:], "not valid xz data"),
+             "truncated": (last, lambda b: b[: len(b) // 2], "ends inside an xz stream")}
+    for name, (rel, damage, message) in cases.items():
+        good = (root / rel).read_bytes()
+        _rewrite_piece(root, rel, damage(good))
+        with pytest.raises(DataError, match=message):
+            corpus.unpack_corpus(root, tmp_path / name, progress=False)
+        assert not (tmp_path / name / "offline").exists()
+        _rewrite_piece(root, rel, good)
+    copies = sorted(root.glob("t*/pack.json"))
+    copies[0].write_text(copies[0].read_text()[:50])  # one copy truncated in transit: another one is read
+    corpus.unpack_corpus(root, tmp_path / "ok", progress=False)
+    for c in copies:
+        c.write_text(c.read_text()[:50])
+    with pytest.raises(DataError, match="pack.json .* unreadable"):
+        corpus.unpack_corpus(root, tmp_path / "none", progress=False)
+
+
+def _disk_full_on_write(monkeypatch):
+    """Every file corpus.py opens for writing fails as a full disk does (ENOSPC) on its first write."""
+    import builtins
+    import errno
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device", self.f.name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    def full_open(file, mode="r", *a, **k):
+        f = builtins.open(file, mode, *a, **k)
+        return Full(f) if any(c in mode for c in "wa+") else f
+
+    monkeypatch.setattr(corpus, "open", full_open, raising=False)
+
+
+def test_a_full_disk_while_preparing_packing_or_unpacking_says_so(source, tmp_path, monkeypatch):
+    prepare(opts(source, tmp_path / "a"))
+    corpus.pack_corpus(tmp_path / "a", "offline", tmp_path / "gpu", preset=0, workers=1, progress=False,
+                       with_tokenizer=False)
+    before = corpus.read_meta(tmp_path / "a", "offline")
+    _disk_full_on_write(monkeypatch)
+    with pytest.raises(DataError, match=r"Preparing corpus offline failed: No space left on device.*disk is full") as e:
+        prepare(opts(source, tmp_path / "a", force=True))
+    assert "Nothing was installed" in str(e.value)
+    assert corpus.read_meta(tmp_path / "a", "offline") == before  # the old corpus is untouched
+    assert not list((tmp_path / "a").glob(".tmp-*"))
+    with pytest.raises(DataError, match="Packing corpus offline failed: No space left on device"):
+        corpus.pack_corpus(tmp_path / "a", "offline", tmp_path / "gpu2", preset=0, workers=1, progress=False)
+    assert not list((tmp_path / "gpu2").glob(".tmp-*"))
+    with pytest.raises(DataError, match="Unpacking .* failed: No space left on device"):
+        corpus.unpack_corpus(tmp_path / "gpu" / "offline", tmp_path / "b", progress=False)
+    assert not (tmp_path / "b" / "offline").exists()
+
+
+def test_verify_checks_the_evaluation_sets_too(shared_data, tmp_path, capsys):
+    from mstlib import cli
+
+    evals = tmp_path / "eval"
+    shutil.copytree(shared_data / "data" / "eval", evals)
+    assert cli.main(["data", "verify", "--eval-dir", str(evals), "--data-dir", str(tmp_path / "none")]) == 0
+    assert "evaluation sets ok: 16 files" in capsys.readouterr().out
+    f = evals / "ptb" / "ptb.test.txt"
+    f.write_bytes(f.read_bytes()[:-5])
+    assert cli.main(["data", "verify", "--eval-dir", str(evals), "--data-dir", str(tmp_path / "none")]) == 2
+    assert "ptb.test.txt fails its checksum" in capsys.readouterr().err
+    assert cli.main(["data", "verify", "--no-eval", "--eval-dir", str(evals), "--data-dir", str(tmp_path / "none")]) == 0
