@@ -195,9 +195,9 @@ def read_meta(data_dir: str | os.PathLike[str] | None, name: str) -> dict[str, A
 
 
 def remake_command(folder: Path) -> str:
-    """The command that prepares the corpus in ``folder`` again, rebuilt from its ``meta.json`` recipe (a
-    subset such as ``offline-smoke`` is ``--corpus offline --name offline-smoke --max-docs 40``, not a corpus
-    of its own); ``unpack`` for a corpus that came packed is the other way, and is said where it applies."""
+    """The command that prepares the corpus in ``folder`` again, rebuilt from its ``meta.json`` recipe, else
+    from :data:`SUBSETS`: a subset such as ``offline-smoke`` is ``--corpus offline --name offline-smoke
+    --max-docs 40``, not a corpus of its own (``--corpus offline-smoke`` is "Unknown corpus")."""
     try:
         meta = json.loads((folder / "meta.json").read_text())
         recipe = meta["recipe"]
@@ -208,8 +208,7 @@ def remake_command(folder: Path) -> str:
     if corpus is None:
         known = SUBSETS.get(folder.name)
         if known is None:
-            return (f"python -m mstlib data prepare --corpus offline --name {folder.name} --force (with the options "
-                    f"it was made with)")
+            return f"python -m mstlib data prepare --name {folder.name} --force (with the options it was made with)"
         recipe, corpus = known, known["corpus"]
     cmd = ["python -m mstlib data prepare", f"--corpus {corpus}"]
     if folder.name != corpus:

