@@ -305,7 +305,7 @@ def test_parse_count():
         corpus.parse_count("lots")
 
 
-def test_cli_prepare_describe_verify(source, tmp_path, capsys):
+def test_cli_prepare_describe_verify(source, tmp_path, capsys, with_shared_data):
     p = argparse.ArgumentParser()
     corpus.add_arguments(p)
     run = lambda *a: corpus.main(p.parse_args(list(a)))  # noqa: E731
@@ -315,7 +315,7 @@ def test_cli_prepare_describe_verify(source, tmp_path, capsys):
     assert run("verify", "--data-dir", str(tmp_path), "--sources", "--source-dir", str(source)) == 0
     assert run("list", "--data-dir", str(tmp_path)) == 0
     out = capsys.readouterr().out
-    assert "tiny ok: train" in out and "tokenizer ok" in out and "sources ok" in out
+    assert "tiny ok: train" in out and "tokenizer ok" in out and "sources ok" in out and "evaluation sets ok" in out
 
 
 @needs_shared("corpus")
