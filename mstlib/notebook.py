@@ -1,13 +1,17 @@
 """What every notebook of the book does first: check its parameters, and set up the page.
 
-Each notebook's ``parameters`` cell (papermill) is followed by one call of :func:`check_parameters`, so a
-typo stops right there with a message that says what to use instead; then :func:`start_page` sets the
-figure style, glues the preset and the number of seeds for the prose, and, under the ``smoke`` preset,
-shows a visible note that the numbers mean nothing.
+Each notebook's ``parameters`` cell (papermill) is followed by :func:`check_parameter_names` (a parameter
+name that the notebook does not have, such as ``-p model_sise smoke``, is an error listing the valid ones;
+papermill itself only warns and runs with the default) and one call of :func:`check_parameters`, so a typo
+stops right there with a message that says what to use instead; then :func:`start_page` sets the figure
+style, glues the preset and the number of seeds for the prose, and, under the ``smoke`` preset, shows a
+visible note that the numbers mean nothing.
 """
 
 from __future__ import annotations
 
+import ast
+import difflib
 from typing import Any, Sequence
 
 from .errors import ConfigError
@@ -17,6 +21,49 @@ SMOKE_NOTE = (
     "few dozen steps on a CPU (and scores a handful of evaluation examples), only to check that every step "
     "of this page works. The book's results use the `mini` preset on a GPU."
 )
+
+
+#: the first line of the cell papermill injects after the ``parameters`` cell (papermill.translators)
+INJECTED_MARK = "# Parameters"
+
+
+def assigned_names(source: str) -> list[str]:
+    """Names a cell's top-level statements assign (``x = ...``, ``x: int = ...``, ``a, b = ...``), in order."""
+    names: list[str] = []
+    for node in ast.parse(source).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        for t in targets:
+            names += [n.id for n in ast.walk(t) if isinstance(n, ast.Name) and n.id not in names]
+    return names
+
+
+def unknown_parameters(cells: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(unknown, valid)`` parameter names from the sources of the cells run so far, in order: the last cell
+    papermill injected against the cell run just before it, the notebook's ``parameters`` cell (papermill
+    puts its cell right after that one). No injected cell (JupyterLab, papermill without parameters): none."""
+    for i in range(len(cells) - 1, 0, -1):
+        if cells[i].lstrip().startswith(INJECTED_MARK):
+            valid = assigned_names(cells[i - 1])
+            return [n for n in assigned_names(cells[i]) if n not in valid], valid
+    return [], []
+
+
+def check_parameter_names() -> None:
+    """In a notebook run by papermill, a ConfigError for every injected parameter name that the notebook's
+    ``parameters`` cell does not define, listing the valid names (a misspelt name would otherwise be
+    ignored: papermill warns, and the notebook runs with the default). Call it in the cell after that one."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is None:
+        return
+    # the parsed history: magics already turned into Python, so every cell parses
+    unknown, valid = unknown_parameters([c for c in shell.history_manager.input_hist_parsed if c.strip()])
+    if unknown:
+        hints = [f"{n!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(n, valid, 1)) else repr(n)
+                 for n in unknown]
+        raise ConfigError(f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(hints)}: this notebook's "
+                          f"parameters are {valid} (papermill -p NAME VALUE)")
 
 
 def check_seeds(seeds: Any, name: str = "seeds") -> list[int]:

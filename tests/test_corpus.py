@@ -18,6 +18,8 @@ from mstlib.corpus import PrepareOptions, make_example_source, open_tokens, prep
 from mstlib.errors import DataError
 from mstlib.tokenizer import EOT, get_encoding
 
+from conftest import needs_shared
+
 REAL_SOURCES = corpus.default_source_dir()
 
 
@@ -129,13 +131,45 @@ def test_open_tokens_errors_say_how_to_fix(source, tmp_path):
     path.write_bytes(good[:-2])  # one token short
     with pytest.raises(DataError, match="truncated or corrupt"):
         open_tokens(tmp_path, "offline", "train")
+    path.write_bytes(good)
+    open_tokens(tmp_path, "offline", "train")
     path.write_bytes(good[:10] + bytes([good[10] ^ 1]) + good[11:])  # same size, one bit flipped
-    open_tokens(tmp_path, "offline", "train")  # the size check cannot see it ...
     with pytest.raises(DataError, match="Checksum mismatch"):
-        open_tokens(tmp_path, "offline", "train", verify=True)  # ... the checksum does
+        open_tokens(tmp_path, "offline", "train")  # every open checks the sha256 (of a changed file: again)
     (tmp_path / "offline" / "val.bin").unlink()
     with pytest.raises(DataError, match="missing"):
         open_tokens(tmp_path, "offline", "val")
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_on_open(source, tmp_path):
+    prepare(opts(source, tmp_path))
+    meta_path = tmp_path / "offline" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    n = meta["splits"]["train"]["tokens"]
+    bad = np.full(n, 0xFFFF, dtype=np.uint16)  # consistent with meta.json: only the ids are wrong
+    bad.tofile(tmp_path / "offline" / "train.bin")
+    meta["splits"]["train"]["sha256"] = corpus.sha256_file(tmp_path / "offline" / "train.bin")
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"token id 65535, outside the vocabulary \(ids 0..50256") as e:
+        open_tokens(tmp_path, "offline", "train")
+    assert "python -m mstlib data prepare --corpus offline" in str(e.value)
+    open_tokens(tmp_path, "offline", "val")
+    with pytest.raises(DataError, match="model's vocab_size is 512"):
+        open_tokens(tmp_path, "offline", "val", vocab_size=512)  # GPT-2 ids, but not this model's
+
+
+def test_open_tokens_reads_each_file_once_per_process(source, tmp_path, monkeypatch):
+    prepare(opts(source, tmp_path))
+    import hashlib
+    import types
+
+    reads = []  # one sha256 per read of the file
+    monkeypatch.setattr(corpus, "hashlib", types.SimpleNamespace(sha256=lambda: reads.append(1) or hashlib.sha256()))
+    for _ in range(3):
+        open_tokens(tmp_path, "offline", "train")
+    assert len(reads) == 1
+    open_tokens(tmp_path, "offline", "train", verify=True)
+    assert len(reads) == 2
 
 
 def test_missing_or_corrupt_sources(source, tmp_path):
@@ -271,7 +305,7 @@ def test_parse_count():
         corpus.parse_count("lots")
 
 
-def test_cli_prepare_describe_verify(source, tmp_path, capsys):
+def test_cli_prepare_describe_verify(source, tmp_path, capsys, with_shared_data):
     p = argparse.ArgumentParser()
     corpus.add_arguments(p)
     run = lambda *a: corpus.main(p.parse_args(list(a)))  # noqa: E731
@@ -281,10 +315,10 @@ def test_cli_prepare_describe_verify(source, tmp_path, capsys):
     assert run("verify", "--data-dir", str(tmp_path), "--sources", "--source-dir", str(source)) == 0
     assert run("list", "--data-dir", str(tmp_path)) == 0
     out = capsys.readouterr().out
-    assert "tiny ok: train" in out and "tokenizer ok" in out and "sources ok" in out
+    assert "tiny ok: train" in out and "tokenizer ok" in out and "sources ok" in out and "evaluation sets ok" in out
 
 
-@pytest.mark.skipif(not (REAL_SOURCES / "SOURCES.md").is_file(), reason="no shared corpus")
+@needs_shared("corpus")
 def test_real_sources_table_and_a_real_tiny_prepare(tmp_path):
     shards, manifests = corpus.read_sources_table(REAL_SOURCES)
     assert len(shards) == 16 and len(manifests) == 2
@@ -295,3 +329,110 @@ def test_real_sources_table_and_a_real_tiny_prepare(tmp_path):
     assert t["documents"] == 4 and meta["splits"]["val"]["tokens"] == 2000
     docs = corpus.read_documents(tmp_path, "offline")
     assert "Anarchism" in set(docs["title"])  # the first Wikipedia article of the 2015 dump
+
+
+# ----------------------------------------------------------------------------------- hostile input
+
+
+def _pack(source: Path, tmp_path: Path) -> Path:
+    prepare(opts(source, tmp_path / "a"))
+    corpus.pack_corpus(tmp_path / "a", "offline", tmp_path / "gpu", preset=0, workers=1, progress=False,
+                       with_tokenizer=False, transfer_mib=0.002)  # several transfer folders, one pack.json each
+    return tmp_path / "gpu" / "offline"
+
+
+def _rewrite_piece(root: Path, rel: str, data: bytes) -> None:
+    """Replace a piece and make every pack.json agree with it, so only the xz stream itself is wrong."""
+    import hashlib
+
+    (root / rel).write_bytes(data)
+    for pj in root.glob("t*/pack.json"):
+        man = json.loads(pj.read_text())
+        for p in man["pieces"]:
+            if p["path"] == rel:
+                p["bytes"], p["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+        pj.write_text(json.dumps(man))
+
+
+def test_a_corrupt_or_truncated_pack_is_a_data_error(source, tmp_path):
+    root = _pack(source, tmp_path)
+    pieces = sorted((p.relative_to(root).as_posix() for p in root.glob("t*/train.bin.xz.*")),
+                    key=lambda r: r.rsplit(".", 1)[1])
+    first, last = pieces[0], pieces[-1]
+    cases = {"flipped": (first, lambda b: b[:40] + bytes([b[40] ^ 0xFF]) + b[41:], "not valid xz data"),
+             "truncated": (last, lambda b: b[: len(b) // 2], "ends inside an xz stream")}
+    for name, (rel, damage, message) in cases.items():
+        good = (root / rel).read_bytes()
+        _rewrite_piece(root, rel, damage(good))
+        with pytest.raises(DataError, match=message):
+            corpus.unpack_corpus(root, tmp_path / name, progress=False)
+        assert not (tmp_path / name / "offline").exists()
+        _rewrite_piece(root, rel, good)
+    copies = sorted(root.glob("t*/pack.json"))
+    copies[0].write_text(copies[0].read_text()[:50])  # one copy truncated in transit: another one is read
+    corpus.unpack_corpus(root, tmp_path / "ok", progress=False)
+    for c in copies:
+        c.write_text(c.read_text()[:50])
+    with pytest.raises(DataError, match="pack.json .* unreadable"):
+        corpus.unpack_corpus(root, tmp_path / "none", progress=False)
+
+
+def _disk_full_on_write(monkeypatch):
+    """Every file corpus.py opens for writing fails as a full disk does (ENOSPC) on its first write."""
+    import builtins
+    import errno
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device", self.f.name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    def full_open(file, mode="r", *a, **k):
+        f = builtins.open(file, mode, *a, **k)
+        return Full(f) if any(c in mode for c in "wa+") else f
+
+    monkeypatch.setattr(corpus, "open", full_open, raising=False)
+
+
+def test_a_full_disk_while_preparing_packing_or_unpacking_says_so(source, tmp_path, monkeypatch):
+    prepare(opts(source, tmp_path / "a"))
+    corpus.pack_corpus(tmp_path / "a", "offline", tmp_path / "gpu", preset=0, workers=1, progress=False,
+                       with_tokenizer=False)
+    before = corpus.read_meta(tmp_path / "a", "offline")
+    _disk_full_on_write(monkeypatch)
+    with pytest.raises(DataError, match=r"Preparing corpus offline failed: No space left on device.*disk is full") as e:
+        prepare(opts(source, tmp_path / "a", force=True))
+    assert "Nothing was installed" in str(e.value)
+    assert corpus.read_meta(tmp_path / "a", "offline") == before  # the old corpus is untouched
+    assert not list((tmp_path / "a").glob(".tmp-*"))
+    with pytest.raises(DataError, match="Packing corpus offline failed: No space left on device"):
+        corpus.pack_corpus(tmp_path / "a", "offline", tmp_path / "gpu2", preset=0, workers=1, progress=False)
+    assert not list((tmp_path / "gpu2").glob(".tmp-*"))
+    with pytest.raises(DataError, match="Unpacking .* failed: No space left on device"):
+        corpus.unpack_corpus(tmp_path / "gpu" / "offline", tmp_path / "b", progress=False)
+    assert not (tmp_path / "b" / "offline").exists()
+
+
+def test_verify_checks_the_evaluation_sets_too(shared_data, tmp_path, capsys):
+    from mstlib import cli
+
+    evals = tmp_path / "eval"
+    shutil.copytree(shared_data / "data" / "eval", evals)
+    assert cli.main(["data", "verify", "--eval-dir", str(evals), "--data-dir", str(tmp_path / "none")]) == 0
+    assert "evaluation sets ok: 16 files" in capsys.readouterr().out
+    f = evals / "ptb" / "ptb.test.txt"
+    f.write_bytes(f.read_bytes()[:-5])
+    assert cli.main(["data", "verify", "--eval-dir", str(evals), "--data-dir", str(tmp_path / "none")]) == 2
+    assert "ptb.test.txt fails its checksum" in capsys.readouterr().err
+    assert cli.main(["data", "verify", "--no-eval", "--eval-dir", str(evals), "--data-dir", str(tmp_path / "none")]) == 0

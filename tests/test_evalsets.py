@@ -16,8 +16,16 @@ import pytest
 from mstlib import evalsets as E
 from mstlib.errors import DataError
 
+from conftest import needs_shared
+
 EVAL = E.default_eval_dir()
-needs_data = pytest.mark.skipif(not (EVAL / "SOURCES.md").is_file(), reason=f"no evaluation data in {EVAL}")
+needs_data = needs_shared("eval")
+
+
+@pytest.fixture
+def eval_dir(shared_data: Path) -> Path:
+    """The evaluation folder to test the checks on: the real one where present, else synthetic sets."""
+    return shared_data / "data" / "eval"
 
 
 @pytest.fixture(autouse=True)
@@ -57,17 +65,16 @@ def test_every_file_is_listed_and_verifies():
     assert E.ONEBW_SHA256 == entries[E.FILES["1bw"]["test"]].sha256  # the online fallback agrees
 
 
-def _copy_set(tmp_path: Path, rel: str) -> Path:
+def _copy_set(src: Path, tmp_path: Path, rel: str) -> Path:
     (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(EVAL / "SOURCES.md", tmp_path / "SOURCES.md")
-    shutil.copy(EVAL / rel, tmp_path / rel)
+    shutil.copy(src / "SOURCES.md", tmp_path / "SOURCES.md")
+    shutil.copy(src / rel, tmp_path / rel)
     return tmp_path / rel
 
 
-@needs_data
-def test_checksum_failure_names_file_and_both_hashes(tmp_path):
+def test_checksum_failure_names_file_and_both_hashes(tmp_path, eval_dir):
     rel = E.FILES["ptb"]["test"]
-    path = _copy_set(tmp_path, rel)
+    path = _copy_set(eval_dir, tmp_path, rel)
     E.load_text("ptb", "test", tmp_path)  # the untouched copy passes
     path.chmod(0o644)
     with open(path, "ab") as f:
@@ -75,32 +82,44 @@ def test_checksum_failure_names_file_and_both_hashes(tmp_path):
     with pytest.raises(DataError) as e:
         E.load_text("ptb", "test", tmp_path)
     msg = str(e.value)
-    assert str(path) in msg and E.read_sources()[rel].sha256 in msg and E.sha256_file(path) in msg
+    assert str(path) in msg and E.read_sources(eval_dir)[rel].sha256 in msg and E.sha256_file(path) in msg
     assert "restore" in msg
 
 
-@needs_data
-def test_missing_file_and_missing_sources(tmp_path):
-    shutil.copy(EVAL / "SOURCES.md", tmp_path / "SOURCES.md")
+def test_missing_file_and_missing_sources(tmp_path, eval_dir):
+    shutil.copy(eval_dir / "SOURCES.md", tmp_path / "SOURCES.md")
     with pytest.raises(DataError, match=r"missing.*MST_EVAL_DIR"):
         E.load_lambada(tmp_path)
     (tmp_path / "SOURCES.md").unlink()
     (tmp_path / "lambada").mkdir()
-    shutil.copy(EVAL / "lambada/lambada_test.jsonl", tmp_path / "lambada/lambada_test.jsonl")
+    shutil.copy(eval_dir / "lambada/lambada_test.jsonl", tmp_path / "lambada/lambada_test.jsonl")
     with pytest.raises(DataError, match="SOURCES.md is missing"):
         E.load_lambada(tmp_path)
 
 
-@needs_data
-def test_eval_dir_resolution(tmp_path, monkeypatch):
+def test_eval_dir_resolution(tmp_path, monkeypatch, eval_dir):
     monkeypatch.setenv(E.ENV_VAR, str(tmp_path))
     assert E.resolve_eval_dir() == tmp_path
-    assert E.resolve_eval_dir(EVAL) == EVAL  # the argument wins
+    assert E.resolve_eval_dir(eval_dir) == eval_dir  # the argument wins
     with pytest.raises(DataError, match=str(tmp_path)):
         E.load_text("1bw")
     monkeypatch.delenv(E.ENV_VAR)
     monkeypatch.setenv("MST_SHARED_DIR", str(tmp_path))
     assert E.resolve_eval_dir() == tmp_path / "data" / "eval"
+
+
+def test_example_sets_load_and_verify(tmp_path):
+    root = E.make_example_evalsets(tmp_path, lines=6)
+    assert set(E.verify_all(root)) == {rel for splits in E.FILES.values() for rel in splits.values()}
+    entries = E.read_sources(root)
+    for name in E.TEXT_SETS:
+        ts = E.load_text(name, next(iter(E.FILES[name])), root)
+        assert ts.n_words == entries[E.FILES[name][ts.split]].tokens_eos and len(ts.lines) == 6
+    assert len(E.load_lambada(root)) == 6
+    for task, labels in E.GLUE_LABELS.items():
+        for split in E.FILES[task]:
+            assert {e.label for e in E.load_glue(task, split, root)} == set(labels)
+    assert len(E.load_glue("mrpc", "dev", root, variant="msi")) == 6
 
 
 def test_unknown_names():
@@ -293,13 +312,12 @@ def test_1bw_download_streams_the_shard_and_checks_it():
         E._download_1bw("fake://", opener=lambda url: io.BytesIO(_tarball({"other": b"y"})))
 
 
-@needs_data
-def test_verification_is_cached_per_process(monkeypatch):
+def test_verification_is_cached_per_process(monkeypatch, eval_dir):
     calls = []
     real = E.sha256_file
     monkeypatch.setattr(E, "sha256_file", lambda p: calls.append(p) or real(p))
     E.clear_cache()
-    E.load_text("ptb", "valid")
-    E.load_text("ptb", "valid")
-    E.load_glue("rte", "dev")
+    E.load_text("ptb", "valid", eval_dir)
+    E.load_text("ptb", "valid", eval_dir)
+    E.load_glue("rte", "dev", eval_dir)
     assert len(calls) == 2  # ptb once, rte once

@@ -24,9 +24,6 @@ from mstlib.tokenizer import get_encoding
 ENC = get_encoding()
 N_VOCAB = ENC.n_vocab  # 50257
 SMALL = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64)
-needs_data = pytest.mark.skipif(
-    not (evalsets.default_eval_dir() / "SOURCES.md").is_file(), reason="no evaluation data"
-)
 
 
 class Uniform(nn.Module):
@@ -286,8 +283,7 @@ def test_context_longer_than_block_is_refused():
         ev.evaluate_model(Uniform(), "ptb", context=128, progress=False, encoding=ENC)
 
 
-@needs_data
-def test_evaluate_model_smoke_all_tasks():
+def test_evaluate_model_smoke_all_tasks(with_shared_data):
     model = small_gpt(4)
     model.train()
     r = ev.evaluate_model(model, "all", max_examples=4, max_tokens=150, k_shot=2, progress=False, encoding=ENC)
@@ -338,8 +334,7 @@ def _cli_args(**kw) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@needs_data
-def test_cli_writes_eval_json_into_the_run_dir(tmp_path, capsys):
+def test_cli_writes_eval_json_into_the_run_dir(tmp_path, capsys, with_shared_data):
     run = _stored_run(tmp_path)
     args = _cli_args(run_dir=run, tasks="rte,lambada", max_examples=3, k_shot=1, no_progress=True, device="cpu")
     assert ev.main(args) == 0

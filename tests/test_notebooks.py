@@ -30,17 +30,19 @@ ORDERED = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 
 
 @pytest.fixture(scope="module")
-def smoke_book(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, float]]:
-    """A copy of the book's sources whose notebooks were executed with ``preset="smoke"``; and the seconds
-    each notebook took."""
+def smoke_book(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> tuple[Path, dict[str, float]]:
+    """A copy of the book's sources whose notebooks were executed with ``preset="smoke"``, reading the shared
+    data (synthetic stand-ins where the real data is absent); and the seconds each notebook took."""
     root = tmp_path_factory.mktemp("smoke_book")
     results = root / "results"
     out = root / "notebooks"
     out.mkdir()
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    old = {k: os.environ.get(k) for k in env}
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "MST_SHARED_DIR": str(shared_data)}
+    old = {k: os.environ.get(k) for k in [*env, "MST_EVAL_DIR"]}
     os.environ.update(env)
     os.environ.pop("MPLBACKEND", None)
+    os.environ.pop("MST_EVAL_DIR", None)
     times: dict[str, float] = {}
     failures: list[str] = []
     try:
@@ -64,7 +66,14 @@ def smoke_book(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
     return root, times
 
 
+# Executing all twelve notebooks (the fixture, counted in the first test's time) takes about 4 minutes on
+# a quiet 2-core machine, and over 10 on one shared with other work (measured: 600 s reached at notebook 10):
+# the default 600 s would fail a healthy run there; a hung kernel still fails.
+NOTEBOOKS_TIMEOUT_S = 1800
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(NOTEBOOKS_TIMEOUT_S)
 def test_every_notebook_executes_with_the_smoke_preset(smoke_book: tuple[Path, dict[str, float]]) -> None:
     root, times = smoke_book
     assert sorted(times) == [nb.name for nb in ORDERED]
@@ -79,6 +88,7 @@ def test_every_notebook_executes_with_the_smoke_preset(smoke_book: tuple[Path, d
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(NOTEBOOKS_TIMEOUT_S)
 def test_book_builds_from_the_smoke_results_with_figures(smoke_book: tuple[Path, dict[str, float]]) -> None:
     root, _ = smoke_book
     mathjax = ROOT / "book/_static/vendor/mathjax/es5/tex-svg.js"

@@ -3,7 +3,9 @@ Makefile's torch pin lies inside the supported range; README, Makefile and CI ag
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +15,8 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
+
+from mstlib import tokenizer
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -124,3 +128,20 @@ def test_readme_starts_with_book_then_test_and_ci_runs_the_test_command() -> Non
     assert ci.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in ci
     commands = [line.strip() for line in ci.splitlines() if line.strip().startswith("make ")]
     assert second in commands, f".ci/run does not run the README's test command {second!r}"
+
+
+def test_ci_requires_the_shared_data_and_a_missing_folder_fails(tmp_path: Path) -> None:
+    """CI must run the tests of the real data, never skip them: .ci/run sets MST_REQUIRE_SHARED=1, and with it
+    a missing shared folder stops pytest at the start, saying how to provide it."""
+    assert 'MST_REQUIRE_SHARED="${MST_REQUIRE_SHARED:-1}"' in (ROOT / ".ci/run").read_text()
+    env = {**os.environ, "MST_REQUIRE_SHARED": "1", "MST_SHARED_DIR": str(tmp_path / "absent")}
+    quick = "tests/test_packaging.py::test_package_finds_only_mstlib"
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", quick], cwd=ROOT,
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 4 and "MST_REQUIRE_SHARED=1 but the shared data is missing" in r.stderr, r.stdout + r.stderr
+    assert "set MST_SHARED_DIR to a folder holding data/eval" in r.stderr
+    env["MST_SHARED_DIR"] = str(tokenizer.shared_dir())
+    if all((tokenizer.shared_dir() / "data" / w / "SOURCES.md").is_file() for w in ("eval", "corpus")):
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", quick], cwd=ROOT,
+                           capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr

@@ -9,7 +9,7 @@ def _variants(preset="smoke", methods=("dense", "mst")):
     return [v for v in experiments.variants_for("main", preset, [0]) if v.run.method in methods]
 
 
-def test_collect_trains_once_then_reads_the_store(tmp_path, monkeypatch):
+def test_collect_trains_once_then_reads_the_store(tmp_path, monkeypatch, with_shared_data):
     vs = _variants()
     df = pipeline.collect(vs, preset="smoke", device="cpu", results_dir=str(tmp_path), evaluate=False)
     assert list(df["method"]) == ["dense", "mst"] and list(df["seed"]) == [0, 0]
@@ -31,7 +31,7 @@ def test_collect_trains_once_then_reads_the_store(tmp_path, monkeypatch):
         pipeline.summary(again, ["metrics.nope"])
 
 
-def test_train_and_evaluate_writes_eval(tmp_path):
+def test_train_and_evaluate_writes_eval(tmp_path, with_shared_data):
     run = presets.make("smoke", "dense")
     res = pipeline.train_and_evaluate(run, RunStore(tmp_path), device="cpu", progress=False, tasks="wikitext2,rte")
     assert res.done and set(res.eval["tasks"]) == {"wikitext2", "rte"}
@@ -58,3 +58,28 @@ def test_allow_missing_reports_what_is_not_stored(tmp_path, monkeypatch):
     store.finish(done, {"final_val_loss": 5.0}, {"seed": 0})
     df = pipeline.collect(vs, preset="mini", results_dir=str(tmp_path), allow_missing=True, evaluate=False)
     assert list(df["run_id"]) == [done.run_id()] and len(df.attrs["missing"]) == len(vs) - 1
+
+
+def test_smoke_corpus_is_remade_when_its_sources_change_or_it_is_corrupt(tmp_path, monkeypatch):
+    from mstlib import corpus
+
+    data = tmp_path / "data"
+    run = presets.make("smoke", "dense", overrides={"data.data_dir": str(data)})
+    for seed in (0, 1):
+        corpus.make_example_source(tmp_path / f"shared{seed}" / "data" / "corpus", seed=seed, docs_per_shard=3)
+    monkeypatch.setenv("MST_SHARED_DIR", str(tmp_path / "shared0"))
+    pipeline.ensure_smoke_corpus(run)
+    first = corpus.read_meta(data, "offline-smoke")["splits"]["train"]["sha256"]
+    monkeypatch.setenv("MST_SHARED_DIR", str(tmp_path / "shared1"))  # e.g. the real corpus after stand-ins
+    pipeline.ensure_smoke_corpus(run)
+    second = corpus.read_meta(data, "offline-smoke")["splits"]["train"]["sha256"]
+    assert second != first
+    train_bin = data / "offline-smoke" / "train.bin"
+    raw = bytearray(train_bin.read_bytes())
+    raw[10] ^= 0xFF
+    train_bin.write_bytes(bytes(raw))
+    pipeline.ensure_smoke_corpus(run)
+    corpus.verify_corpus(data, "offline-smoke")  # made again, so it verifies
+    monkeypatch.setenv("MST_SHARED_DIR", str(tmp_path / "nothing"))
+    pipeline.ensure_smoke_corpus(run)  # no sources here: the prepared copy is kept, not an error
+    assert corpus.read_meta(data, "offline-smoke")["splits"]["train"]["sha256"] == second

@@ -377,3 +377,64 @@ def test_train_restores_the_float32_matmul_precision(data_dir, tmp_path, monkeyp
         assert torch.get_float32_matmul_precision() == "highest"
     finally:
         torch.set_float32_matmul_precision(previous)
+
+
+# ------------------------------------------------------------------------------------------ command line
+
+
+def _cli(*argv: str):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    T.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_train_smoke_prepares_its_corpus_on_first_use(tmp_path, with_shared_data, capsys):
+    """`python -m mstlib train --preset smoke` on a fresh clone: offline-smoke is made as the notebooks make it."""
+    data = tmp_path / "data"
+    args = _cli("--preset", "smoke", "--method", "dense", "--device", "cpu", "--no-progress",
+                "--results", str(tmp_path / "results"), "--set", f"data.data_dir={data}",
+                "--set", "train.max_iters=2", "--set", "train.eval_interval=2", "--set", "train.eval_iters=1")
+    assert T.main(args) == 0
+    assert corpus.verify_corpus(data, "offline-smoke")["recipe"]["max_docs"] == 40
+    assert RunStore(tmp_path / "results").load(T.config_from_args(args)).done
+
+
+def _corrupt_copy(data_dir: Path, tmp_path: Path, ids: np.ndarray | None = None) -> Path:
+    """A copy of the tiny corpus whose train.bin has one byte flipped (meta.json unchanged), or holds ``ids``
+    (meta.json updated to match, so only the ids are wrong)."""
+    import shutil
+
+    d = tmp_path / "data"
+    shutil.copytree(data_dir / "tiny", d / "tiny")
+    f = d / "tiny" / "train.bin"
+    if ids is None:
+        raw = bytearray(f.read_bytes())
+        raw[100] ^= 0x01
+        f.write_bytes(bytes(raw))
+    else:
+        ids.astype(np.uint16).tofile(f)
+        meta = json.loads((d / "tiny" / "meta.json").read_text())
+        meta["splits"]["train"]["sha256"] = hashlib.sha256(f.read_bytes()).hexdigest()
+        (d / "tiny" / "meta.json").write_text(json.dumps(meta))
+    return d
+
+
+def test_a_byte_flipped_token_file_is_refused_when_a_run_opens_it(data_dir, tmp_path):
+    from mstlib.errors import DataError
+
+    bad = _corrupt_copy(data_dir, tmp_path)
+    with pytest.raises(DataError, match="Checksum mismatch.*train.bin"):
+        T.train(tiny_run(bad), RunStore(tmp_path / "results"), device="cpu", progress=False)
+
+
+def test_token_ids_beyond_the_vocabulary_are_a_data_error_not_an_index_error(data_dir, tmp_path):
+    from mstlib.errors import DataError
+
+    bad = _corrupt_copy(data_dir, tmp_path, ids=np.full(20_000, 0xFFFF))
+    with pytest.raises(DataError, match="token id 65535, outside the vocabulary"):
+        T.train(tiny_run(bad), RunStore(tmp_path / "results"), device="cpu", progress=False)
+    ok_for_gpt2 = _corrupt_copy(data_dir, tmp_path / "b", ids=np.full(20_000, 600))  # < 50257, >= 512
+    with pytest.raises(DataError, match="model's vocab_size is 512"):
+        T.train(tiny_run(ok_for_gpt2), RunStore(tmp_path / "results"), device="cpu", progress=False)
