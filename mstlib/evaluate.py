@@ -84,7 +84,8 @@ from typing import Any, Iterator, Literal, Optional, Sequence
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
+# the text bar: tqdm.auto warns in a kernel without ipywidgets, and that warning lands in a page
+from tqdm import tqdm
 
 from . import evalsets
 from .errors import CheckpointError, ConfigError, MstError

@@ -37,6 +37,7 @@ results_dir = "results"  # the run store to read (and, for smoke, write)
 # Check the parameters first, so a typo stops here with a message that says what to use.
 from mstlib import claims, notebook
 
+notebook.check_parameter_names()
 seeds = notebook.check_parameters(preset, seeds, device, results_dir)
 ablation_seeds = seeds if ablation_seeds is None else notebook.check_seeds(ablation_seeds, "ablation_seeds")
 

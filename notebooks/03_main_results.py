@@ -49,6 +49,7 @@ smooth = 5  # logged points in the centred rolling mean of the training-loss cur
 from mstlib import experiments, notebook, presets
 from mstlib.errors import ConfigError
 
+notebook.check_parameter_names()
 seeds = notebook.check_parameters(preset, seeds, device, results_dir)
 if not (isinstance(smooth, int) and smooth >= 1):
     raise ConfigError(f"smooth={smooth!r} must be an integer >= 1")

@@ -42,10 +42,6 @@ tasks = ["rte", "mrpc"]  # few-shot tasks to show (names of mstlib.evaluate.TASK
 
 # %% tags=["remove-input"]
 # Check the parameters first, so a typo stops here with a message that says what to use.
-import warnings
-
-# tqdm.auto (imported by mstlib.evaluate) warns once that this kernel has no ipywidgets; no bar runs here
-warnings.filterwarnings("ignore", message="IProgress not found")
 from mstlib import evaluate, experiments, notebook, presets
 from mstlib.errors import ConfigError
 

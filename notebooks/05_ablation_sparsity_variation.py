@@ -45,6 +45,7 @@ evaluate = False  # also run the zero-shot/few-shot evaluation on missing ablati
 # Check the parameters first, so a typo stops here with a message that says what to use.
 from mstlib import experiments, notebook, presets
 
+notebook.check_parameter_names()
 seeds = notebook.check_parameters(preset, seeds, device, results_dir, evaluate=evaluate)
 variants = experiments.variants_for("sv", preset, list(seeds))  # ConfigError on a bad preset/seed
 

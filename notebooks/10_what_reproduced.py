@@ -61,6 +61,7 @@ alpha = 0.05  # family-wise level of Holm's correction over the secondary compar
 # Check the parameters first, so a typo stops here with a message that says what to use.
 from mstlib import claims, notebook
 
+notebook.check_parameter_names()
 seeds = notebook.check_parameters(preset, seeds, device, results_dir)
 ablation_seeds = seeds if ablation_seeds is None else notebook.check_seeds(ablation_seeds, "ablation_seeds")
 margins = claims.Margins(flops_target, flops_tolerance, loss_margin, ppl_margin, min_gain, alpha)

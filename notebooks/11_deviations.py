@@ -35,6 +35,7 @@ evaluate = False  # also run the zero-shot/few-shot evaluation on missing runs (
 from mstlib import experiments, notebook, presets
 from mstlib.errors import ConfigError
 
+notebook.check_parameter_names()
 seeds = notebook.check_parameters(preset, seeds, device, results_dir, evaluate=evaluate)
 deviation_variants = experiments.variants_for("deviations", preset, list(seeds))  # ConfigError on bad input
 # the reference: full MST exactly as in the main table (same configs, so the same stored runs)

@@ -50,6 +50,7 @@ results_dir = "results"  # the run store to read (and, for smoke, write)
 from mstlib import fair_test, ladder, notebook
 from mstlib.results import RunStore
 
+notebook.check_parameter_names()
 notebook.check_parameters(preset, [0], device, results_dir)
 scale = "mini" if preset == "paper" else preset  # the ladder is defined at GPU scale, not at the paper's
 _ = ladder.rungs(scale)  # a ConfigError for a preset without rungs
