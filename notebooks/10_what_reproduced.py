@@ -51,9 +51,9 @@ ablation_seeds = None  # seeds of the ablations (sv, te, hsa); None: the same as
 device = "auto"  # where missing smoke runs are trained: "auto", "cpu", "cuda" or "cuda:N"
 results_dir = "results"  # the run store to read (and, for smoke, write)
 flops_target = 4.0  # the paper's FLOP reduction factor
-flops_tolerance = 0.1  # "about 4x": reproduced at >= flops_target * (1 - flops_tolerance)
+flops_tolerance = 0.1  # about 4x means at least flops_target x (1 - flops_tolerance)
 loss_margin = 0.02  # nats/token of validation loss that still counts as "no loss" (about 2% perplexity)
-ppl_margin = 0.02  # relative margin on per-word perplexity for "no loss" (0.02 = 2%)
+ppl_margin = 0.02  # relative margin on per-word perplexity for no loss (0.02 means 2%)
 min_gain = 0.0  # nats/token: the smallest gain that counts for "better than" (0: any significant gain)
 alpha = 0.05  # family-wise level of Holm's correction over the secondary comparisons
 
