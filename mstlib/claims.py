@@ -87,11 +87,12 @@ class Claims:
     scopes: dict[str, str] = field(default_factory=dict)
 
     def table(self) -> pd.DataFrame:
-        """One row per claim: the claim, its verdict, and the scope of the comparisons behind it."""
+        """One row per claim: the claim, its verdict, and where the comparisons behind it come from (the
+        short scopes; each comparison's full scope is in the evidence)."""
         return pd.DataFrame({
             "claim": [c.claim for c in self.claims],
             "verdict": [c.outcome for c in self.claims],
-            "scope": ["; ".join(dict.fromkeys(v.scope for v in self.parts[c.claim] if v.scope)) for c in self.claims],
+            "from": [_short(self.parts[c.claim]) for c in self.claims],
         }, index=range(1, len(self.claims) + 1))
 
 
@@ -99,9 +100,24 @@ def _seed_text(seeds: list[int]) -> str:
     return "seed " + str(seeds[0]) if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
 
 
-def _scope(run: Any, seeds: list[int], schedule: str) -> str:
+def _scope(part: str, run: Any, seeds: list[int], schedule: str) -> str:
+    """``"part: preset, 66M tokens of corpus, schedule, seeds 0, 1, 2"``; the part before the colon is the
+    short scope (:meth:`Claims.table`)."""
     tokens = run.train.max_iters * run.tokens_per_step()
-    return f"{run.preset}, {tokens / 1e6:,.0f}M tokens of {run.data.corpus}, {schedule}, {_seed_text(seeds)}"
+    return f"{part}: {run.preset}, {tokens / 1e6:,.0f}M tokens of {run.data.corpus}, {schedule}, {_seed_text(seeds)}"
+
+
+def _short(verdicts: list[Verdict]) -> str:
+    """Where a claim's stored comparisons come from ("main table; fair test mini-65m"), and how many of its
+    comparisons wait for runs not stored yet."""
+    stored = [v for v in verdicts if v.exact or not math.isnan(v.estimate)]
+    parts = list(dict.fromkeys(v.scope.split(":")[0] for v in stored if v.scope))
+    fair = [p.removeprefix("fair test ") for p in parts if p.startswith("fair test ") and "," not in p]
+    other = [p for p in parts if not (p.startswith("fair test ") and "," not in p)]
+    text = "; ".join(other + ([f"fair test {', '.join(fair)}"] if fair else [])) or (
+        verdicts[0].note if verdicts and verdicts[0].note else "nothing stored yet")
+    waiting = len(verdicts) - len(stored)
+    return text + (f" ({waiting} more comparison{'s' if waiting > 1 else ''} not stored yet)" if waiting and stored else "")
 
 
 def _vals(df: pd.DataFrame, group: str, metric: str = "metrics.final_val_loss", by: str = "method") -> list[float]:
@@ -130,11 +146,12 @@ def evaluate(preset: str, seeds: list[int], ablation_seeds: list[int], results_d
     fair, chosen = fair_test.collect(scale, store)
     m = margins
     mst = presets.make(preset, "mst")
-    main_scope = _scope(mst, seeds, f"the preset's MST schedule (peak {mst.schedule.s_max:g})")
-    abl_scope = _scope(mst, ablation_seeds, "one change against the preset's MST")
+    main_scope = _scope("main table", mst, seeds, f"the preset's MST schedule (peak {mst.schedule.s_max:g})")
+    abl_scope = _scope("ablations", mst, ablation_seeds, "one change against the preset's MST")
     first = ladder.selection_rung(scale)
     fair_run = ladder.rung_run(scale, first.name, "dense", first.seeds[0])
-    fair_scope = _scope(fair_run, list(first.seeds), f"schedule {chosen or '(search incomplete)'}")
+    fair_scope = _scope(f"fair test {first.name}", fair_run, list(first.seeds),
+                        f"schedule {chosen or '(search incomplete)'}")
     parts: dict[str, list[Verdict]] = {}
 
     # 1. FLOPs: exact arithmetic everywhere, so no interval, and said where it holds by construction
@@ -143,7 +160,7 @@ def evaluate(preset: str, seeds: list[int], ablation_seeds: list[int], results_d
                     / flops.training_flops(paper, series=False).total_flops)
     fl = [at_least([paper_factor], m.flops_target, tolerance=m.flops_tolerance, exact=True,
                    claim="at paper scale, our schedule defaults (chosen for about 4x: holds by construction)",
-                   quantity="dense FLOPs / MST FLOPs", scope="paper (GPT-2 124M, 600k steps), computed")]
+                   quantity="dense FLOPs / MST FLOPs", scope="paper scale: GPT-2 124M, 600k steps, computed")]
     main_ratio = (flops.training_flops(presets.make(preset, "dense"), series=False).total_flops
                   / flops.training_flops(mst, series=False).total_flops)
     fl.append(at_least([main_ratio], m.flops_target, tolerance=m.flops_tolerance, exact=True,
@@ -181,7 +198,7 @@ def evaluate(preset: str, seeds: list[int], ablation_seeds: list[int], results_d
     frontier = []
     for rung in ladder.rungs(scale):
         run = ladder.rung_run(scale, rung.name, "dense", rung.seeds[0])
-        scope = _scope(run, list(rung.seeds), f"schedule {chosen or '(search incomplete)'}") + f" ({rung.name})"
+        scope = _scope(f"fair test {rung.name}", run, list(rung.seeds), f"schedule {chosen or '(search incomplete)'}")
         for bm, label, target in (("rigl", "RigL", base), ("tiny", "Tiny", base),
                                   (ladder.budget_method(scale), f"{ladder.budget_method(scale)} (its own schedule)", frontier)):
             if bm not in rung.methods:
@@ -228,7 +245,7 @@ def evaluate(preset: str, seeds: list[int], ablation_seeds: list[int], results_d
     for model in dict.fromkeys(r.model for r in ladder.rungs(scale)):
         t = fair_test.trend(fair, model) if chosen else None
         rungs_of = [r.name for r in ladder.rungs(scale) if r.model == model]
-        scope = f"{model}, rungs {', '.join(rungs_of)}, schedule {chosen or '(search incomplete)'}"
+        scope = f"fair test, {model}: rungs {', '.join(rungs_of)}, schedule {chosen or '(search incomplete)'}"
         trend.append(trend_shrinks(t["fit"] if t else None, claim=f"gap per doubling of tokens, {model}",
                                    quantity="change of (MST - dense) per doubling of tokens", scope=scope,
                                    missing=("fewer than two rungs stored: no trend yet" if t or chosen else

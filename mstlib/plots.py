@@ -286,7 +286,7 @@ def frontier(points: pd.DataFrame, *, axes: Optional[Sequence[Axes]] = None) -> 
         _, grid = plt.subplots(1, len(models), figsize=(6.4 * len(models), 4.6), squeeze=False)
         axes = list(grid[0])
     markers = {"mst": "D", "rigl": "s", "tiny": "^"}
-    colours = dict(zip(markers, sns.color_palette(n_colors=len(markers) + 1)[1:]))
+    colours = {"mst": "tab:red", "rigl": "tab:blue", "tiny": "tab:green"}
     for ax, model in zip(axes, models):
         p = points[points["model"] == model]
         d = p[p["dense"]].groupby("flops", as_index=False).agg(loss=("loss", "mean"), lo=("lo", "min"),

@@ -117,20 +117,20 @@ overview.style.map(lambda v: COLOURS.get(v, ""), subset=["verdict"]).set_propert
 # %% [markdown]
 # ## The evidence, comparison by comparison
 #
-# "estimate" is the quantity its rule reads (a difference, a gain, a factor or a slope; see "quantity"),
-# with its 95% interval; "n" is the number of seeds (paired) or runs; "p (Holm)" is the adjusted p-value
-# of the secondary comparisons; "rule" refers to the table of rules after this one.
+# One table per claim. "estimate" is the quantity its rule reads (a difference, a gain, a factor or a
+# slope), with its 95% interval; "n" is the number of seeds (paired) or runs; "p (Holm)" is the adjusted
+# p-value of the secondary comparisons; "rule" refers to the table of rules after these.
 
 # %% tags=["hide-input"]
 flat = [v for vs in book.parts.values() for v in vs]
-evidence = pd.concat([verdicts.verdict_table(vs).assign(claim=name) for name, vs in book.parts.items()],
-                     ignore_index=True)
-ids = {r: f"R{i + 1}" for i, r in enumerate(dict.fromkeys(v.rule for v in flat))}
-evidence["rule"] = [ids[v.rule] for v in flat]  # numbered across the page, not per claim
-evidence["estimate"] = [("" if math.isnan(v.estimate) else f"{v.estimate:.4g}") for v in flat]
-evidence = evidence[["claim", "comparison", "verdict", "estimate", "95% interval", "n", "p (Holm)", "rule",
-                     "scope", "note"]]
-evidence.style.map(lambda v: COLOURS.get(v, ""), subset=["verdict"]).hide(axis="index")
+ids = {r: f"R{i + 1}" for i, r in enumerate(dict.fromkeys(v.rule for v in flat))}  # numbered across the page
+for i, (name, vs) in enumerate(book.parts.items(), 1):
+    table = verdicts.verdict_table(vs)
+    table["rule"] = [ids[v.rule] for v in vs]
+    table["estimate"] = [("" if math.isnan(v.estimate) else f"{v.estimate:.4g}") for v in vs]
+    table = table[["comparison", "verdict", "estimate", "95% interval", "n", "p (Holm)", "rule", "scope", "note"]]
+    display(Markdown(f"**{i}. {name}**"))
+    display(table.style.map(lambda v: COLOURS.get(v, ""), subset=["verdict"]).hide(axis="index"))
 
 # %% tags=["hide-input"]
 verdicts.rules_table(flat).style.hide(axis="index")

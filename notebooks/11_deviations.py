@@ -221,7 +221,7 @@ OURS.style.format(code_spans).set_properties(**{"text-align": "left", "white-spa
 
 # %% tags=["hide-input"]
 gaps = fair_test.gap_table(fair_df)
-gaps if not gaps.empty else Markdown("No diagnostic run of the fair test is stored yet.")
+gaps.style.hide(axis="index") if not gaps.empty else Markdown("No diagnostic run of the fair test is stored yet.")
 
 # %% [markdown]
 # ## The defects that change results, measured

@@ -19,7 +19,7 @@
 #
 # **Why this chapter.** The paper claims that MST trains GPT-2 124M with about 4x fewer FLOPs "without
 # compromising performance", after about 295B tokens (600,000 steps of 480 x 1024 tokens, some 2,400
-# tokens per parameter). One GPU gives us runs of 10^7 to 10^9 tokens. So this chapter does not test the
+# tokens per parameter). One GPU gives us runs of tens to hundreds of millions of tokens. So this chapter does not test the
 # claim at its scale: it measures **how the answer moves with scale** and asks two questions of it.
 #
 # 1. **At equal tokens**, how far is MST from dense, and does the gap shrink as training grows (and as the
@@ -74,7 +74,7 @@ trained = fair_test.train_missing(scale, store, device=device)  # smoke only, or
 df, chosen = fair_test.collect(scale, store)
 glue("n_stored", int(df["done"].sum()), display=False)
 glue("n_planned", len(df), display=False)
-fair_test.missing(df, scale)
+fair_test.missing(df, scale).style.hide(axis="index")
 
 # %% [markdown]
 # ## The ladder
@@ -92,7 +92,7 @@ design = pd.DataFrame([{
     "tokens / parameter": f"{float(df.loc[df['rung'] == r.name, 'tokens_per_param'].iloc[0]):.2f}",
     "seeds": ", ".join(map(str, r.seeds)), "methods": ", ".join(r.methods),
 } for r in ladder.rungs(scale)])
-design
+design.style.hide(axis="index")
 
 # %% [markdown]
 # ## MST's schedule: the search (selection runs, not evidence)
@@ -105,7 +105,7 @@ design
 # %% tags=["hide-input"]
 selection = fair_test.selection_table(df, chosen)
 glue("chosen", chosen or "not yet chosen (the search is incomplete)", display=False)
-selection
+selection.style.hide(axis="index")
 
 # %% [markdown]
 # The rule chose **{glue:text}`chosen`**. These runs chose it, so they say nothing about how good it is:
@@ -121,7 +121,7 @@ selection
 
 # %% tags=["hide-input"]
 rungs_table = fair_test.rung_table(df, scale)
-rungs_table
+rungs_table.style.hide(axis="index")
 
 # %% tags=["remove-input"]
 # Numbers for the prose (never typed by hand), from the first rung: the confirmation of the choice.
@@ -191,7 +191,7 @@ else:
               for g, lo, hi, s in zip(secondary["gain"], secondary["lo"], secondary["hi"], secondary["seeds"])],
         p=secondary["p"].map(lambda p: f"{p:.2g}"), **{"p (Holm)": secondary["p (Holm)"].map(lambda p: f"{p:.2g}")},
     ).drop(columns=["lo", "hi"])
-secondary_view
+secondary_view.style.hide(axis="index") if not secondary_view.empty else secondary_view
 
 # %% [markdown]
 # ## Figure 2: does the gap shrink with training?
@@ -208,7 +208,7 @@ if trends:
     plt.tight_layout()
     plt.show()
 trend_table = fair_test.trend_table(df)
-trend_table if not trend_table.empty else Markdown("No model has two rungs stored yet, so there is no trend.")
+trend_table.style.hide(axis="index") if not trend_table.empty else Markdown("No model has two rungs stored yet, so there is no trend.")
 
 # %% tags=["hide-input"]
 # The trend in words, built from the fit (or saying plainly that there is none yet).
@@ -246,7 +246,7 @@ display(Markdown("\n".join(lines)))
 
 # %% tags=["hide-input"]
 gap = fair_test.gap_table(df)
-gap if not gap.empty else Markdown("No diagnostic run is stored yet.")
+gap.style.hide(axis="index") if not gap.empty else Markdown("No diagnostic run is stored yet.")
 
 # %% [markdown]
 # ## Where the runs came from
@@ -256,7 +256,7 @@ stored = df[df["done"]]
 prov = (stored.groupby("rung", sort=False)
         .agg(runs=("run_id", "nunique"), device=("device", lambda s: ", ".join(sorted(set(map(str, s))))),
              commits=("commit", lambda s: ", ".join(sorted({str(c)[:7] for c in s}))),
-             gpu_hours=("wall_time_s", lambda s: round(float(s.sum()) / 3600, 2))))
+             wall_hours=("wall_time_s", lambda s: round(float(s.sum()) / 3600, 2))))
 glue("gpu_hours", float(stored["wall_time_s"].sum()) / 3600, display=False)
 prov
 

@@ -49,7 +49,7 @@ def test_every_claim_has_a_verdict_and_a_scope(book):
     names = [c.claim for c in book.claims]
     assert names[0] == "4x fewer training FLOPs than dense" and len(names) == 8
     t = book.table()
-    assert list(t["claim"]) == names and t["scope"].str.len().gt(0).all()
+    assert list(t["claim"]) == names and t["from"].str.len().gt(0).all()
     # exact factors: no interval, no p-value; the construction is said where it holds
     for v in book.parts[names[0]]:
         assert v.exact and math.isnan(v.lo) and math.isnan(v.p_holm)
