@@ -5,6 +5,8 @@ key is a :class:`~mstlib.errors.ConfigError` that names the key and suggests the
 official MST code's ``config/mst.py`` set keys its training script never read, so it silently trained plain
 RigL; this module exists so that cannot happen here). ``validate()`` rejects impossible values and
 contradictions (sparsity outside [0, 1), overlapping phases, an attention window wider than the context).
+Every float field must be finite: a comparison with NaN is always False, so a NaN would pass every range
+check below it, and an infinite learning rate passes ``min_lr <= lr``.
 
 Units: steps are optimizer iterations; training progress is a fraction of ``train.max_iters`` in [0, 1];
 token counts are per optimizer step: ``batch_size * grad_accum * world_size * block_size``.
@@ -19,6 +21,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Mapping, get_args, get_origin, get_type_hints
 
@@ -283,12 +286,18 @@ class TrainConfig:
         for name in ("warmup_iters", "lr_decay_iters", "eval_interval", "checkpoint_interval"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 < self.min_lr <= self.lr:
-            raise ConfigError(f"train needs 0 < min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
+        if not 0.0 < self.min_lr <= self.lr <= 1.0:
+            # AdamW moves every weight by about lr per step: above 1 no run learns (and above float32's
+            # range torch fails with a bare RuntimeError)
+            raise ConfigError(f"train needs 0 < min_lr <= lr <= 1, got min_lr={self.min_lr}, lr={self.lr}")
         if not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0):
             raise ConfigError(f"train.beta1/beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ConfigError("train.weight_decay and train.grad_clip must be >= 0")
+        if self.lr * self.weight_decay >= 1:
+            # AdamW scales every decayed weight by (1 - lr * weight_decay) per step
+            raise ConfigError(f"train.lr * train.weight_decay must be < 1 (AdamW multiplies the weights by "
+                              f"1 - lr * weight_decay each step), got {self.lr} * {self.weight_decay}")
         if not any(self.compile is v for v in (True, False)) and self.compile != "reduce-overhead":
             # Literal[True, False, ...] also admits 1 and 0 (1 == True): say what is meant
             raise ConfigError(f"train.compile={self.compile!r} is not one of [True, False, 'reduce-overhead']")
@@ -330,6 +339,7 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         """Check every field and their contradictions; return self so calls chain."""
         _check_literals(self)
+        _check_finite(self)
         self.model.validate()
         self.schedule.validate()
         self.topology.validate()
@@ -485,3 +495,15 @@ def _check_literals(obj: Any, prefix: str = "") -> None:
             _check_literals(v, f"{prefix}{f.name}.")
         elif get_origin(typ) is Literal and v not in get_args(typ):
             raise ConfigError(f"{prefix}{f.name}={v!r} is not one of {list(get_args(typ))}")
+
+
+def _check_finite(obj: Any, prefix: str = "") -> None:
+    """Every float field of ``obj`` (and of its sections) finite, also for a config built in Python."""
+    hints = get_type_hints(type(obj))
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            _check_finite(v, f"{prefix}{f.name}.")
+        elif hints[f.name] is float and isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{prefix}{f.name}={v!r} is not a finite number; every float setting must be "
+                              f"finite (the default is {f.default!r})")

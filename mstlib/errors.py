@@ -24,3 +24,15 @@ class CheckpointError(MstError):
 
 class TrainingError(MstError):
     """Training cannot continue (for example a NaN or infinite loss)."""
+
+
+class RunLockedError(MstError):
+    """Another process is training the same run (it holds the run's lock)."""
+
+
+class CorruptRunError(MstError):
+    """A stored run whose files exist but cannot be read (truncated JSON, an invalid config)."""
+
+
+class CorruptRunWarning(UserWarning):
+    """A corrupt stored run was skipped while listing runs (:meth:`mstlib.results.RunStore.find`)."""

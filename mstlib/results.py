@@ -9,27 +9,41 @@ Layout (``root`` is ``results/`` by default; checkpoints live apart, in ``checkp
         metrics.json      final losses, tokens, tokens/s, training FLOPs, peak memory
         eval.json         written later by mstlib.evaluate
         done              written last: a run is complete exactly when this file exists
+    results/<preset>/<method>/.<run_id>.lock     held by the one process training the run (mstlib.runlock)
+    results/<preset>/<method>/.<run_id>.retrain/ a retrain of a done run (train --no-resume) until it is done
     checkpoints/results/<run_id>/ckpt.pt      (checkpoints/<root's name>/...)
 
 Every JSON file is written atomically (a temporary file in the same folder, then ``os.replace``), so a
 crash mid-write leaves the previous version intact and never a half-written file. ``run_id`` is
 :meth:`mstlib.config.RunConfig.run_id` (12 hex digits of the sha256 of the canonical JSON), so the same
 config finds the same folder in every process, and any changed field finds a new one.
+
+A stored run whose files cannot be read (a truncated ``metrics.json``, an invalid ``config.json``) raises
+:class:`~mstlib.errors.CorruptRunError` when loaded by itself, with the command that repairs it; listings
+(:meth:`RunStore.find`, :meth:`RunStore.table`) skip it with a :class:`~mstlib.errors.CorruptRunWarning`
+that names it, so one damaged folder never hides the others.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
+import shlex
+import shutil
+import sys
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator, Sequence
 
 from .config import RunConfig
-from .errors import MstError
+from .errors import CorruptRunError, CorruptRunWarning, MstError
 from .provenance import REPO_ROOT, utc_now
+from .runlock import RunLock
 
 if TYPE_CHECKING:  # pandas is imported lazily: training does not need it
     import pandas as pd
@@ -83,18 +97,13 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
+    """The JSON value in ``path``: MstError when it is missing, CorruptRunError when it does not parse."""
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise MstError(f"{path} does not exist") from None
-    except json.JSONDecodeError as e:
-        # the run folder alone is not enough: train would resume from the run's checkpoint and refuse it
-        run_dir = Path(path).parent  # <root>/<preset>/<method>/<run_id>, checkpoints as RunStore puts them
-        root = run_dir.parents[2] if len(run_dir.parents) > 2 else run_dir.parent
-        ckpt = root.parent / "checkpoints" / root.name / run_dir.name
-        raise MstError(f"{path} is not valid JSON ({e}); delete the run folder {run_dir} and its checkpoint "
-                       f"folder {ckpt} (<--checkpoints>/{run_dir.name} if you chose another), then train it "
-                       "again") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptRunError(f"{path} is not valid JSON ({e})") from e
 
 
 def resolve_root(root: str | os.PathLike[str]) -> Path:
@@ -184,6 +193,24 @@ class RunStore:
     def is_done(self, run: RunConfig) -> bool:
         return (self.run_dir(run) / DONE).is_file()
 
+    def lock(self, run: RunConfig) -> RunLock:
+        """The run's writer lock (:mod:`mstlib.runlock`), not yet taken: ``.<run_id>.lock`` beside the run's
+        folder, not in it, because a retrain replaces the folder while holding the lock."""
+        return RunLock(self.run_dir(run).parent / f".{run.run_id()}.lock", f"run {run.run_id()}")
+
+    def retrain_store(self, run: RunConfig) -> "RunStore":
+        """Where a retrain of the done ``run`` (``train --no-resume``) writes until it is done: hidden
+        folders beside the run's folder and its checkpoint folder, so the finished result stays whole and
+        evaluable until :meth:`adopt` swaps the new one in. Invisible to :meth:`find`."""
+        return _RetrainStore(self, run)
+
+    def adopt(self, run: RunConfig, retrained: "RunStore") -> None:
+        """Replace the run's checkpoint folder, then its results folder, by those of a finished retrain
+        (each in one atomic exchange where the file system has one); the results folder goes last because
+        its ``done`` marker is what readers trust. The old folders are removed."""
+        _swap_in(retrained.checkpoint_path(run).parent, self.checkpoint_path(run).parent)
+        _swap_in(retrained.run_dir(run), self.run_dir(run))
+
     # -- writing (used by mstlib.train) ----------------------------------------------------------
     def begin(self, run: RunConfig, provenance: dict[str, Any], fresh: bool) -> Path:
         """Prepare the run folder for training: write ``config.json`` and ``provenance.json``. ``fresh``
@@ -224,25 +251,40 @@ class RunStore:
         """The stored result of ``run`` (a RunConfig, or a run folder). Works for unfinished runs too
         (``done`` False, empty metrics)."""
         d = self.run_dir(run) if isinstance(run, RunConfig) else Path(run)
-        return load_run_dir(d)
+        return load_run_dir(d, self._checkpoints_flag())
 
     def find(self, preset: str | None = None, method: str | None = None, done_only: bool = True) -> list[RunResult]:
-        """Stored runs, optionally only one preset and/or method, sorted by (preset, method, seed, id)."""
+        """Stored runs, optionally only one preset and/or method, sorted by (preset, method, seed, id). A
+        corrupt run is skipped with a CorruptRunWarning that names it and says how to repair it."""
         pattern = f"{preset or '*'}/{method or '*'}/*/{CONFIG}"
         out = []
         for cfg in sorted(self.root.glob(pattern)):
-            res = load_run_dir(cfg.parent)
-            if res.done or not done_only:
+            if any(part.startswith(".") for part in cfg.relative_to(self.root).parts):
+                continue  # a retrain in progress, an unpack's staging folder
+            res = self._load_or_warn(cfg.parent)
+            if res is not None and (res.done or not done_only):
                 out.append(res)
         out.sort(key=lambda r: (r.run.preset, r.run.method, r.run.seed, r.run_id))
         return out
 
     def table(self, runs: Iterable[RunResult | RunConfig]) -> "pd.DataFrame":
-        """One row per run: config fields flattened to dotted columns, metrics, and ``eval.*`` columns."""
+        """One row per run: config fields flattened to dotted columns, metrics, and ``eval.*`` columns. A
+        corrupt run is left out with a CorruptRunWarning (a run that is not stored at all is an error)."""
         import pandas as pd
 
-        rows = [(r if isinstance(r, RunResult) else self.load(r)).row() for r in runs]
-        return pd.DataFrame(rows)
+        loaded = [r if isinstance(r, RunResult) else self._load_or_warn(self.run_dir(r)) for r in runs]
+        return pd.DataFrame([r.row() for r in loaded if r is not None])
+
+    def _load_or_warn(self, d: Path) -> RunResult | None:
+        try:
+            return load_run_dir(d, self._checkpoints_flag())
+        except CorruptRunError as e:
+            warnings.warn(CorruptRunWarning(f"skipped a corrupt run: {e}"), stacklevel=3)
+            return None
+
+    def _checkpoints_flag(self) -> Path | None:
+        """The checkpoint root for a command line, None where it is the default one of ``root``."""
+        return None if self.checkpoints == RunStore(self.root).checkpoints else self.checkpoints
 
     # -- training what is missing ----------------------------------------------------------------
     def ensure(
@@ -262,13 +304,37 @@ class RunStore:
         return out
 
 
-def load_run_dir(d: str | os.PathLike[str]) -> RunResult:
-    """Read a run folder (``config.json`` required; metrics, provenance and eval when present)."""
+def load_run_dir(d: str | os.PathLike[str], checkpoints: str | os.PathLike[str] | None = None) -> RunResult:
+    """Read a run folder (``config.json`` required; metrics, provenance and eval when present). A file
+    that is there but unreadable raises CorruptRunError with the command that repairs the run (for a store
+    whose checkpoints are not in the default place, pass them as ``checkpoints``)."""
     d = Path(d)
     if not (d / CONFIG).is_file():
         raise MstError(f"{d} is not a run folder (no {CONFIG}); run folders are <root>/<preset>/<method>/<run_id>")
-    run = RunConfig.from_dict(read_json(d / CONFIG))
+    try:
+        run = RunConfig.from_dict(read_json(d / CONFIG))
+    except MstError as e:  # not JSON, or not a valid config (ConfigError)
+        raise CorruptRunError(
+            f"run {d.name} at {d}: {CONFIG} cannot be read ({e}), so nothing says which run it is. Delete the "
+            f"folder (rm -r {shlex.quote(str(d))}) and train the run again with --no-resume"
+        ) from e
     done = (d / DONE).is_file()
+    stored: dict[str, Any] = {}
+    for name in (DONE, METRICS, PROVENANCE, EVAL):
+        if not (d / name).is_file() or (name == METRICS and not done):
+            continue
+        try:
+            stored[name] = read_json(d / name)
+        except CorruptRunError as e:
+            if name == EVAL:  # the training result is intact: only the evaluation has to be redone
+                todo = (f"delete it and evaluate again: rm {shlex.quote(str(d / EVAL))} && "
+                        f"{_train_command(d, checkpoints)} --evaluate")
+            else:
+                todo = (f"train it again (the old result stays until the new one is done): "
+                        f"{retrain_command(d, checkpoints)}")
+            todo += (" (or, for a run trained elsewhere, unpack its archive again: python -m mstlib sweep "
+                     "--unpack ARCHIVE --overwrite)")
+            raise CorruptRunError(f"run {d.name} at {d}: {e}; {todo}") from e
     return RunResult(
         run=run,
         path=d,
@@ -276,10 +342,91 @@ def load_run_dir(d: str | os.PathLike[str]) -> RunResult:
         # run.run_id(); the stored id stays the name the folder is found by)
         run_id=d.name,
         done=done,
-        metrics=read_json(d / METRICS) if done and (d / METRICS).is_file() else {},
-        provenance=read_json(d / PROVENANCE) if (d / PROVENANCE).is_file() else {},
-        eval=read_json(d / EVAL) if (d / EVAL).is_file() else None,
+        metrics=stored.get(METRICS, {}),
+        provenance=stored.get(PROVENANCE, {}),
+        eval=stored.get(EVAL),
     )
+
+
+def retrain_command(run_dir: str | os.PathLike[str], checkpoints: str | os.PathLike[str] | None = None) -> str:
+    """The command line that trains the run of ``run_dir`` again from scratch (its stored result, if any,
+    stays until the new one is done)."""
+    return _train_command(run_dir, checkpoints) + " --no-resume"
+
+
+def _train_command(run_dir: str | os.PathLike[str], checkpoints: str | os.PathLike[str] | None) -> str:
+    d = Path(run_dir)
+    args = ["--config", str(d / CONFIG), "--results", str(d.parents[2])]
+    if checkpoints is not None:
+        args += ["--checkpoints", str(checkpoints)]
+    # spelt out, so that tests/test_cli.py's scan of suggested commands finds it
+    return "python -m mstlib train " + shlex.join(args)
+
+
+class _RetrainStore(RunStore):
+    """The run store of one retrain in progress (:meth:`RunStore.retrain_store`)."""
+
+    def __init__(self, base: RunStore, run: RunConfig) -> None:
+        super().__init__(base.root, base.checkpoints)
+        hidden = f".{run.run_id()}.retrain"
+        self._run_dir = base.run_dir(run).with_name(hidden)
+        self._checkpoint = base.checkpoint_path(run).parent.with_name(hidden) / CHECKPOINT
+
+    def run_dir(self, run: RunConfig) -> Path:
+        return self._run_dir
+
+    def checkpoint_path(self, run: RunConfig) -> Path:
+        return self._checkpoint
+
+    def load(self, run: RunConfig | str | os.PathLike[str]) -> RunResult:
+        res = super().load(run)
+        if isinstance(run, RunConfig):
+            res.run_id = run.run_id()  # not the hidden folder's name
+        return res
+
+    def discard(self) -> None:
+        """Remove what an earlier, abandoned retrain left."""
+        shutil.rmtree(self._run_dir, ignore_errors=True)
+        shutil.rmtree(self._checkpoint.parent, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):  # glibc older than 2.28, or another C library
+        return False
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # this file system cannot exchange
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _swap_in(new: Path, dest: Path) -> None:
+    """Put the folder ``new`` at ``dest``, removing what was there; readers of ``dest`` see the old folder
+    or the new one, never a mixture (and, without an atomic exchange, for an instant no folder)."""
+    if not new.exists():
+        return
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(new, dest)
+        return
+    if _exchange(new, dest):
+        shutil.rmtree(new)  # now the old folder
+        return
+    old = dest.with_name(f".{dest.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(dest, old)
+    os.replace(new, dest)
+    shutil.rmtree(old)
 
 
 def table(runs: Iterable[RunResult]) -> "pd.DataFrame":

@@ -4,10 +4,16 @@ A sweep is a list of :class:`~mstlib.config.RunConfig` (from ``--runs FILE``, a 
 ``--experiment NAME``, :func:`mstlib.experiments.runs_for`; or from ``--methods`` x ``--seeds`` of a preset).
 Runs already done in the store are skipped. The others go through a simple queue to worker slots: one slot
 per GPU (the child sees only its GPU through ``CUDA_VISIBLE_DEVICES``), or ``--workers`` CPU slots without
-a GPU. Each run is its own ``python -m mstlib train --config ...`` process, so one failing run (a NaN, a bad
-config, a crash) costs only itself: the others go on, the failures are listed at the end and the exit code is
-1. Each run's output goes to ``<run folder>/train.log``. Interrupt and start the same sweep again: done runs
-are skipped and unfinished ones resume from their checkpoints.
+a GPU. Each run is its own ``python -m mstlib train --config <run folder>/config.json`` process, so one
+failing run (a NaN, a bad config, a crash) costs only itself: the others go on, the failures are listed at
+the end and the exit code is 1. Each run's output goes to ``<run folder>/train.log``. Interrupt and start the
+same sweep again: done runs are skipped and unfinished ones resume from their checkpoints.
+
+Stopping: the workers run in process groups of their own (:mod:`mstlib.workers`). SIGTERM, SIGINT or SIGHUP
+to the sweep (``timeout``, Ctrl-C, a closed terminal) stops every worker's group before the sweep exits
+(status 128 + the signal's number); a SIGKILL of the sweep takes its workers with it. A done run whose files
+cannot be read is reported as ``corrupt`` by name, with the command that repairs it, and left out of the
+report's numbers and of the pack; the sweep goes on and exits 1.
 
 ``--pack out.tar.gz`` writes everything the store holds for the sweep's runs (config, provenance, metrics,
 log, eval, train.log; never checkpoints) into one archive, and ``--unpack out.tar.gz`` merges such an archive
@@ -26,31 +32,50 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from .config import RunConfig, parse_override
-from .errors import ConfigError
+from .errors import ConfigError, CorruptRunError
 from .provenance import REPO_ROOT, git_state, utc_now
-from .results import CONFIG, DONE, EVAL, RunStore, atomic_write_bytes, load_run_dir
+from .results import CONFIG, DONE, EVAL, RunStore, atomic_write_bytes, atomic_write_json
+from .workers import start_worker, stop_workers
 
 #: The per-run output file a sweep writes into each run folder.
 RUN_LOG = "train.log"
 #: Files that may travel in a pack (checkpoints never do).
 PACKABLE = ("config.json", "provenance.json", "metrics.json", "log.csv", "eval.json", "done", RUN_LOG)
 MANIFEST = "MANIFEST.json"
+#: The signals that stop a sweep and its workers.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class SweepStopped(BaseException):
+    """A stop signal reached the sweep (a BaseException, like KeyboardInterrupt: no ``except Exception``
+    on the way may swallow it). Its workers have been stopped when it leaves :func:`run_sweep`."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
 
 
 # ------------------------------------------------------------------------------------------ the runs
@@ -87,7 +112,7 @@ class Outcome:
     """What happened to one run of a sweep."""
 
     run: RunConfig
-    status: str  # "skipped" (already done), "ok", "failed"
+    status: str  # "skipped" (already done), "ok", "failed", "corrupt" (done, but its files cannot be read)
     seconds: float = 0.0
     returncode: int | None = None
     log: Path | None = None
@@ -149,6 +174,8 @@ def run_sweep(
     GPU (or empty on CPU) and ``OMP_NUM_THREADS`` = cores / slots, so they do not fight over the CPU.
     ``per_gpu``: concurrent runs per GPU (small models may not fill one). ``evaluate``: each child also
     evaluates its run (``train --evaluate``); a run then counts as done when its ``eval.json`` exists too."""
+    if workers < 1 or per_gpu < 1 or (gpus is not None and gpus < 1):
+        raise ConfigError(f"--workers, --per-gpu and --gpus must be >= 1, got {workers}, {per_gpu}, {gpus}")
     runs = unique(runs)
     gpu_ids = visible_gpus() if device != "cpu" else []
     if gpus is not None:
@@ -160,7 +187,7 @@ def run_sweep(
     if gpu_ids:  # "cuda:<id>" or, with per_gpu > 1, "cuda:<id>#<k>"
         slots = [f"cuda:{g}" + (f"#{k}" if per_gpu > 1 else "") for k in range(per_gpu) for g in gpu_ids]
     else:
-        slots = [f"cpu{i}" for i in range(max(1, workers))]
+        slots = [f"cpu{i}" for i in range(workers)]
     threads = max(1, (os.cpu_count() or 1) // len(slots))
 
     outcomes: dict[str, Outcome] = {}
@@ -170,54 +197,113 @@ def run_sweep(
 
     for r in runs:
         if complete(r):
-            outcomes[r.run_id()] = Outcome(r, "skipped")
+            problem = _corruption(r, store)
+            outcomes[r.run_id()] = Outcome(r, "corrupt", tail=problem) if problem else Outcome(r, "skipped")
         else:
             queue.append(r)
     echo(f"sweep: {len(runs)} runs, {len(runs) - len(queue)} already done, {len(queue)} to train on "
          f"{len(slots)} slot(s): {', '.join(slots)}")
 
-    tmp = tempfile.TemporaryDirectory(prefix="mstlib-sweep-")
     free = list(slots)
     running: list[_Job] = []
     try:
-        while queue or running:
-            while queue and free:
-                run = queue.popleft()
-                slot = free.pop(0)
-                running.append(_start(run, slot, store, Path(tmp.name), threads, evaluate))
-                echo(f"  start {run.preset}/{run.method} seed {run.seed} {run.run_id()} on "
-                     f"{slot}")
-            time.sleep(poll_s)
-            for job in list(running):
-                rc = job.proc.poll()
-                if rc is None:
-                    continue
-                job.logf.close()
-                running.remove(job)
-                free.append(job.slot)
-                dt = time.perf_counter() - job.t0
-                ok = rc == 0 and complete(job.run)
-                out = Outcome(job.run, "ok" if ok else "failed", dt, rc, job.log, "" if ok else _tail(job.log))
-                outcomes[job.run.run_id()] = out
-                echo(f"  {'done' if ok else 'FAILED'} {job.run.preset}/{job.run.method} seed {job.run.seed} "
-                     f"{job.run.run_id()} in {dt / 60:.1f} min (exit {rc})")
-    except KeyboardInterrupt:
-        for job in running:  # stop our own children only; their checkpoints let the sweep resume
-            job.proc.terminate()
-        for job in running:
-            job.proc.wait(timeout=60)
-            job.logf.close()
+        with _StopSignals(STOP_SIGNALS) as stop_signals:
+            while queue or running:
+                while queue and free:
+                    run = queue.popleft()
+                    slot = free.pop(0)
+                    with stop_signals.deferred():  # a worker started is a worker we know of
+                        running.append(_start(run, slot, store, threads, evaluate))
+                    echo(f"  start {run.preset}/{run.method} seed {run.seed} {run.run_id()} on "
+                         f"{slot} (pid {running[-1].proc.pid})")
+                time.sleep(poll_s)
+                for job in list(running):
+                    rc = job.proc.poll()
+                    if rc is None:
+                        continue
+                    job.logf.close()
+                    running.remove(job)
+                    free.append(job.slot)
+                    dt = time.perf_counter() - job.t0
+                    ok = rc == 0 and complete(job.run)
+                    out = Outcome(job.run, "ok" if ok else "failed", dt, rc, job.log, "" if ok else _tail(job.log))
+                    outcomes[job.run.run_id()] = out
+                    echo(f"  {'done' if ok else 'FAILED'} {job.run.preset}/{job.run.method} seed {job.run.seed} "
+                         f"{job.run.run_id()} in {dt / 60:.1f} min (exit {rc})")
+    except BaseException:  # a stop signal, Ctrl-C or a bug here: never leave a trainer behind
+        with _ignoring(STOP_SIGNALS):  # a second signal must not cut the stopping short
+            stop_workers([job.proc for job in running])
         raise
     finally:
-        tmp.cleanup()
+        for job in running:
+            job.logf.close()
     return [outcomes[r.run_id()] for r in runs]
 
 
-def _start(run: RunConfig, slot: str, store: RunStore, tmp: Path, threads: int, evaluate: bool) -> _Job:
-    cfg = tmp / f"{run.run_id()}.json"
-    cfg.write_text(json.dumps(run.to_dict()))
+class _StopSignals:
+    """While in use, ``signals`` raise :class:`SweepStopped` (in the main thread, where Python runs signal
+    handlers; elsewhere the caller's handlers stay). Inside :meth:`deferred` a signal waits for its end."""
+
+    def __init__(self, signals: Sequence[int]) -> None:
+        self.signals = tuple(signals)
+        self.previous: dict[int, Any] = {}
+        self.deferring = False
+        self.pending: int | None = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.deferring:
+            self.pending = signum
+        else:
+            raise SweepStopped(signum)
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in self.signals}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+        if self.pending is not None:
+            raise SweepStopped(self.pending)
+
+
+@contextlib.contextmanager
+def _ignoring(signals: Sequence[int]) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _corruption(run: RunConfig, store: RunStore) -> str:
+    """Why the stored run cannot be read, with what to do about it ("" when it can)."""
+    try:
+        store.load(run)
+    except CorruptRunError as e:
+        return str(e)
+    return ""
+
+
+def _start(run: RunConfig, slot: str, store: RunStore, threads: int, evaluate: bool) -> _Job:
+    # the config the worker reads is the run folder's own (written again by the trainer, unchanged): no
+    # temporary file that a killed sweep would leave behind, and a command line one can rerun by hand
     run_dir = store.run_dir(run)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = run_dir / CONFIG
+    atomic_write_json(cfg, run.to_dict())
     log = run_dir / RUN_LOG
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(threads)
@@ -235,26 +321,51 @@ def _start(run: RunConfig, slot: str, store: RunStore, tmp: Path, threads: int, 
     logf = open(log, "a")
     logf.write(f"# {utc_now()} {' '.join(cmd[1:])} (slot {slot})\n")
     logf.flush()
-    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+    try:
+        proc = start_worker(cmd, env, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    except BaseException:
+        logf.close()
+        raise
     return _Job(run, slot, proc, log, logf)
 
 
 def report(outcomes: Sequence[Outcome], store: RunStore) -> str:
-    """A short table: one line per run with status, minutes, final validation loss and tokens/s."""
+    """A short table: one line per run with status, minutes, final validation loss and tokens/s; then the
+    log tail of every failed run and what is wrong with every corrupt one. Never raises for a stored run."""
     lines = [f"{'run':<34} {'status':<8} {'min':>6} {'val loss':>9} {'tok/s':>12}"]
+    problems: list[tuple[Outcome, str]] = []
     for o in outcomes:
         m: dict[str, Any] = {}
-        if o.status != "failed" and store.is_done(o.run):
-            m = load_run_dir(store.run_dir(o.run)).metrics
+        status = o.status
+        if status in ("ok", "skipped") and store.is_done(o.run):
+            try:
+                m = store.load(o.run).metrics
+            except CorruptRunError as e:  # damaged after it was checked
+                status = "corrupt"
+                problems.append((o, str(e)))
+        elif status == "corrupt":
+            problems.append((o, o.tail))
         val = m.get("final_val_loss")
         tok = m.get("tokens_per_s_median")
         name = f"{o.run.preset}/{o.run.method}/s{o.run.seed} {o.run.run_id()}"
-        lines.append(f"{name:<34} {o.status:<8} {o.seconds / 60:>6.1f} "
-                     f"{'' if val is None else f'{val:.4f}':>9} {'' if tok is None else f'{tok:,.0f}':>12}")
+        lines.append(f"{name:<34} {status:<8} {o.seconds / 60:>6.1f} "
+                     f"{_number(val, '.4f'):>9} {_number(tok, ',.0f'):>12}")
     for o in outcomes:
         if o.status == "failed":
             lines.append(f"\n--- {o.run.run_id()} failed (exit {o.returncode}); log {o.log}; last lines:\n{o.tail}")
+    for o, problem in problems:
+        lines.append(f"\n--- {o.run.run_id()} is corrupt, skipped: {problem}")
     return "\n".join(lines)
+
+
+def _number(value: Any, fmt: str) -> str:
+    """A metric for the report; one that is not a number (a hand-edited file) is shown as it is."""
+    if value is None:
+        return ""
+    try:
+        return format(value, fmt)
+    except (TypeError, ValueError):
+        return repr(value)[:9]
 
 
 # -------------------------------------------------------------------------------------- pack/unpack
@@ -263,7 +374,8 @@ def report(outcomes: Sequence[Outcome], store: RunStore) -> str:
 def pack(runs: Sequence[RunConfig], store: RunStore, out: str | os.PathLike[str],
          outcomes: Sequence[Outcome] = ()) -> dict[str, Any]:
     """Write the stored files of ``runs`` (never checkpoints) into one ``.tar.gz`` at ``out`` (atomically),
-    with a ``MANIFEST.json`` listing every run and its status. Returns the manifest."""
+    with a ``MANIFEST.json`` listing every run and its status. A corrupt run travels without its files, its
+    manifest entry saying what is wrong (``corrupt``). Returns the manifest."""
     out = Path(out)
     manifest: dict[str, Any] = {"format": "mstlib-results-pack/1", "created_utc": utc_now(), "git": git_state(),
                                 "runs": [], "outcomes": [o.as_dict() for o in outcomes]}
@@ -271,9 +383,13 @@ def pack(runs: Sequence[RunConfig], store: RunStore, out: str | os.PathLike[str]
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for run in unique(runs):
             d = store.run_dir(run)
-            files = [d / n for n in PACKABLE if (d / n).is_file()]
-            manifest["runs"].append({"run_id": run.run_id(), "path": f"{run.preset}/{run.method}/{run.run_id()}",
-                                     "done": (d / DONE).is_file(), "files": [f.name for f in files]})
+            problem = _corruption(run, store) if (d / CONFIG).is_file() else ""
+            files = [] if problem else [d / n for n in PACKABLE if (d / n).is_file()]
+            entry = {"run_id": run.run_id(), "path": f"{run.preset}/{run.method}/{run.run_id()}",
+                     "done": (d / DONE).is_file() and not problem, "files": [f.name for f in files]}
+            if problem:
+                entry["corrupt"] = problem
+            manifest["runs"].append(entry)
             for f in files:
                 tar.add(f, arcname=f"{run.preset}/{run.method}/{run.run_id()}/{f.name}", recursive=False)
         data = json.dumps(manifest, indent=1).encode()
@@ -426,21 +542,37 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if args.dry_run:
         for r in runs:
-            print(f"{'done' if store.is_done(r) else 'todo'}  {r.preset}/{r.method}/seed{r.seed} {r.run_id()}")
+            state = ("corrupt" if _corruption(r, store) else "done") if store.is_done(r) else "todo"
+            print(f"{state:<7} {r.preset}/{r.method}/seed{r.seed} {r.run_id()}")
         return 0
     outcomes: list[Outcome] = []
     if not args.pack_only:
         t0 = time.perf_counter()
-        outcomes = run_sweep(runs, store, device=args.device, gpus=args.gpus, workers=args.workers,
-                             evaluate=args.evaluate, per_gpu=args.per_gpu)
+        try:
+            outcomes = run_sweep(runs, store, device=args.device, gpus=args.gpus, workers=args.workers,
+                                 evaluate=args.evaluate, per_gpu=args.per_gpu)
+        except SweepStopped as e:
+            print(f"sweep stopped by {e.name}; its trainers were stopped and keep their last checkpoints: run "
+                  "the same command again to continue", file=sys.stderr)
+            return 128 + e.signum
         print(report(outcomes, store))
         print(f"sweep wall time {(time.perf_counter() - t0) / 60:.1f} min")
+    corrupt: list[str] = []
     if args.pack:
         man = pack(runs, store, args.pack, outcomes)
         n_done = sum(r["done"] for r in man["runs"])
-        print(f"packed {len(man['runs'])} runs ({n_done} done) into {args.pack}")
+        corrupt = [r["run_id"] for r in man["runs"] if "corrupt" in r]
+        if args.pack_only:  # no report above to say what is wrong with them
+            for r in man["runs"]:
+                if "corrupt" in r:
+                    print(f"--- {r['run_id']} is corrupt, left out: {r['corrupt']}", file=sys.stderr)
+        print(f"packed {len(man['runs'])} runs ({n_done} done) into {args.pack}"
+              + (f"; {len(corrupt)} corrupt run(s) left out: {' '.join(corrupt)}" if corrupt else ""))
     failed = [o for o in outcomes if o.status == "failed"]
+    corrupt = sorted(set(corrupt) | {o.run.run_id() for o in outcomes if o.status == "corrupt"})
     if failed:
         print(f"{len(failed)} run(s) failed: {' '.join(o.run.run_id() for o in failed)}", file=sys.stderr)
-        return 1
-    return 0
+    if corrupt:
+        print(f"{len(corrupt)} stored run(s) are corrupt and were skipped: {' '.join(corrupt)} (above: how to "
+              "repair each)", file=sys.stderr)
+    return 1 if failed or corrupt else 0

@@ -32,9 +32,15 @@ Autograd then adds every micro-step's gradient into memory of its own.
 
 Output: the run folder of :class:`mstlib.results.RunStore` (config, provenance, ``log.csv`` with one row
 per step, ``metrics.json``, ``done``) and ``checkpoints/<results>/<run_id>/ckpt.pt`` (written atomically every
-``train.checkpoint_interval`` steps, at ``stop_after`` and at the end). A checkpoint holds model, optimizer,
-Sparsifier, step, every RNG stream, attention state and the log position, so N steps straight equal N/2
-steps + checkpoint + a fresh process + N/2 steps, bitwise on CPU.
+``train.checkpoint_interval`` steps, at ``stop_after`` and at the end, with its sha256 inside: see
+:mod:`mstlib.checkpoint`). A checkpoint holds model, optimizer, Sparsifier, step, every RNG stream, attention
+state and the log position, so N steps straight equal N/2 steps + checkpoint + a fresh process + N/2 steps,
+bitwise on CPU.
+
+One writer per run: training holds the run's lock (:meth:`mstlib.results.RunStore.lock`), so a second
+trainer of the same run id refuses at once, naming the first one's PID. Retraining a done run from scratch
+(``resume=False``) trains beside it (:meth:`~mstlib.results.RunStore.retrain_store`) and swaps the new
+result in only when it is done: stopped or killed before, the finished result is as it was.
 
 Finite-loss guard: on CPU the summed micro-step loss and the gradient norm are checked before every
 optimizer step, so a NaN or inf never reaches the weights. On CUDA a per-step check would synchronise the
@@ -42,7 +48,10 @@ GPU every step (as would the fused AdamW's ``found_inf`` skip, an extra kernel p
 nanoGPT loop does not pay), so there losses and norms are checked once per log window (every
 ``train.log_interval`` steps, the window's one sync), on topology-update steps, and always before a
 checkpoint is written. Either way a NaN or inf never reaches a checkpoint or the stored results, and the run
-stops with :class:`~mstlib.errors.TrainingError` naming the step and the last good checkpoint.
+stops with :class:`~mstlib.errors.TrainingError` naming the step and the last good checkpoint. The weights
+and optimizer state are checked finite before every checkpoint, validation losses where they are measured,
+and both final losses before the run is marked done (a finite loss does not prove finite weights: an
+absurd learning rate can overflow the weights in the step after the last loss was measured).
 
 DDP: launch with ``torchrun --standalone --nproc_per_node=N -m mstlib train ...``. ``train.grad_accum`` is
 the global number of micro-steps (nanoGPT's convention), divided among the ranks; the global batch is the
@@ -71,11 +80,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from . import checkpoint as ckpt_file
 from . import provenance, schedule
 from .config import RunConfig, parse_override
-from .errors import CheckpointError, ConfigError, DataError, TrainingError
+from .errors import CheckpointError, ConfigError, DataError, RunLockedError, TrainingError
 from .model import GPT, load_state_dict_checked
-from .results import CHECKPOINT, CONFIG, LOG, RunResult, RunStore, atomic_file, read_json
+from .results import CHECKPOINT, CONFIG, LOG, RunResult, RunStore, read_json, retrain_command
 
 #: Columns of ``log.csv``, one row per optimizer step. ``loss``: mean training loss of the step's global
 #: batch (nats/token); ``lr``; ``grad_norm``: before clipping; ``density``: fraction of the sparse set's
@@ -94,8 +104,6 @@ TIMING_COLUMNS = ("tokens_per_s", "time_s")
 
 #: Log windows dropped before the median tokens/s (compilation, allocator warm-up), per process start.
 SPEED_WARMUP_WINDOWS = 2
-
-CKPT_VERSION = 1
 
 # numpy SeedSequence tags that keep the data streams apart
 _TRAIN, _VAL, _TRAIN_EVAL = 0, 1, 2
@@ -282,19 +290,30 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename it over ``path``: a crash never
-    leaves a half-written checkpoint, and the previous one stays until the new one is complete."""
-    with atomic_file(path) as f:
-        torch.save(state, f)
+    """Write a checkpoint atomically, with its sha256 (:func:`mstlib.checkpoint.save`)."""
+    ckpt_file.save(path, state)
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} does not exist") from None
-    except Exception as e:  # truncated or foreign file
-        raise CheckpointError(f"checkpoint {path} cannot be read ({e}); delete it to train from scratch") from e
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu",
+                    advice: str = "") -> dict[str, Any]:
+    """A checkpoint's state after checking its sha256 (:func:`mstlib.checkpoint.load`); ``advice`` ends the
+    message of a CheckpointError (by default: how to train the checkpoint's run again)."""
+    return ckpt_file.load(path, map_location, advice or "train its run again from scratch with --no-resume")
+
+
+def _retrain_advice(store: RunStore, run_dir: Path) -> str:
+    """What to do about a checkpoint of ``run_dir`` that cannot be used: the command that trains it again."""
+    return f"train the run again from scratch: {retrain_command(run_dir, store._checkpoints_flag())}"
+
+
+def _nonfinite_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """Names of the weights and optimizer-state tensors that hold a NaN or inf (one device sync)."""
+    named = [(f"model.{k}", t) for k, t in model.state_dict().items() if t.is_floating_point()]
+    for i, st in enumerate(optimizer.state.values()):
+        named += [(f"optimizer.state[{i}].{k}", t) for k, t in st.items()
+                  if torch.is_tensor(t) and t.is_floating_point() and t.dim() > 0]
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named]).cpu()
+    return [name for (name, _), ok in zip(named, finite.tolist()) if not ok]
 
 
 def load_model(source: str | os.PathLike[str] | RunResult, map_location: str | torch.device = "cpu",
@@ -315,13 +334,14 @@ def load_model(source: str | os.PathLike[str] | RunResult, map_location: str | t
         if store is None:  # run folders are <root>/<preset>/<method>/<run_id>
             store = RunStore(run_dir.parents[2])
         path = store.checkpoints / run_dir.name / CHECKPOINT
+        advice = _retrain_advice(store, run_dir)
     else:
         path = run_dir
-    ckpt = load_checkpoint(path, map_location)
+        advice = ""
+    ckpt = load_checkpoint(path, map_location, advice)
     if expected is not None and ckpt.get("config") != expected.to_dict():
         raise CheckpointError(
-            f"checkpoint {path} was written for a different config than {run_dir / CONFIG}; "
-            "train the run again (python -m mstlib train --no-resume ...)"
+            f"checkpoint {path} was written for a different config than {run_dir / CONFIG}; {advice}"
         )
     try:
         from .config import ModelConfig
@@ -417,15 +437,26 @@ def _peak_memory(device: torch.device) -> tuple[int, str]:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "cpu_max_rss"
 
 
-def _nonfinite_msg(step: int, what: str, value: float, ckpt: Path | None, before_step: bool = True) -> str:
+def _nonfinite_msg(step: int, what: str, value: Any, ckpt: Path | None, run: RunConfig,
+                   when: str = "before") -> str:
     good = f"the last good checkpoint is {ckpt}" if ckpt else (
         "no checkpoint was written yet (set train.checkpoint_interval to keep one)")
-    when = ("training stopped before the optimizer step, so no weights were updated with it" if before_step else
-            "training stopped at the end of that log window; the weights in memory are spoiled but nothing "
-            "after the last good checkpoint was saved")
+    if when == "final":
+        good = f"its final checkpoint {ckpt} holds these weights" if ckpt else "no checkpoint was written"
+    when = {
+        "before": "training stopped before the optimizer step, so no weights were updated with it",
+        "window": "training stopped at the end of that log window; the weights in memory are spoiled but "
+                  "nothing after the last good checkpoint was saved",
+        "saving": "training stopped before writing the checkpoint or the results of that step",
+        "final": "the run was not marked done",
+    }[when]
+    tc = run.train
+    # a changed setting is another config, so another run id: resuming this run would take the same steps
     return (
-        f"{what} is {value} at step {step}: {when}; {good}. Lower train.lr, check the data, or resume from "
-        "the checkpoint with another setting"
+        f"{what} is {value} at step {step}: {when}; {good}. This config diverges, and resuming it would "
+        f"most likely repeat the same steps. Train a changed config instead, a new run with its own run id: "
+        f"a lower learning rate (--set train.lr={tc.lr / 10:g} --set train.min_lr={tc.min_lr / 10:g})"
+        + ("" if 0 < tc.grad_clip <= 1 else " or gradient clipping (--set train.grad_clip=1.0)")
     )
 
 
@@ -440,24 +471,72 @@ def train(
     """Train ``run`` into ``store`` (default ``RunStore("results")``) and return its result.
 
     A done run is returned as stored, without training. With ``resume`` an existing checkpoint is
-    continued; without, training starts from scratch. ``stop_after``: stop after this many steps in total
-    (a checkpoint is written there; the result has ``done=False``), used to test resumption.
+    continued; without, training starts from scratch (a done run keeps its stored result until the new one
+    is done, then the new one replaces it). ``stop_after``: stop after this many steps in total (>= 1; a
+    checkpoint is written there; the result has ``done=False``), used to test resumption.
+
+    Raises RunLockedError at once when another process is training the same run.
 
     Training on CUDA allows TF32 for float32 matrix products (as nanoGPT); the process's setting is restored
     on return, so code run after training (a test, a notebook's float32 check) computes as before.
     """
     run = run.validate()
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
+        raise ConfigError(f"stop_after (--stop-after) must be a number of steps >= 1, got {stop_after!r}")
     store = store or RunStore()
     if store.is_done(run) and resume:
         return store.load(run)
     dd, dev = setup_distributed(device)
     precision = torch.get_float32_matmul_precision()
+    lock = store.lock(run)
     try:
+        _lock_run(lock, dd, dev)
+        if store.is_done(run) and resume:  # finished by the holder we would have refused a moment ago
+            return store.load(run)
+        if store.is_done(run):
+            return _retrain(run, store, dd, dev, stop_after, progress)
         return _train(run, store, dd, dev, resume, stop_after, progress)
     finally:
+        lock.release()
         torch.set_float32_matmul_precision(precision)
         if dd.owns_group:
             dist.destroy_process_group()
+
+
+def _lock_run(lock: Any, dd: Dist, dev: torch.device) -> None:
+    """Rank 0 takes the run's lock; under DDP every rank learns whether it did, so all stop together."""
+    refused: RunLockedError | None = None
+    if dd.is_main:
+        try:
+            lock.acquire()
+        except RunLockedError as e:
+            refused = e
+    if dd.enabled:
+        flag = torch.tensor([float(refused is not None)], device=dev if dev.type == "cuda" else "cpu")
+        dist.all_reduce(flag)
+        if flag.item() and refused is None:
+            raise RunLockedError(f"{lock.what}: rank 0 found it being trained by another process (see rank 0)")
+    if refused is not None:
+        raise refused
+
+
+def _retrain(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, stop_after: int | None,
+             progress: bool) -> RunResult:
+    """Train the done ``run`` again from scratch beside its stored result, which the new one replaces only
+    once it is done; stopped before that (``stop_after``, a kill), the stored result is untouched."""
+    staged = store.retrain_store(run)
+    if dd.is_main:
+        staged.discard()
+    if dd.enabled:
+        dist.barrier()
+    result = _train(run, staged, dd, dev, False, stop_after, progress)
+    if not result.done:
+        return result
+    if dd.is_main:
+        store.adopt(run, staged)
+    if dd.enabled:
+        dist.barrier()
+    return store.load(run)
 
 
 def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume: bool,
@@ -482,11 +561,12 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
     # -- resume ------------------------------------------------------------------------------------
     ckpt: dict[str, Any] | None = None
     if resume and ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path, "cpu")  # load_state_dict copies to the device (RNG states stay on CPU)
+        # load_state_dict copies to the device (RNG states stay on CPU)
+        ckpt = load_checkpoint(ckpt_path, "cpu", _retrain_advice(store, run_dir))
         if ckpt.get("config") != run.to_dict():
             raise CheckpointError(
-                f"{ckpt_path} belongs to another config (run {ckpt.get('run_id')}); "
-                "delete it or train with --no-resume"
+                f"{ckpt_path} belongs to another config (run {ckpt.get('run_id')}); delete it or "
+                + _retrain_advice(store, run_dir)
             )
         load_state_dict_checked(model, ckpt["model"], str(ckpt_path))
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -579,6 +659,11 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
 
     def checkpoint(next_step: int) -> None:
         nonlocal last_good
+        spoiled = _nonfinite_state(model, optimizer)
+        if spoiled:
+            raise TrainingError(_nonfinite_msg(next_step - 1, "the state after the optimizer step",
+                                               f"not finite in {', '.join(spoiled[:4])}"
+                                               + (" ..." if len(spoiled) > 4 else ""), last_good, run, "saving"))
         state = {
             "log_bytes": log.position(),
             "speed_windows": speed_windows,
@@ -589,7 +674,6 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
         }
         if dd.is_main:
             save_checkpoint(ckpt_path, {
-                "version": CKPT_VERSION,
                 "run_id": run_id,
                 "config": run.to_dict(),
                 "model_config": dataclasses.asdict(run.model),
@@ -648,7 +732,7 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
         if check_every_step or is_update:
             value = _mean_over_ranks(loss_sum, dd).item()
             if not math.isfinite(value):
-                raise TrainingError(_nonfinite_msg(step, "the training loss", value, last_good))
+                raise TrainingError(_nonfinite_msg(step, "the training loss", value, last_good, run))
 
         if is_update:  # the topology update sees the dense gradients
             sparsifier.update(step)
@@ -657,7 +741,7 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
             sparsifier.mask_grads_()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
         if check_every_step and not math.isfinite(grad_norm.item()):
-            raise TrainingError(_nonfinite_msg(step, "the gradient norm", grad_norm.item(), last_good))
+            raise TrainingError(_nonfinite_msg(step, "the gradient norm", grad_norm.item(), last_good, run))
         if not (is_update and run.topology.skip_step_on_update):
             optimizer.step()
         if sparsifier is not None:
@@ -689,13 +773,16 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
                 speed_windows.append(tok_s)
             for r, (lv, gv) in zip(pending, vals):
                 if not math.isfinite(lv):
-                    raise TrainingError(_nonfinite_msg(r["step"], "the training loss", lv, last_good, False))
+                    raise TrainingError(_nonfinite_msg(r["step"], "the training loss", lv, last_good, run, "window"))
                 if not math.isfinite(gv):
-                    raise TrainingError(_nonfinite_msg(r["step"], "the gradient norm", gv, last_good, False))
+                    raise TrainingError(_nonfinite_msg(r["step"], "the gradient norm", gv, last_good, run, "window"))
                 r["loss"], r["grad_norm"], r["tokens_per_s"] = lv, gv, tok_s
                 r["time_s"] = round(wall_before + now - t_session, 3)
             if do_eval:
                 pending[-1]["val_loss"] = estimate_loss(fwd, val_batches, tc.eval_iters, ctx, dd, graphs)
+                if not math.isfinite(pending[-1]["val_loss"]):
+                    raise TrainingError(_nonfinite_msg(step, "the validation loss", pending[-1]["val_loss"],
+                                                       last_good, run, "saving"))
                 if step == tc.max_iters - 1:
                     final_val = pending[-1]["val_loss"]
             log.write(pending)
@@ -719,6 +806,9 @@ def _train(run: RunConfig, store: RunStore, dd: Dist, dev: torch.device, resume:
     if final_val is None:  # resumed from the final checkpoint: the loop did not run
         final_val = estimate_loss(fwd, val_batches, tc.eval_iters, ctx, dd, graphs)
     final_train = estimate_loss(fwd, train_eval_batches, tc.eval_iters, ctx, dd, graphs)
+    for what, value in (("the final validation loss", final_val), ("the final training loss", final_train)):
+        if not math.isfinite(value):
+            raise TrainingError(_nonfinite_msg(tc.max_iters - 1, what, value, last_good, run, "final"))
     peak, peak_kind = _peak_memory(dev)
     wall = wall_before + time.perf_counter() - t_session
     metrics = {
@@ -777,12 +867,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     parser.add_argument("--results", default="results", help="run store root (default: results)")
     parser.add_argument("--checkpoints", default=None, help="checkpoint root (default: checkpoints/<results folder name> beside it)")
-    parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint; start over")
-    parser.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
-                        help="stop (with a checkpoint) after this many steps in total")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="ignore an existing checkpoint; start over (a done run's result stays until the new one is done)")
+    parser.add_argument("--stop-after", type=_steps, default=None, metavar="STEPS",
+                        help="stop (with a checkpoint) after this many steps in total (>= 1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--evaluate", action="store_true",
                         help="then evaluate the trained model (mstlib.pipeline.train_and_evaluate) into eval.json")
+
+
+def _steps(text: str) -> int:
+    """``--stop-after``: a whole number of steps >= 1 (0 would stop before the first step)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of steps >= 1, got {text!r}")
+    return value
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -803,6 +905,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def main(args: argparse.Namespace) -> int:
+    from .workers import die_with_parent
+
+    die_with_parent()  # started by a sweep: do not outlive it
     run = config_from_args(args)
     store = RunStore(args.results, args.checkpoints)
     if int(os.environ.get("RANK", "0")) == 0:  # as the notebooks do; one process writes the corpus
@@ -818,7 +923,14 @@ def main(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         if res.done:
             m = res.metrics
-            print(f"final val loss {m.get('final_val_loss'):.4f}, median {m.get('tokens_per_s_median') or 0:,.0f} "
-                  f"tokens/s, wall {m.get('wall_time_s'):.1f} s", file=sys.stderr)
+            print(f"final val loss {_metric(m, 'final_val_loss', '.4f')}, median "
+                  f"{_metric(m, 'tokens_per_s_median', ',.0f')} tokens/s, wall {_metric(m, 'wall_time_s', '.1f')} s",
+                  file=sys.stderr)
         print(res.path)
     return 0
+
+
+def _metric(metrics: dict[str, Any], key: str, spec: str) -> str:
+    """A metric for the summary line; "?" where a run stored without it (older, or made by hand)."""
+    value = metrics.get(key)
+    return format(value, spec) if isinstance(value, (int, float)) else "?"

@@ -105,3 +105,55 @@ def test_model_sizes():
 def test_schedule_config_kinds():
     ScheduleConfig(kind="constant", sparsity=0.7).validate()
     ScheduleConfig(kind="mst", warmup_end=0.0, restore_start=1.0).validate()
+
+
+def _float_paths(cls=RunConfig, prefix=""):
+    """Dotted paths of every float field of the config tree."""
+    import dataclasses
+    from typing import get_type_hints
+
+    out = []
+    for name, typ in get_type_hints(cls).items():
+        if dataclasses.is_dataclass(typ):
+            out += _float_paths(typ, f"{prefix}{name}.")
+        elif typ is float:
+            out.append(f"{prefix}{name}")
+    return out
+
+
+@pytest.mark.parametrize("text", ["Infinity", "-Infinity", "NaN"])
+@pytest.mark.parametrize("path", _float_paths())
+def test_every_float_setting_must_be_finite(path, text):
+    """A NaN passes every range check (each comparison is False) and lr=Infinity passes min_lr <= lr: each
+    float field is checked finite, from the command line's JSON and from Python alike."""
+    key, value = parse_override(f"{path}={text}")
+    with pytest.raises(ConfigError, match=f"{path}=.*not a finite number"):
+        RunConfig().replace(**{key: value})
+    import dataclasses
+
+    section, name = path.split(".") if "." in path else (None, path)
+    built = (dataclasses.replace(RunConfig(), **{section: dataclasses.replace(getattr(RunConfig(), section), **{name: value})})
+             if section else dataclasses.replace(RunConfig(), **{name: value}))
+    with pytest.raises(ConfigError, match="not a finite number"):
+        built.validate()
+
+
+def test_float_paths_cover_the_settings_of_the_issue():
+    assert {"train.lr", "train.weight_decay", "train.grad_clip", "schedule.s_max"} <= set(_float_paths())
+
+
+@pytest.mark.parametrize("d,match", [
+    ({"train": {"lr": 2.0, "min_lr": 1e-4}}, r"lr <= 1"),  # lr=1e38 ended in torch's bare RuntimeError
+    ({"train": {"lr": 0.01, "weight_decay": 100.0}}, r"lr \* train.weight_decay must be < 1"),
+])
+def test_learning_rate_and_weight_decay_in_range(d, match):
+    with pytest.raises(ConfigError, match=match):
+        RunConfig.from_dict(d)
+
+
+def test_non_finite_setting_on_the_command_line_is_a_clear_error(capsys):
+    from mstlib import cli
+
+    assert cli.main(["train", "--preset", "smoke", "--set", "train.lr=Infinity", "--set", "train.max_iters=1"]) == 2
+    err = capsys.readouterr().err
+    assert "train.lr=inf is not a finite number" in err

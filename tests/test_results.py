@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -228,3 +229,119 @@ def test_provenance_has_versions_device_and_no_hostname(monkeypatch):
     monkeypatch.setenv("MSTLIB_GIT_COMMIT", "abc123")
     monkeypatch.setenv("MSTLIB_GIT_DIRTY", "0")
     assert provenance.git_state() == {"commit": "abc123", "dirty": False, "source": "env"}
+
+
+# ------------------------------------------------------------------------------------ corrupt runs
+
+
+def _truncate(path: Path) -> None:
+    path.write_text(path.read_text()[:10])
+
+
+def test_a_corrupt_run_is_named_and_skipped_by_listings(tmp_path):
+    """A truncated metrics.json used to make find() and table() raise: one damaged folder hid every run."""
+    from mstlib.errors import CorruptRunError, CorruptRunWarning
+
+    store = RunStore(tmp_path / "results")
+    runs = [presets.make("smoke", "dense", seed=s) for s in (0, 1, 2)]
+    for r in runs:
+        _fake_train(r, store)
+    _truncate(store.run_dir(runs[1]) / "metrics.json")
+    with pytest.warns(CorruptRunWarning, match=rf"corrupt run: run {runs[1].run_id()} at .*metrics.json is not valid JSON"):
+        found = store.find()
+    assert [r.run_id for r in found] == [runs[0].run_id(), runs[2].run_id()]
+    with pytest.warns(CorruptRunWarning, match=runs[1].run_id()):
+        df = store.table(runs)
+    assert df["run_id"].tolist() == [runs[0].run_id(), runs[2].run_id()]
+    with pytest.raises(CorruptRunError, match=r"train it again .*--no-resume"):
+        store.load(runs[1])
+    with pytest.raises(MstError, match="not a run folder"):  # a run that is not stored at all stays an error
+        store.table([presets.make("smoke", "dense", seed=9)])
+    # an unreadable config: nothing says which run it is
+    _truncate(store.run_dir(runs[2]) / "config.json")
+    with pytest.warns(CorruptRunWarning, match=r"config.json cannot be read .*\(rm -r .*--no-resume"):
+        assert [r.run_id for r in store.find()] == [runs[0].run_id()]
+    # a retrain in progress (a hidden folder) is not a run of the store
+    hidden = store.run_dir(runs[0]).with_name(f".{runs[0].run_id()}.retrain")
+    hidden.mkdir()
+    (hidden / "config.json").write_text(json.dumps(runs[0].to_dict()))
+    with pytest.warns(CorruptRunWarning):
+        assert [r.path for r in store.find(done_only=False)] == [store.run_dir(runs[0])]
+
+
+def test_the_repair_of_each_kind_of_corrupt_run_works(tmp_path, capsys):
+    """Each message's command, run as given, repairs the run: "delete the run folder and train it again"
+    used to fail on the stale checkpoint."""
+    import shlex
+
+    from mstlib import cli
+    from mstlib.errors import CorruptRunError
+    from test_train import make_corpus, tiny_run
+
+    run = tiny_run(make_corpus(tmp_path / "data"), "dense", **{"train.max_iters": 2})
+    store = RunStore(tmp_path / "results")
+    assert cli.main(["train", "--config", _write(tmp_path, run), "--results", str(store.root), "--device", "cpu",
+                     "--no-progress"]) == 0
+    d = store.run_dir(run)
+    good = store.load(run).metrics
+
+    def repair(name: str, marker: str) -> None:
+        _truncate(d / name)
+        with pytest.raises(CorruptRunError) as err:
+            store.load(run)
+        command = str(err.value).split(marker, 1)[1].split(" (or, for a run", 1)[0]
+        for part in command.split(" && "):
+            argv = shlex.split(part)
+            if argv[0] == "rm":
+                for target in argv[1:]:
+                    if target != "-r":
+                        shutil.rmtree(target) if Path(target).is_dir() else Path(target).unlink()
+            else:
+                assert argv[:3] == ["python", "-m", "mstlib"]
+                assert cli.main(argv[3:] + ["--device", "cpu", "--no-progress"]) == 0, capsys.readouterr().err
+        assert store.load(run).metrics["final_val_loss"] == good["final_val_loss"]
+
+    repair("metrics.json", "train it again (the old result stays until the new one is done): ")
+    repair("provenance.json", "train it again (the old result stays until the new one is done): ")
+    repair("done", "train it again (the old result stays until the new one is done): ")
+    _truncate(d / "config.json")
+    with pytest.raises(CorruptRunError, match="Delete the folder") as err:
+        store.load(run)
+    shutil.rmtree(shlex.split(str(err.value).split("(rm -r ", 1)[1].split(")", 1)[0])[0])
+    assert cli.main(["train", "--config", _write(tmp_path, run), "--results", str(store.root), "--device", "cpu",
+                     "--no-progress", "--no-resume"]) == 0
+    assert store.load(run).metrics["final_val_loss"] == good["final_val_loss"]
+
+
+def _write(tmp_path: Path, run: RunConfig) -> str:
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(run.to_dict()))
+    return str(path)
+
+
+def test_unreadable_eval_json_is_repaired_by_evaluating_again(tmp_path, monkeypatch):
+    """The training result is intact: the advice deletes eval.json and evaluates again (no retraining)."""
+    import shlex
+
+    from mstlib import pipeline
+    from mstlib.errors import CorruptRunError
+
+    store = RunStore(tmp_path / "results")
+    run = presets.make("smoke", "dense")
+    _fake_train(run, store)
+    store.write_eval(run, {"tasks": {"x": 1}})
+    _truncate(store.run_dir(run) / "eval.json")
+    with pytest.raises(CorruptRunError, match="delete it and evaluate again") as err:
+        store.load(run)
+    command = str(err.value).split("evaluate again: ", 1)[1].split(" (or, for a run", 1)[0]
+    rm, train = command.split(" && ")
+    Path(shlex.split(rm)[1]).unlink()
+    argv = shlex.split(train)
+    assert argv[3] == "train" and argv[-1] == "--evaluate"
+    evaluated = []
+    monkeypatch.setattr(pipeline, "train_and_evaluate",
+                        lambda r, s, **kw: evaluated.append(r.run_id()) or s.load(r))
+    from mstlib import cli
+
+    assert cli.main(argv[3:]) == 0  # the done run is not retrained; its evaluation is redone
+    assert evaluated == [run.run_id()] and store.load(run).metrics["final_val_loss"] == 3.0

@@ -1,19 +1,26 @@
-"""Sweeps: done runs skipped, a failing run survived and reported, results packed into one archive and
-merged back safely."""
+"""Sweeps: done runs skipped, a failing run survived and reported, a corrupt stored run reported and skipped,
+workers stopped with the sweep (signals, SIGKILL), results packed into one archive and merged back safely."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from mstlib import cli, presets, sweep
 from mstlib.results import RunStore
+from mstlib.runlock import holder
 from test_results import _fake_train
-from test_train import make_corpus, tiny_run
+from test_train import REPO, Hold, make_corpus, tiny_run
+from test_workers import alive, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +150,7 @@ class _FakePopen:
     running = 0
     peak = 0
     devices: list[str] = []
+    pid = 0  # never a process to signal
 
     def __init__(self, cmd, env, **kw):
         from mstlib.config import RunConfig
@@ -177,3 +185,125 @@ def test_one_process_per_gpu_with_its_own_cuda_visible_devices(tmp_path, monkeyp
     assert _FakePopen.peak == 4 and sorted(_FakePopen.devices) == ["4", "4", "7", "7"]
     with pytest.raises(Exception, match="only 2 GPU"):
         sweep.run_sweep(runs, store, gpus=3, echo=lambda s: None)
+
+
+# ------------------------------------------------------------------------------ stopping a sweep
+
+
+def _sweep_process(runs_file: Path, store: RunStore, hold, tmp: Path) -> subprocess.Popen:
+    """``python -m mstlib sweep`` on CPU, in a TMPDIR of its own (where it used to leave its temp folder)."""
+    tmpdir = tmp / "tmpdir"
+    tmpdir.mkdir(exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "mstlib", "sweep", "--runs", str(runs_file), "--device", "cpu",
+         "--results", str(store.root)],
+        cwd=REPO, env={**hold.env, "TMPDIR": str(tmpdir)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _trainer_pid(store: RunStore, run, hold, sweep_proc) -> int:
+    pid = hold.wait_reached(sweep_proc)
+    assert holder(store.lock(run).path) == pid  # the trainer holds the run's lock
+    return pid
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_stopped_sweep_stops_its_trainer_cleans_up_and_reruns_cleanly(data_dir, tmp_path, sig):
+    """A SIGTERM (as `timeout` sends) used to kill the sweep alone: its trainer ran on as an orphan, a
+    rerun started a second trainer on the same run, and /tmp/mstlib-sweep-* stayed."""
+    store = RunStore(tmp_path / "results")
+    run = tiny_run(data_dir, "dense", **{"train.checkpoint_interval": 3})
+    runs_file = tmp_path / "runs.json"
+    sweep.write_runs_file([run], runs_file)
+    hold = Hold(tmp_path, step=7)
+    proc = _sweep_process(runs_file, store, hold, tmp_path)
+    trainer = None
+    try:
+        trainer = _trainer_pid(store, run, hold, proc)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + sig, err[-2000:]
+        assert f"sweep stopped by {signal.Signals(sig).name}" in err and "run the same command again" in err
+        assert not alive(trainer), "the trainer outlived its sweep"
+        assert not list((tmp_path / "tmpdir").glob("mstlib-sweep-*"))  # no temporary folder left
+        assert not store.is_done(run)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if trainer and alive(trainer):
+            os.kill(trainer, signal.SIGKILL)
+    if sig != signal.SIGTERM:
+        return
+    # the rerun resumes from the checkpoint at step 6: every step logged once
+    hold.release()
+    rerun = _sweep_process(runs_file, store, hold, tmp_path)
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err[-2000:] + out[-2000:]
+    assert store.is_done(run)
+    assert pd.read_csv(store.run_dir(run) / "log.csv")["step"].tolist() == list(range(12))
+
+
+def test_a_sweep_killed_with_sigkill_takes_its_trainer_with_it(data_dir, tmp_path):
+    store = RunStore(tmp_path / "results")
+    run = tiny_run(data_dir, "dense")
+    runs_file = tmp_path / "runs.json"
+    sweep.write_runs_file([run], runs_file)
+    hold = Hold(tmp_path, step=2)
+    proc = _sweep_process(runs_file, store, hold, tmp_path)
+    trainer = None
+    try:
+        trainer = _trainer_pid(store, run, hold, proc)
+        proc.kill()
+        proc.wait(timeout=60)
+        wait_until(lambda: not alive(trainer), 30, "the orphaned trainer to die")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if trainer and alive(trainer):
+            os.kill(trainer, signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------- a corrupt store
+
+
+def test_a_corrupt_done_run_is_reported_by_name_and_skipped_never_fatal(data_dir, tmp_path, capsys):
+    """A truncated metrics.json of a done run used to make the sweep train the rest, then raise in its
+    report: no report, no pack."""
+    store = RunStore(tmp_path / "results")
+    good = tiny_run(data_dir, "dense", **{"train.max_iters": 2})
+    broken = tiny_run(data_dir, "dense", **{"train.max_iters": 2, "seed": 1})
+    _fake_train(broken, store)
+    metrics = store.run_dir(broken) / "metrics.json"
+    metrics.write_text(metrics.read_text()[:7])
+    runs_file = tmp_path / "runs.json"
+    sweep.write_runs_file([good, broken], runs_file)
+    pack = tmp_path / "out.tar.gz"
+    rc = cli.main(["sweep", "--runs", str(runs_file), "--device", "cpu", "--results", str(store.root),
+                   "--pack", str(pack)])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert store.is_done(good)  # the rest was trained
+    line = next(line for line in out.splitlines() if broken.run_id() in line and "corrupt" in line)
+    assert "corrupt" in line
+    assert f"{broken.run_id()} is corrupt, skipped" in out and "metrics.json is not valid JSON" in out
+    assert "--no-resume" in out  # what to do about it
+    assert f"1 stored run(s) are corrupt and were skipped: {broken.run_id()}" in err
+    with tarfile.open(pack) as tar:
+        names = tar.getnames()
+        manifest = json.loads(tar.extractfile(sweep.MANIFEST).read())
+    assert f"smoke/dense/{good.run_id()}/metrics.json" in names
+    assert not [n for n in names if broken.run_id() in n]
+    entry = next(r for r in manifest["runs"] if r["run_id"] == broken.run_id())
+    assert "metrics.json is not valid JSON" in entry["corrupt"] and not entry["done"]
+    # --pack-only says what is wrong too
+    assert cli.main(["sweep", "--runs", str(runs_file), "--results", str(store.root), "--pack-only",
+                     "--pack", str(pack)]) == 1
+    assert f"{broken.run_id()} is corrupt, left out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--workers", "--per-gpu", "--gpus"])
+def test_worker_counts_must_be_positive(tmp_path, flag):
+    """--workers 0 silently became 1, --per-gpu 0 divided by zero on a GPU machine."""
+    runs_file = tmp_path / "runs.json"
+    sweep.write_runs_file([presets.make("smoke", "dense")], runs_file)
+    assert cli.main(["sweep", "--runs", str(runs_file), "--device", "cpu", "--results", str(tmp_path / "r"),
+                     flag, "0"]) == 2

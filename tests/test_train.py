@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -438,3 +439,253 @@ def test_token_ids_beyond_the_vocabulary_are_a_data_error_not_an_index_error(dat
     ok_for_gpt2 = _corrupt_copy(data_dir, tmp_path / "b", ids=np.full(20_000, 600))  # < 50257, >= 512
     with pytest.raises(DataError, match="model's vocab_size is 512"):
         T.train(tiny_run(ok_for_gpt2), RunStore(tmp_path / "results"), device="cpu", progress=False)
+
+
+# ------------------------------------------------------------------------ one writer, safe retrains
+
+
+_HOLD_SITECUSTOMIZE = '''
+import os
+_spec = os.environ.get("MSTLIB_TEST_HOLD")
+if _spec:  # "<step>:<release file>": training waits before reading the batch of <step> until the file exists
+    import time
+    from pathlib import Path
+    import mstlib.train as _T
+
+    _step, _release = _spec.split(":", 1)
+    _get = _T.Batches.get
+
+    def _held_get(self, *key):
+        if key == (int(_step), 0):
+            Path(_release + ".reached").write_text(str(os.getpid()))
+            while not os.path.exists(_release):
+                time.sleep(0.05)
+        return _get(self, *key)
+
+    _T.Batches.get = _held_get
+'''
+
+
+class Hold:
+    """Makes trainers started in other processes (``python -m mstlib ...``) wait at a step until released,
+    through a ``sitecustomize`` on their PYTHONPATH: a run caught in the middle, deterministically."""
+
+    def __init__(self, tmp: Path, step: int) -> None:
+        self.dir = tmp / "hold"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "sitecustomize.py").write_text(_HOLD_SITECUSTOMIZE)
+        self.release_file = self.dir / "release"
+        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(self.dir), str(REPO)]),
+                    "MSTLIB_TEST_HOLD": f"{step}:{self.release_file}", "OMP_NUM_THREADS": "1"}
+
+    def wait_reached(self, proc: subprocess.Popen | None = None, timeout_s: float = 120) -> int:
+        """The PID of the first process that reached the step."""
+        reached = Path(f"{self.release_file}.reached")
+        deadline = time.monotonic() + timeout_s
+        while not reached.is_file() or not reached.read_text():
+            assert proc is None or proc.poll() is None, f"exited with {proc.returncode} before the hold"
+            assert time.monotonic() < deadline, "never reached the hold"
+            time.sleep(0.05)
+        return int(reached.read_text())
+
+    def release(self) -> None:
+        self.release_file.write_text("go")
+
+
+def train_command(run, store: RunStore, cfg: Path, *extra: str) -> list[str]:
+    cfg.write_text(json.dumps(run.to_dict()))
+    return [sys.executable, "-m", "mstlib", "train", "--config", str(cfg), "--results", str(store.root),
+            "--checkpoints", str(store.checkpoints), "--device", "cpu", "--no-progress", *extra]
+
+
+def logged_steps(store: RunStore, run) -> list[int]:
+    return pd.read_csv(store.run_dir(run) / "log.csv")["step"].tolist()
+
+
+def test_a_second_trainer_of_the_same_run_refuses_at_once_naming_the_first(data_dir, tmp_path):
+    """Both used to exit 0 and mark the run done, with every step twice in its log."""
+    run = tiny_run(data_dir, "dense", **{"train.checkpoint_interval": 3})
+    store = RunStore(tmp_path / "results")
+    hold = Hold(tmp_path, step=7)
+    first = subprocess.Popen(train_command(run, store, tmp_path / "run.json"), env=hold.env, cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert hold.wait_reached(first) == first.pid
+        second = subprocess.run(train_command(run, store, tmp_path / "run.json"), cwd=REPO, capture_output=True,
+                                text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert f"being trained by process {first.pid}" in second.stderr and f"kill {first.pid}" in second.stderr
+        hold.release()
+        out, err = first.communicate(timeout=300)
+        assert first.returncode == 0, err[-2000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert store.is_done(run) and logged_steps(store, run) == list(range(12))
+
+
+def test_a_lock_left_by_a_dead_trainer_is_taken_over(data_dir, tmp_path):
+    run = tiny_run(data_dir, "dense", **{"train.max_iters": 2})
+    store = RunStore(tmp_path / "results")
+    lock = store.lock(run).path
+    lock.parent.mkdir(parents=True)
+    lock.write_text("999999\n")  # the PID of a trainer that died, its flock gone with it
+    assert T.train(run, store, device="cpu", progress=False).done
+
+
+def test_no_resume_keeps_the_done_result_until_the_new_one_is_done(data_dir, tmp_path):
+    """Retraining a done run from scratch used to delete done, metrics.json and eval.json first: stopped
+    or killed mid-run, the finished result was gone, and a plain train then refused the stale checkpoint."""
+    run = tiny_run(data_dir, "dense", **{"train.checkpoint_interval": 3})
+    store = RunStore(tmp_path / "results")
+    T.train(run, store, device="cpu", progress=False)
+    store.write_eval(run, {"tasks": {"x": 1}})
+    d, ckpt = store.run_dir(run), store.checkpoint_path(run)
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    ckpt_before = ckpt.read_bytes()
+
+    stopped = T.train(run, store, device="cpu", progress=False, resume=False, stop_after=6)  # a retrain cut short
+    assert not stopped.done and stopped.path != d
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before and ckpt.read_bytes() == ckpt_before
+    assert [r.run_id for r in store.find(done_only=False)] == [run.run_id()]  # the retrain is not listed
+    assert store.load(run).eval == {"tasks": {"x": 1}} and T.load_model(d) is not None
+    assert T.train(run, store, device="cpu", progress=False).metrics == store.load(run).metrics  # plain train: as stored
+
+    # and killed mid-run in another process: the same
+    hold = Hold(tmp_path, step=4)
+    proc = subprocess.Popen(train_command(run, store, tmp_path / "run.json", "--no-resume"), env=hold.env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        hold.wait_reached(proc)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before and ckpt.read_bytes() == ckpt_before
+
+    # run to the end, the new result replaces the old one whole: no eval (a new model), no leftovers
+    new = T.train(run, store, device="cpu", progress=False, resume=False)
+    assert new.done and new.path == d and new.eval is None and not (d / "eval.json").exists()
+    assert logged_steps(store, run) == list(range(12))
+    assert new.metrics["final_val_loss"] == json.loads(before["metrics.json"])["final_val_loss"]  # deterministic
+    assert T.load_checkpoint(ckpt)["step"] == 12
+    leftovers = [p.name for p in d.parent.iterdir() if p.name.startswith(".") and not p.name.endswith(".lock")]
+    leftovers += [p.name for p in ckpt.parent.parent.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_a_damaged_checkpoint_is_refused_and_the_advised_command_works(data_dir, tmp_path, capsys):
+    """A flipped byte used to resume silently (torch.load does not check tensor data)."""
+    from mstlib import cli
+    import shlex
+
+    run = tiny_run(data_dir, "dense", **{"train.max_iters": 6})
+    store = RunStore(tmp_path / "results")
+    T.train(run, store, device="cpu", progress=False, stop_after=3)
+    path = store.checkpoint_path(run)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="is corrupt: its sha256") as err:
+        T.train(run, store, device="cpu", progress=False)
+    command = str(err.value).split("train the run again from scratch: ", 1)[1]
+    argv = shlex.split(command)
+    assert argv[:4] == ["python", "-m", "mstlib", "train"] and "--no-resume" in argv
+    assert cli.main(argv[3:] + ["--device", "cpu", "--no-progress"]) == 0
+    assert store.is_done(run) and T.load_model(store.run_dir(run)) is not None
+    # a done run's damaged checkpoint is refused by evaluation's loader too, with the same advice
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="is corrupt.*--no-resume"):
+        T.load_model(store.run_dir(run))
+
+
+def test_stop_after_must_be_a_positive_number_of_steps(data_dir, tmp_path, capsys):
+    from mstlib import cli
+
+    run = tiny_run(data_dir, "dense")
+    for bad in (-1, 0):
+        with pytest.raises(ConfigError, match="stop_after .* >= 1"):
+            T.train(run, RunStore(tmp_path / "r"), device="cpu", progress=False, stop_after=bad)
+        with pytest.raises(SystemExit) as ex:
+            cli.main(["train", "--stop-after", str(bad)])
+        assert ex.value.code == 2
+        assert f"--stop-after: must be a whole number of steps >= 1, got '{bad}'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------------------- non-finite weights
+
+
+def _poisoning_optimizer(at_step_call: int):
+    """build_optimizer whose ``at_step_call``-th step leaves a NaN in the weights (as an absurd learning
+    rate does after a finite loss and gradient)."""
+    original = T.build_optimizer
+
+    def build(model, run, device):
+        opt = original(model, run, device)
+        step, calls = opt.step, {"n": 0}
+
+        def poisoned_step(*a, **k):
+            out = step(*a, **k)
+            calls["n"] += 1
+            if calls["n"] == at_step_call:
+                with torch.no_grad():
+                    next(model.parameters()).view(-1)[0] = float("nan")
+            return out
+
+        opt.step = poisoned_step
+        return opt
+
+    return build
+
+
+@pytest.mark.parametrize("per_window", [False, True])
+def test_nan_weights_are_never_checkpointed(data_dir, tmp_path, monkeypatch, per_window):
+    """Step 4's update spoils the weights after its loss was measured; the checkpoint after step 5 used to
+    save them and name them the last good one. Both the CPU check and the GPU's per-window check."""
+    run = tiny_run(data_dir, "dense", **{"train.checkpoint_interval": 3, "train.eval_interval": 0,
+                                         "train.log_interval": 6})
+    store = RunStore(tmp_path / "r")
+    monkeypatch.setattr(T, "build_optimizer", _poisoning_optimizer(at_step_call=6))  # step 5, the last before the checkpoint
+    if per_window:
+        monkeypatch.setattr(T, "_check_every_step", lambda device: False)
+    with pytest.raises(TrainingError, match=r"the state after the optimizer step is not finite in model\.transformer") as err:
+        T.train(run, store, device="cpu", progress=False)
+    assert str(store.checkpoint_path(run)) in str(err.value)
+    ck = T.load_checkpoint(store.checkpoint_path(run))
+    assert ck["step"] == 3 and all(torch.isfinite(v).all() for v in ck["model"].values())
+    assert not store.is_done(run)
+
+
+def test_a_nan_validation_loss_is_never_stored_as_done(data_dir, tmp_path, monkeypatch):
+    """The last step's update spoils the weights: its validation loss is NaN. That used to be stored as a
+    done run with a NaN final_val_loss (the issue's lr=Infinity, max_iters=1), beside a checkpoint of those
+    weights."""
+    run = tiny_run(data_dir, "dense", **{"train.checkpoint_interval": 6})
+    store = RunStore(tmp_path / "r")
+    monkeypatch.setattr(T, "build_optimizer", _poisoning_optimizer(at_step_call=12))
+    with pytest.raises(TrainingError, match="the validation loss is nan at step 11"):
+        T.train(run, store, device="cpu", progress=False)
+    assert not store.is_done(run) and not (store.run_dir(run) / "metrics.json").exists()
+    assert T.load_checkpoint(store.checkpoint_path(run))["step"] == 6
+
+
+def test_the_nan_message_advises_a_new_run_and_that_advice_works(data_dir, tmp_path, monkeypatch):
+    """The message used to say to resume "with another setting": another setting is another run id, so no
+    checkpoint of this run is ever resumed with it. It now names settings that make a valid new run."""
+    run = tiny_run(data_dir, "dense", **{"train.max_iters": 4})
+    monkeypatch.setattr(T, "build_model", _poisoning_builder(at_forward=3))
+    with pytest.raises(TrainingError) as err:
+        T.train(run, RunStore(tmp_path / "r"), device="cpu", progress=False)
+    monkeypatch.undo()
+    msg = str(err.value)
+    assert "another setting" not in msg and "new run with its own run id" in msg
+    from mstlib.config import parse_override
+    import re
+
+    changes = dict(parse_override(s) for s in re.findall(r"--set (\S+?=[^\s)]+)", msg))
+    assert set(changes) >= {"train.lr", "train.min_lr"} and changes["train.lr"] < run.train.lr
+    new = run.replace(**changes)
+    assert new.run_id() != run.run_id()
+    assert T.train(new, RunStore(tmp_path / "r"), device="cpu", progress=False).done
