@@ -251,7 +251,7 @@ class RunStore:
         """The stored result of ``run`` (a RunConfig, or a run folder). Works for unfinished runs too
         (``done`` False, empty metrics)."""
         d = self.run_dir(run) if isinstance(run, RunConfig) else Path(run)
-        return load_run_dir(d, self._checkpoints_flag())
+        return load_run_dir(d, self.checkpoints_option())
 
     def find(self, preset: str | None = None, method: str | None = None, done_only: bool = True) -> list[RunResult]:
         """Stored runs, optionally only one preset and/or method, sorted by (preset, method, seed, id). A
@@ -277,13 +277,13 @@ class RunStore:
 
     def _load_or_warn(self, d: Path) -> RunResult | None:
         try:
-            return load_run_dir(d, self._checkpoints_flag())
+            return load_run_dir(d, self.checkpoints_option())
         except CorruptRunError as e:
             warnings.warn(CorruptRunWarning(f"skipped a corrupt run: {e}"), stacklevel=3)
             return None
 
-    def _checkpoints_flag(self) -> Path | None:
-        """The checkpoint root for a command line, None where it is the default one of ``root``."""
+    def checkpoints_option(self) -> Path | None:
+        """The ``--checkpoints`` a command line on this store needs: None where it is ``root``'s default."""
         return None if self.checkpoints == RunStore(self.root).checkpoints else self.checkpoints
 
     # -- training what is missing ----------------------------------------------------------------

@@ -86,6 +86,7 @@ from .config import RunConfig, parse_override
 from .errors import CheckpointError, ConfigError, DataError, RunLockedError, TrainingError
 from .model import GPT, load_state_dict_checked
 from .results import CHECKPOINT, CONFIG, LOG, RunResult, RunStore, read_json, retrain_command
+from .runlock import RunLock
 
 #: Columns of ``log.csv``, one row per optimizer step. ``loss``: mean training loss of the step's global
 #: batch (nats/token); ``lr``; ``grad_norm``: before clipping; ``density``: fraction of the sparse set's
@@ -303,7 +304,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
 
 def _retrain_advice(store: RunStore, run_dir: Path) -> str:
     """What to do about a checkpoint of ``run_dir`` that cannot be used: the command that trains it again."""
-    return f"train the run again from scratch: {retrain_command(run_dir, store._checkpoints_flag())}"
+    return f"train the run again from scratch: {retrain_command(run_dir, store.checkpoints_option())}"
 
 
 def _nonfinite_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
@@ -503,7 +504,7 @@ def train(
             dist.destroy_process_group()
 
 
-def _lock_run(lock: Any, dd: Dist, dev: torch.device) -> None:
+def _lock_run(lock: RunLock, dd: Dist, dev: torch.device) -> None:
     """Rank 0 takes the run's lock; under DDP every rank learns whether it did, so all stop together."""
     refused: RunLockedError | None = None
     if dd.is_main:
