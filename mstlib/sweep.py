@@ -258,7 +258,9 @@ class _StopSignals:
 
     def __enter__(self) -> "_StopSignals":
         if threading.current_thread() is threading.main_thread():
-            self.previous = {s: signal.signal(s, self._handle) for s in self.signals}
+            # a signal ignored on entry stays ignored: nohup's SIGHUP, SIGINT of a script's background job
+            ours = [s for s in self.signals if signal.getsignal(s) is not signal.SIG_IGN]
+            self.previous = {s: signal.signal(s, self._handle) for s in ours}
         return self
 
     def __exit__(self, *exc: object) -> None:

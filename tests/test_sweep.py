@@ -197,7 +197,15 @@ def _sweep_process(runs_file: Path, store: RunStore, hold, tmp: Path) -> subproc
     return subprocess.Popen(
         [sys.executable, "-m", "mstlib", "sweep", "--runs", str(runs_file), "--device", "cpu",
          "--results", str(store.root)],
-        cwd=REPO, env={**hold.env, "TMPDIR": str(tmpdir)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=REPO, env={**hold.env, "TMPDIR": str(tmpdir)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_default_stop_signals)
+
+
+def _default_stop_signals() -> None:
+    """The sweep keeps a signal that was ignored when it started (this test may run as a background job,
+    whose SIGINT is ignored): start it with the default dispositions."""
+    for s in sweep.STOP_SIGNALS:
+        signal.signal(s, signal.SIG_DFL)
 
 
 def _trainer_pid(store: RunStore, run, hold, sweep_proc) -> int:
@@ -260,6 +268,19 @@ def test_a_sweep_killed_with_sigkill_takes_its_trainer_with_it(data_dir, tmp_pat
             proc.kill()
         if trainer and alive(trainer):
             os.kill(trainer, signal.SIGKILL)
+
+
+def test_a_signal_ignored_when_the_sweep_starts_stays_ignored():
+    """Under nohup (SIGHUP ignored) or as a script's background job (SIGINT ignored) the sweep must not
+    start stopping on those signals."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with sweep._StopSignals(sweep.STOP_SIGNALS):
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 # ----------------------------------------------------------------------------- a corrupt store
