@@ -345,3 +345,20 @@ def test_unreadable_eval_json_is_repaired_by_evaluating_again(tmp_path, monkeypa
 
     assert cli.main(argv[3:]) == 0  # the done run is not retrained; its evaluation is redone
     assert evaluated == [run.run_id()] and store.load(run).metrics["final_val_loss"] == 3.0
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_a_retrained_folder_is_swapped_in_whole(tmp_path, monkeypatch, exchange):
+    """With Linux's atomic exchange and with the two-rename fallback (other systems and file systems)."""
+    if not exchange:
+        monkeypatch.setattr(results, "_exchange", lambda a, b: False)
+    dest, new = tmp_path / "abc", tmp_path / ".abc.retrain"
+    for d, text in ((dest, "old"), (new, "new")):
+        d.mkdir()
+        (d / "metrics.json").write_text(text)
+    (dest / "eval.json").write_text("of the old model")
+    results._swap_in(new, dest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["abc"]
+    assert [p.name for p in dest.iterdir()] == ["metrics.json"] and (dest / "metrics.json").read_text() == "new"
+    results._swap_in(tmp_path / "missing", dest)  # nothing retrained (a checkpoint folder that is not there)
+    assert (dest / "metrics.json").read_text() == "new"
