@@ -89,7 +89,13 @@ def test_stored_runs_keep_their_run_ids():
 
     from mstlib.results import RunStore
 
-    runs = RunStore(Path(__file__).resolve().parent.parent / "results").find(done_only=False)
+    import warnings
+
+    from mstlib.errors import CorruptRunWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CorruptRunWarning)  # a stored run that cannot be read fails here too
+        runs = RunStore(Path(__file__).resolve().parent.parent / "results").find(done_only=False)
     assert runs, "no stored runs in results/"
     for r in runs:
         assert r.run.run_id() == r.run_id, r.path
