@@ -208,10 +208,8 @@ def _default_stop_signals() -> None:
         signal.signal(s, signal.SIG_DFL)
 
 
-def _trainer_pid(store: RunStore, run, hold, sweep_proc) -> int:
-    pid = hold.wait_reached(sweep_proc)
-    assert holder(store.lock(run).path) == pid  # the trainer holds the run's lock
-    return pid
+def _assert_holds_the_lock(store: RunStore, run, pid: int) -> None:
+    assert holder(store.lock(run).path) == pid
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
@@ -226,7 +224,8 @@ def test_a_stopped_sweep_stops_its_trainer_cleans_up_and_reruns_cleanly(data_dir
     proc = _sweep_process(runs_file, store, hold, tmp_path)
     trainer = None
     try:
-        trainer = _trainer_pid(store, run, hold, proc)
+        trainer = hold.wait_reached(proc)  # first: the finally below must know whom to clean up
+        _assert_holds_the_lock(store, run, trainer)
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 128 + sig, err[-2000:]
@@ -259,7 +258,8 @@ def test_a_sweep_killed_with_sigkill_takes_its_trainer_with_it(data_dir, tmp_pat
     proc = _sweep_process(runs_file, store, hold, tmp_path)
     trainer = None
     try:
-        trainer = _trainer_pid(store, run, hold, proc)
+        trainer = hold.wait_reached(proc)
+        _assert_holds_the_lock(store, run, trainer)
         proc.kill()
         proc.wait(timeout=60)
         wait_until(lambda: not alive(trainer), 30, "the orphaned trainer to die")
