@@ -152,6 +152,34 @@ if gpu:
                                                                                    "density"]})), display=False)
     glue("contexts", " and ".join(str(c) for c in sorted(set(comp["context"]))), display=False)
 
+# %% tags=["hide-input"]
+# Time saved against counted FLOPs saved, one point per variant, model and compile mode: on the diagonal a
+# FLOP saved is a FLOP's worth of time; below it, the saving does not reach the clock.
+import matplotlib.pyplot as plt
+
+if gpu:
+    points = worth.reset_index().melt(id_vars=["model", "name", "counted FLOPs saved"],
+                                      value_vars=["time saved, compiled", "time saved, CUDA graphs"],
+                                      var_name="mode", value_name="time saved")
+    points["label"] = points["model"] + ", " + points["mode"].str.removeprefix("time saved, ")
+else:
+    d = toy.set_index("variant")
+    points = pd.DataFrame({"name": [NAMES.get(v, v) for v in d.index], "label": "smoke, this machine",
+                           "counted FLOPs saved": 1 - d["flops_per_step"] / d.loc["dense", "flops_per_step"],
+                           "time saved": 1 - 1 / d["ratio_to_dense"]}).query("name != 'dense'")
+fig, ax = plt.subplots(figsize=(7.2, 4.6))
+for label, g in points.groupby("label", sort=False):
+    ax.scatter(100 * g["counted FLOPs saved"], 100 * g["time saved"], s=45, label=label)
+top = 100 * max(points["counted FLOPs saved"].max(), points["time saved"].max(), 0.05)
+ax.plot([0, top], [0, top], ls=":", color="black", lw=1, label="time saved = FLOPs saved")
+ax.axhline(0, color="grey", lw=0.8)
+ax.set_xlabel("counted FLOPs saved against dense (%)")
+ax.set_ylabel("step time saved against dense (%)")
+ax.set_title("What a FLOP saved is worth")
+ax.legend(fontsize="small", loc="upper left")
+fig.tight_layout()
+plt.show()
+
 # %% [markdown]
 # ## Every variant against dense, in both compile modes
 #
