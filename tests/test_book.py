@@ -516,3 +516,11 @@ def test_the_first_page_holds_the_verdicts_and_the_scale(built_book: Path) -> No
     assert len(verdict_rows) >= 6, "the verdict table has a row per claim"
     assert "4x fewer training FLOPs than dense" in text and "the paper (for scale)" in text
     assert any(n.tag == "img" for n in page.iter()), "the headline figure"
+
+
+def test_the_table_of_contents_follows_the_file_numbers() -> None:
+    """A reader who sees chapter 05 after 12 cannot find anything: after the first page, notebooks appear in
+    the order of their numbers."""
+    toc = yaml.safe_load((ROOT / "book/_toc.yml").read_text())
+    chapters = [p for p in toc_files(toc) if p.startswith("notebooks/") and p != toc["root"]]
+    assert chapters == sorted(chapters), chapters
