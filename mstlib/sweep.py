@@ -45,13 +45,14 @@ import tarfile
 import tempfile
 import threading
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator, Sequence
 
 from .config import RunConfig, parse_override
-from .errors import ConfigError, CorruptRunError
+from .errors import ConfigError, CorruptRunError, MstError
 from .provenance import REPO_ROOT, git_state, utc_now
 from .results import CONFIG, DONE, EVAL, RunStore, atomic_write_bytes, atomic_write_json
 from .workers import start_worker, stop_workers
@@ -419,17 +420,26 @@ def unpack(archive: str | os.PathLike[str], store: RunStore, overwrite: bool = F
     ``<preset>/<method>/<run_id>/<known file>``, or runs whose config does not hash to their id)."""
     result: dict[str, list[str]] = {k: [] for k in ("added", "replaced", "same", "conflict", "rejected")}
     runs: dict[tuple[str, str, str], dict[str, bytes]] = {}
-    with tarfile.open(archive, mode="r:gz") as tar:
-        for m in tar.getmembers():
-            if m.name == MANIFEST:
-                continue
-            key = _member_path(m.name)
-            if key is None or not m.isfile():  # links, devices, folders, odd paths: never extracted
-                result["rejected"].append(m.name)
-                continue
-            f = tar.extractfile(m)
-            assert f is not None
-            runs.setdefault(key[:3], {})[key[3]] = f.read()
+    try:
+        # read whole before anything is written: a truncated or corrupt archive changes nothing in the store
+        with tarfile.open(archive, mode="r:gz") as tar:
+            for m in tar.getmembers():
+                if m.name == MANIFEST:
+                    continue
+                key = _member_path(m.name)
+                if key is None or not m.isfile():  # links, devices, folders, odd paths: never extracted
+                    result["rejected"].append(m.name)
+                    continue
+                f = tar.extractfile(m)
+                assert f is not None
+                runs.setdefault(key[:3], {})[key[3]] = f.read()
+    except FileNotFoundError:
+        raise MstError(f"no results pack at {archive}; give the path of a .tar.gz made by `python -m mstlib sweep "
+                       "... --pack`") from None
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise MstError(f"cannot read the results pack {archive}: {e}. It is truncated or corrupt, and nothing was "
+                       "unpacked: copy it again from where it was made, or make it again there with the same "
+                       "`python -m mstlib sweep` arguments plus --pack-only --pack NAME.tar.gz") from e
 
     store.root.mkdir(parents=True, exist_ok=True)
     for (preset, method, run_id), files in sorted(runs.items()):

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from mstlib import cli, presets, sweep
+from mstlib.errors import MstError
 from mstlib.results import RunStore
 from mstlib.runlock import holder
 from test_results import _fake_train
@@ -328,3 +329,25 @@ def test_worker_counts_must_be_positive(tmp_path, flag):
     sweep.write_runs_file([presets.make("smoke", "dense")], runs_file)
     assert cli.main(["sweep", "--runs", str(runs_file), "--device", "cpu", "--results", str(tmp_path / "r"),
                      flag, "0"]) == 2
+
+
+def test_a_truncated_pack_changes_nothing_and_its_advice_works(tmp_path):
+    src, runs = _store_with_runs(tmp_path / "gpu" / "results")
+    runs_file = tmp_path / "runs.json"
+    sweep.write_runs_file(runs, runs_file)
+    pack = tmp_path / "p.tar.gz"
+    sweep.pack(runs, src, pack)
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(pack.read_bytes()[: pack.stat().st_size // 2])  # a transfer that broke off
+    dst = RunStore(tmp_path / "home" / "results")
+    with pytest.raises(MstError, match="truncated or corrupt, and nothing was unpacked") as e:
+        sweep.unpack(cut, dst)
+    assert "--pack-only --pack" in str(e.value)
+    assert not dst.root.exists() or not any(dst.root.rglob("config.json"))
+    with pytest.raises(MstError, match="no results pack at"):
+        sweep.unpack(tmp_path / "nowhere.tar.gz", dst)
+    # the advice: the same sweep arguments where the runs are, plus --pack-only --pack NAME.tar.gz
+    again = tmp_path / "again.tar.gz"
+    assert cli.main(["sweep", "--runs", str(runs_file), "--results", str(src.root), "--pack-only",
+                     "--pack", str(again)]) == 0
+    assert sorted(sweep.unpack(again, dst)["added"]) == sorted(r.run_id() for r in runs)
