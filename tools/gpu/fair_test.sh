@@ -36,12 +36,13 @@ run)
   echo "$(date -u +%T) first: $(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' .gpu/runs/first.json) runs"
   sweep .gpu/runs/first.json "$PER_GPU" & FIRST=$!
   # the chosen schedule exists once the search's runs are done: then write the runs that use it, minus first's
-  until python3 -c "from mstlib import ladder; from mstlib.results import RunStore; ladder.chosen_schedule('$PRESET', RunStore('$R'))" 2>/dev/null; do
+  [ -s .gpu/runs/chosen.txt ] || echo "$(date -u +%T) no chosen.txt: the chosen schedule's runs are in first.json"
+  [ -s .gpu/runs/chosen.txt ] && until python3 -c "from mstlib import ladder; from mstlib.results import RunStore; ladder.chosen_schedule('$PRESET', RunStore('$R'))" 2>/dev/null; do
     kill -0 $FIRST 2>/dev/null || { echo "$(date -u +%T) first ended before the search was complete: no chosen runs"; break; }
     sleep 15
   done
   CHOSEN=
-  if python3 -c "from mstlib import ladder; from mstlib.results import RunStore; ladder.chosen_schedule('$PRESET', RunStore('$R'))" 2>/dev/null; then
+  if [ -s .gpu/runs/chosen.txt ] && python3 -c "from mstlib import ladder; from mstlib.results import RunStore; ladder.chosen_schedule('$PRESET', RunStore('$R'))" 2>/dev/null; then
   for e in $(cat .gpu/runs/chosen.txt); do
     python3 -m mstlib sweep --experiment "$e" --preset "$PRESET" --results "$R" --write-runs "$C/$e.json" >/dev/null
   done
