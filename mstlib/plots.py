@@ -82,11 +82,13 @@ def _axes(ax: Optional[Axes], figsize: tuple[float, float] = (7.0, 4.2)) -> Axes
 
 
 def _legend_below(ax: Axes) -> None:
-    """Legend under the axes (two columns), where it cannot cover a curve or a point."""
+    """Legend under the axes, where it cannot cover a curve or a point: two columns of short labels, one
+    column of long ones (two columns of long labels run wider than the axes, into a neighbour's legend)."""
     handles, labels = ax.get_legend_handles_labels()
     if handles:
+        ncol = 2 if len(labels) > 1 and max(len(s) for s in labels) <= 28 else 1
         ax.legend(handles, labels, fontsize="small", frameon=False, loc="upper center",
-                  bbox_to_anchor=(0.5, -0.16), ncol=2 if len(labels) > 1 else 1)
+                  bbox_to_anchor=(0.5, -0.16), ncol=ncol)
 
 
 def _ci_row(values: Sequence[float], level: float) -> tuple[float, float, float, int]:
