@@ -42,6 +42,7 @@ from typing import Iterable, Literal, Sequence
 import pandas as pd
 
 from .errors import MstError
+from .tables import number
 from .stats import LineFit, MeanCI, difference_ci, holm as holm_adjust, mean_ci, paired_ci, t_cdf, t_quantile
 
 Outcome = Literal["reproduced", "not reproduced", "inconclusive"]
@@ -77,13 +78,13 @@ class Verdict:
 
     @property
     def interval(self) -> str:
-        """``"[lo, hi]"`` (4 significant digits), ``"exact"`` for a computed quantity, or
+        """``"[lo, hi]"`` (4 significant digits, as :func:`mstlib.tables.number` writes them), ``"exact"`` for a computed quantity, or
         ``"no interval (n=1)"``."""
         if self.exact:
             return "exact (computed)"
         if not (math.isfinite(self.lo) and math.isfinite(self.hi)):
             return f"no interval (n={self.n})"
-        return f"[{self.lo:.4g}, {self.hi:.4g}]"
+        return f"[{number(self.lo)}, {number(self.hi)}]"
 
 
 def _finite(values: Iterable[float], what: str) -> list[float]:

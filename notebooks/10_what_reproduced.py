@@ -74,7 +74,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from mstlib import verdicts
+from mstlib import tables, verdicts
 
 pd.set_option("display.max_colwidth", None)
 notebook.start_page(preset, seeds, note=(
@@ -118,19 +118,38 @@ overview.style.map(lambda v: COLOURS.get(v, ""), subset=["verdict"]).set_propert
 # ## The evidence, comparison by comparison
 #
 # One table per claim. "estimate" is the quantity its rule reads (a difference, a gain, a factor or a
-# slope), with its 95% interval; "n" is the number of seeds (paired) or runs; "p (Holm)" is the adjusted
-# p-value of the secondary comparisons; "rule" refers to the table of rules after these.
+# slope) with its 95% interval; "n" is the number of seeds (paired) or runs; "p (Holm)" is the adjusted
+# p-value of the secondary comparisons; "rule" refers to the table of rules after these; "scope" to the
+# list under each table. Comparisons whose runs are not stored yet are listed under their table.
 
 # %% tags=["hide-input"]
 flat = [v for vs in book.parts.values() for v in vs]
 ids = {r: f"R{i + 1}" for i, r in enumerate(dict.fromkeys(v.rule for v in flat))}  # numbered across the page
+
+
+def estimate_text(v: verdicts.Verdict) -> str:
+    if v.exact:
+        return f"{tables.number(v.estimate)} (exact)"
+    return f"{tables.number(v.estimate)} " + (v.interval if math.isfinite(v.lo) else f"(n={v.n})")
+
+
 for i, (name, vs) in enumerate(book.parts.items(), 1):
-    table = verdicts.verdict_table(vs)
-    table["rule"] = [ids[v.rule] for v in vs]
-    table["estimate"] = [("" if math.isnan(v.estimate) else f"{v.estimate:.4g}") for v in vs]
-    table = table[["comparison", "verdict", "estimate", "95% interval", "n", "p (Holm)", "rule", "scope", "note"]]
+    have = [v for v in vs if not math.isnan(v.estimate)]
+    waiting = [v for v in vs if math.isnan(v.estimate)]
+    scopes = {s: chr(ord("a") + k) for k, s in enumerate(dict.fromkeys(v.scope for v in have))}
     display(Markdown(f"**{i}. {name}**"))
-    display(table.style.map(lambda v: COLOURS.get(v, ""), subset=["verdict"]).hide(axis="index"))
+    if have:
+        table = pd.DataFrame([{"comparison": v.claim, "verdict": v.outcome,
+                               "estimate [95% interval]": estimate_text(v), "n": v.n,
+                               "p (Holm)": "" if math.isnan(v.p_holm) else f"{v.p_holm:.2g}",
+                               "rule": ids[v.rule], "scope": scopes[v.scope]} for v in have])
+        display(table.style.map(lambda c: COLOURS.get(c, ""), subset=["verdict"]).hide(axis="index"))
+    lines = [f"- scope {k}: {s}" for s, k in scopes.items()]
+    lines += [f"- note on {v.claim}: {v.note}" for v in have if v.note]
+    if waiting:
+        lines.append(f"- not stored yet ({len(waiting)}, inconclusive until trained): "
+                     + "; ".join(v.claim for v in waiting))
+    display(Markdown("\n".join(lines)))
 
 # %% tags=["hide-input"]
 verdicts.rules_table(flat).style.hide(axis="index")
@@ -174,20 +193,24 @@ fig.tight_layout()
 # %% tags=["hide-input"]
 # The claims in words, from the verdicts above (never typed by hand).
 def say(v: verdicts.Verdict) -> str:
-    if math.isnan(v.estimate):
-        return f"{v.claim}: {v.note}"
     if v.exact:
         return f"{v.claim}: {v.estimate:.2f}x (exact)"
     unit = ("nats per doubling" if "doubling" in v.quantity else
             "in perplexity" if "perplexity" in v.quantity else "nats")
-    ci = f" [{v.lo:+.4g}, {v.hi:+.4g}]" if math.isfinite(v.lo) else " (no interval)"
-    return f"{v.claim}: {v.estimate:+.4g} {unit}{ci}, {v.outcome}"
+    ci = f" {v.interval}" if math.isfinite(v.lo) else " (no interval)"
+    return f"{v.claim}: {'+' if v.estimate > 0 else ''}{tables.number(v.estimate)} {unit}{ci}, {v.outcome}"
+
+
+def said(vs: list[verdicts.Verdict]) -> str:
+    have = [say(v) for v in vs if not math.isnan(v.estimate)]
+    waiting = sum(math.isnan(v.estimate) for v in vs)
+    return "; ".join(have + ([f"{waiting} comparison(s) not stored yet"] if waiting else [])) or "nothing stored yet"
 
 
 text = [f"All numbers are from the `{preset}` preset and the fair test; differences in validation loss are in "
         "nats per token, a gain is the baseline's loss minus MST's (positive = MST better).", ""]
 for i, c in enumerate(book.claims, 1):
-    text.append(f"{i}. **{c.claim}: {c.outcome}.** " + "; ".join(say(v) for v in book.parts[c.claim]) + ".")
+    text.append(f"{i}. **{c.claim}: {c.outcome}.** " + said(book.parts[c.claim]) + ".")
 display(Markdown("\n".join(text)))
 for i, c in enumerate(book.claims, 1):
     glue(f"v_{i}", c.outcome, display=False)
@@ -209,15 +232,16 @@ glue("loss_margin", loss_margin, display=False)
 # chapters; here are their means, and none of them enters a verdict.
 
 # %% tags=["hide-input"]
-floor = []
+floor = {}
 for col, what in claims.UNINFORMATIVE.items():
     if col not in book.main.columns:
         continue
+    row = {method: f"{pd.to_numeric(g[col]).mean():.3f}" for method, g in book.main.groupby("method", sort=False)}
     majority = col.replace(".acc", ".majority_acc")
-    for method, g in book.main.groupby("method", sort=False):
-        floor.append({"metric": what, "method": method, "mean": f"{pd.to_numeric(g[col]).mean():.3f}",
-                      "majority class": (f"{pd.to_numeric(g[majority]).mean():.3f}" if majority in g else "")})
-pd.DataFrame(floor) if floor else Markdown("No evaluation results are stored for the main table.")
+    row["majority class"] = f"{pd.to_numeric(book.main[majority]).mean():.3f}" if majority in book.main else ""
+    floor[what] = row
+(pd.DataFrame.from_dict(floor, orient="index").rename_axis("metric (mean over seeds)").style
+ if floor else Markdown("No evaluation results are stored for the main table."))
 
 # %% [markdown]
 # ## Why MST loses at our scale

@@ -39,6 +39,8 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 #: Chromium composites a capture in one surface; beyond a few thousand pixels tall it repeats or blanks
 #: tiles, so tall pages are captured in slices of this height and stitched.
 SLICE_PX = 4000
+#: pages up to this height are captured in one window as tall as the page (Chromium's texture limit is 16384)
+TALL_PX = 16000
 
 # Waits for what changes the layout after the load event: MathJax's typesetting and the web fonts.
 SETTLE_JS = """
@@ -211,16 +213,25 @@ def render(browser: Browser, session: str, url: str, width: int) -> dict[str, An
 
 
 def capture(browser: Browser, session: str, width: int, height: int):
+    """The whole page as one picture. A page up to TALL_PX is laid out in a window as tall as itself and
+    captured at once (captured beyond a 1000 px window, Chromium 150 shifted some tall pages sideways by
+    the sidebar's width); a taller one in slices."""
     from PIL import Image
+    import base64
 
+    if height <= TALL_PX:
+        browser.send("Emulation.setDeviceMetricsOverride",
+                     {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session)
+        browser.evaluate(SETTLE_JS, session)
+        shot = browser.send("Page.captureScreenshot", {"format": "png"}, session)
+        page = Image.open(io.BytesIO(base64.b64decode(shot["data"]))).convert("RGB")
+        return page.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     page = Image.new("RGB", (width, height), "white")
     for top in range(0, height, SLICE_PX):
         h = min(SLICE_PX, height - top)
         shot = browser.send("Page.captureScreenshot", {
             "format": "png", "captureBeyondViewport": True,
             "clip": {"x": 0, "y": top, "width": width, "height": h, "scale": 1}}, session)
-        import base64
-
         page.paste(Image.open(io.BytesIO(base64.b64decode(shot["data"]))).convert("RGB"), (0, top))
     return page.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
 
