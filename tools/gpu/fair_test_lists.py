@@ -36,7 +36,7 @@ def _cost(run: RunConfig) -> float:
     return run.train.max_iters * run.train.batch_size * run.train.grad_accum * (m.n_layer * m.n_embd ** 2 + 1e5)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="mini")
     ap.add_argument("--out", default=".gpu/runs")
@@ -44,7 +44,7 @@ def main() -> int:
     ap.add_argument("--rungs", nargs="+", default=None, help="rungs whose baselines go first (default: the first)")
     ap.add_argument("--seeds", nargs="+", type=int, default=None, help="only these of the rungs' seeds")
     ap.add_argument("--no-gap", action="store_true", help="leave out the gap's diagnostics")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     store = RunStore(args.results)
     names = args.rungs or [ladder.selection_rung(args.preset).name]
     candidates = {s.name for s in ladder.SCHEDULES}
