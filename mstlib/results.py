@@ -5,7 +5,8 @@ Layout (``root`` is ``results/`` by default; checkpoints live apart, in ``checkp
     results/<preset>/<method>/<run_id>/
         config.json       the full RunConfig (RunConfig.from_dict reads it back)
         provenance.json   git commit, seed, package versions, device, world size, UTC times, wall time
-        log.csv           one row per optimizer step (see mstlib.train.LOG_COLUMNS)
+        log.csv           one row per optimizer step (see mstlib.train.LOG_COLUMNS); log.csv.gz instead
+                          in the book's store once done (sweep --unpack, RunStore.compress_logs)
         metrics.json      final losses, tokens, tokens/s, training FLOPs, peak memory
         eval.json         written later by mstlib.evaluate
         done              written last: a run is complete exactly when this file exists
@@ -29,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import gzip
 import json
 import os
 import shlex
@@ -52,6 +54,8 @@ CONFIG = "config.json"
 PROVENANCE = "provenance.json"
 METRICS = "metrics.json"
 LOG = "log.csv"
+#: the log of a done run as the book's store keeps it (``sweep --unpack`` writes it; a third of the size)
+LOG_GZ = "log.csv.gz"
 EVAL = "eval.json"
 DONE = "done"
 CHECKPOINT = "ckpt.pt"
@@ -96,6 +100,36 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, text)
 
 
+def gzip_log(data: bytes) -> bytes:
+    """A log's bytes gzip-compressed the same way every time (no time stamp, no file name)."""
+    return gzip.compress(data, compresslevel=9, mtime=0)
+
+
+def stored_files(files: dict[str, bytes]) -> dict[str, bytes]:
+    """A done run's files as the book's store keeps them: ``log.csv`` as ``log.csv.gz`` (GPT-2 logs are a
+    third of the size compressed, and every stored run travels with the working tree to the GPU machine).
+    A run not done keeps its plain log: its trainer appends to it on resume."""
+    if DONE not in files or LOG not in files:
+        return dict(files)
+    out = {n: b for n, b in files.items() if n != LOG}
+    out[LOG_GZ] = gzip_log(files[LOG])
+    return out
+
+
+def same_files(folder: Path, files: dict[str, bytes]) -> bool:
+    """Whether ``folder`` holds exactly the content of ``files``, a log compared by its text (plain or
+    compressed, on either side)."""
+    def text(d: dict[str, bytes]) -> dict[str, bytes]:
+        d = dict(d)
+        if LOG_GZ in d:
+            d[LOG] = gzip.decompress(d.pop(LOG_GZ))
+        return d
+    here = {n: (folder / n).read_bytes() for n in (*files, LOG, LOG_GZ) if (folder / n).is_file()}
+    want = text(files)
+    return all(text(here).get(n) == b for n, b in want.items())
+
+
+
 def read_json(path: str | os.PathLike[str]) -> Any:
     """The JSON value in ``path``: MstError when it is missing, CorruptRunError when it does not parse."""
     try:
@@ -136,6 +170,8 @@ class RunResult:
         import pandas as pd
 
         path = self.path / LOG
+        if not path.is_file() and (self.path / LOG_GZ).is_file():
+            path = self.path / LOG_GZ  # pandas reads it by its ending
         if not path.is_file():
             raise MstError(f"{path} does not exist: the run has not logged a step yet")
         return pd.read_csv(path)
@@ -218,7 +254,7 @@ class RunStore:
         d = self.run_dir(run)
         d.mkdir(parents=True, exist_ok=True)
         if fresh:
-            for name in (DONE, METRICS, EVAL, LOG):
+            for name in (DONE, METRICS, EVAL, LOG, LOG_GZ):
                 (d / name).unlink(missing_ok=True)
         else:
             (d / DONE).unlink(missing_ok=True)
@@ -266,6 +302,24 @@ class RunStore:
                 out.append(res)
         out.sort(key=lambda r: (r.run.preset, r.run.method, r.run.seed, r.run_id))
         return out
+
+    def compress_logs(self) -> int:
+        """Store the log of every done run as ``log.csv.gz`` (see :func:`stored_files`); a run still
+        training keeps its plain log. Each log is replaced atomically. Returns how many were compressed."""
+        n = 0
+        for log in sorted(self.root.glob(f"*/*/*/{LOG}")):
+            d = log.parent
+            if any(part.startswith(".") for part in d.relative_to(self.root).parts) or not (d / DONE).is_file():
+                continue
+            try:  # a run folder is named by its config's run id; anything else here is not the store's
+                if RunConfig.from_dict(json.loads((d / CONFIG).read_text())).run_id() != d.name:
+                    continue
+            except (OSError, ValueError):
+                continue
+            atomic_write_bytes(d / LOG_GZ, gzip_log(log.read_bytes()))
+            log.unlink()
+            n += 1
+        return n
 
     def table(self, runs: Iterable[RunResult | RunConfig]) -> "pd.DataFrame":
         """One row per run: config fields flattened to dotted columns, metrics, and ``eval.*`` columns. A

@@ -54,13 +54,14 @@ from typing import Any, Callable, Iterator, Sequence
 from .config import RunConfig, parse_override
 from .errors import ConfigError, CorruptRunError, MstError
 from .provenance import REPO_ROOT, git_state, utc_now
-from .results import CONFIG, DONE, EVAL, RunStore, atomic_write_bytes, atomic_write_json
+from .results import (CONFIG, DONE, EVAL, LOG_GZ, RunStore, atomic_write_bytes, atomic_write_json, same_files,
+                      stored_files)
 from .workers import start_worker, stop_workers
 
 #: The per-run output file a sweep writes into each run folder.
 RUN_LOG = "train.log"
 #: Files that may travel in a pack (checkpoints never do).
-PACKABLE = ("config.json", "provenance.json", "metrics.json", "log.csv", "eval.json", "done", RUN_LOG)
+PACKABLE = ("config.json", "provenance.json", "metrics.json", "log.csv", LOG_GZ, "eval.json", "done", RUN_LOG)
 MANIFEST = "MANIFEST.json"
 #: The signals that stop a sweep and its workers.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -457,7 +458,7 @@ def unpack(archive: str | os.PathLike[str], store: RunStore, overwrite: bool = F
         dest = store.root / preset / method / run_id
         incoming_done = DONE in files
         if dest.exists():
-            same = all((dest / n).is_file() and (dest / n).read_bytes() == b for n, b in files.items())
+            same = same_files(dest, files)
             local_done = (dest / DONE).is_file()
             if same:
                 result["same"].append(run_id)
@@ -471,7 +472,7 @@ def unpack(archive: str | os.PathLike[str], store: RunStore, overwrite: bool = F
         # stage the whole run beside its destination, then move it into place in one rename
         dest.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{run_id}.", dir=dest.parent))
-        for n, b in files.items():
+        for n, b in stored_files(files).items():
             (stage / n).write_bytes(b)
         if dest.exists():
             old = dest.with_name(f".{run_id}.old")

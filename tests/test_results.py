@@ -146,6 +146,27 @@ def _fake_train(run: RunConfig, store: RunStore, **_: Any) -> results.RunResult:
     return store.load(run)
 
 
+def test_done_logs_are_stored_compressed_and_read_the_same(tmp_path):
+    store = RunStore(tmp_path / "results")
+    done, training = presets.make("smoke", "dense", seed=0), presets.make("smoke", "dense", seed=1)
+    _fake_train(done, store)
+    store.begin(training, {}, fresh=True)
+    (store.run_dir(training) / results.LOG).write_text("step,loss\n0,2.0\n")
+    before = store.load(done).log()
+    assert store.compress_logs() == 1 and store.compress_logs() == 0
+    d = store.run_dir(done)
+    assert not (d / results.LOG).exists() and (d / results.LOG_GZ).is_file()
+    assert (store.run_dir(training) / results.LOG).is_file()  # its trainer appends to it on resume
+    assert store.load(done).log().equals(before)
+    # the same text compresses to the same bytes (no time stamp): a stored run does not change in git
+    assert results.gzip_log(b"step,loss\n0,1.0\n") == (d / results.LOG_GZ).read_bytes()
+    assert results.same_files(d, {results.LOG: b"step,loss\n0,1.0\n"})
+    assert not results.same_files(d, {results.LOG: b"step,loss\n0,1.5\n"})
+    # a fresh start removes the compressed log too
+    store.begin(done, {}, fresh=True)
+    assert not (d / results.LOG_GZ).exists()
+
+
 def test_store_layout_load_find_and_table(tmp_path):
     store = RunStore(tmp_path / "results")
     assert store.checkpoints == tmp_path / "checkpoints" / "results"

@@ -96,6 +96,21 @@ def test_unpack_merges_and_keeps_local_results(tmp_path):
     assert not [p for p in dst.run_dir(runs[1]).parent.iterdir() if p.name.startswith(".")]
 
 
+def test_unpack_stores_done_logs_compressed_and_still_knows_them(tmp_path):
+    src, runs = _store_with_runs(tmp_path / "gpu" / "results")
+    pack = tmp_path / "p.tar.gz"
+    sweep.pack(runs, src, pack)
+    dst = RunStore(tmp_path / "home" / "results")
+    sweep.unpack(pack, dst)
+    d = dst.run_dir(runs[0])
+    assert (d / "log.csv.gz").is_file() and not (d / "log.csv").exists()
+    assert dst.load(runs[0]).log().equals(src.load(runs[0]).log())
+    assert len(sweep.unpack(pack, dst)["same"]) == len(runs)  # compressed here, plain in the pack: the same
+    src.compress_logs()  # and a pack of compressed logs (the book's store packed again) is the same too
+    sweep.pack(runs, src, tmp_path / "q.tar.gz")
+    assert len(sweep.unpack(tmp_path / "q.tar.gz", dst)["same"]) == len(runs)
+
+
 def _add(tar: tarfile.TarFile, name: str, data: bytes = b"x", kind: bytes = tarfile.REGTYPE, link: str = "") -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data) if kind == tarfile.REGTYPE else 0
