@@ -52,7 +52,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator, Sequence
 
 from .config import RunConfig, parse_override
-from .errors import ConfigError, CorruptRunError, MstError
+from .errors import ConfigError, CorruptRunError, MstError, RunLockedError
 from .provenance import REPO_ROOT, git_state, utc_now
 from .results import (CONFIG, DONE, EVAL, LOG_GZ, RunStore, atomic_write_bytes, atomic_write_json, same_files,
                       stored_files)
@@ -417,9 +417,10 @@ def _member_path(name: str) -> tuple[str, str, str, str] | None:
 
 def unpack(archive: str | os.PathLike[str], store: RunStore, overwrite: bool = False) -> dict[str, list[str]]:
     """Merge a pack into ``store``; returns run ids by outcome: ``added``, ``replaced``, ``same``,
-    ``conflict`` (done here with different files: kept), ``rejected`` (members that are not plain files at
+    ``conflict`` (done here with different files: kept), ``busy`` (being trained here: its lock is held, so
+    it is left alone), ``rejected`` (members that are not plain files at
     ``<preset>/<method>/<run_id>/<known file>``, or runs whose config does not hash to their id)."""
-    result: dict[str, list[str]] = {k: [] for k in ("added", "replaced", "same", "conflict", "rejected")}
+    result: dict[str, list[str]] = {k: [] for k in ("added", "replaced", "same", "conflict", "busy", "rejected")}
     runs: dict[tuple[str, str, str], dict[str, bytes]] = {}
     try:
         # read whole before anything is written: a truncated or corrupt archive changes nothing in the store
@@ -455,36 +456,46 @@ def unpack(archive: str | os.PathLike[str], store: RunStore, overwrite: bool = F
         if not valid:
             result["rejected"].append(f"{preset}/{method}/{run_id}")
             continue
-        dest = store.root / preset / method / run_id
-        incoming_done = DONE in files
-        if dest.exists():
-            same = same_files(dest, files)
-            local_done = (dest / DONE).is_file()
-            if same:
-                result["same"].append(run_id)
-                continue
-            if local_done and not overwrite:
-                result["conflict"].append(run_id)
-                continue
-            if not incoming_done and local_done:
-                result["conflict"].append(run_id)
-                continue
-        # stage the whole run beside its destination, then move it into place in one rename
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{run_id}.", dir=dest.parent))
-        for n, b in stored_files(files).items():
-            (stage / n).write_bytes(b)
-        if dest.exists():
-            old = dest.with_name(f".{run_id}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(dest, old)
-            os.replace(stage, dest)
-            shutil.rmtree(old, ignore_errors=True)
-            result["replaced"].append(run_id)
-        else:
-            os.replace(stage, dest)
-            result["added"].append(run_id)
+        lock = store.lock(run)
+        try:  # one writer per run: never replace a run while a trainer writes it
+            lock.acquire()
+        except RunLockedError:
+            result["busy"].append(run_id)
+            continue
+        try:
+            _unpack_run(store, preset, method, run_id, files, overwrite, result)
+        finally:
+            lock.release()
     return result
+
+
+def _unpack_run(store: RunStore, preset: str, method: str, run_id: str, files: dict[str, bytes],
+                overwrite: bool, result: dict[str, list[str]]) -> None:
+    """Merge one run's files into the store (its lock held by the caller), recording the outcome."""
+    dest = store.root / preset / method / run_id
+    if dest.exists():
+        local_done = (dest / DONE).is_file()
+        if same_files(dest, files):
+            result["same"].append(run_id)
+            return
+        if local_done and (not overwrite or DONE not in files):
+            result["conflict"].append(run_id)
+            return
+    # stage the whole run beside its destination, then move it into place in one rename
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{run_id}.", dir=dest.parent))
+    for n, b in stored_files(files).items():
+        (stage / n).write_bytes(b)
+    if dest.exists():
+        old = dest.with_name(f".{run_id}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+        os.replace(stage, dest)
+        shutil.rmtree(old, ignore_errors=True)
+        result["replaced"].append(run_id)
+    else:
+        os.replace(stage, dest)
+        result["added"].append(run_id)
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -547,6 +558,9 @@ def main(args: argparse.Namespace) -> int:
             print(f"{k:>9}: {len(v)}" + (f"  {' '.join(v[:8])}{' ...' if len(v) > 8 else ''}" if v else ""))
         if res["conflict"]:
             print("conflicts were kept as they are here; --overwrite replaces them", file=sys.stderr)
+        if res["busy"]:
+            print("busy runs are being trained here (their lock is held) and were left alone: unpack again once "
+                  "their trainers have stopped", file=sys.stderr)
         return 1 if res["rejected"] else 0
     runs = runs_from_args(args, store)
     if args.write_runs:

@@ -93,7 +93,8 @@ def test_unpack_merges_and_keeps_local_results(tmp_path):
     assert json.loads((dst.run_dir(runs[1]) / "metrics.json").read_text()) == {"final_val_loss": 0}
     assert sweep.unpack(pack, dst, overwrite=True)["replaced"] == [runs[1].run_id()]
     assert dst.load(runs[1]).metrics == src.load(runs[1]).metrics
-    assert not [p for p in dst.run_dir(runs[1]).parent.iterdir() if p.name.startswith(".")]
+    # no staging or old folder is left (the runs' lock files stay, as a trainer's do: mstlib.runlock)
+    assert not [p for p in dst.run_dir(runs[1]).parent.iterdir() if p.name.startswith(".") and p.suffix != ".lock"]
 
 
 def test_unpack_stores_done_logs_compressed_and_still_knows_them(tmp_path):
@@ -109,6 +110,20 @@ def test_unpack_stores_done_logs_compressed_and_still_knows_them(tmp_path):
     src.compress_logs()  # and a pack of compressed logs (the book's store packed again) is the same too
     sweep.pack(runs, src, tmp_path / "q.tar.gz")
     assert len(sweep.unpack(tmp_path / "q.tar.gz", dst)["same"]) == len(runs)
+
+
+def test_unpack_leaves_a_run_alone_while_a_trainer_holds_its_lock(tmp_path, capsys):
+    src, runs = _store_with_runs(tmp_path / "gpu" / "results")
+    pack = tmp_path / "p.tar.gz"
+    sweep.pack(runs, src, pack)
+    dst = RunStore(tmp_path / "home" / "results")
+    with dst.lock(runs[0]):  # as a trainer of that run holds it
+        res = sweep.unpack(pack, dst)
+        assert res["busy"] == [runs[0].run_id()] and res["added"] == [runs[1].run_id()]
+        assert not dst.run_dir(runs[0]).exists()
+        assert cli.main(["sweep", "--unpack", str(pack), "--results", str(dst.root)]) == 0
+        assert "busy" in capsys.readouterr().err
+    assert sweep.unpack(pack, dst)["added"] == [runs[0].run_id()]  # the advice: unpack again once it stopped
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes = b"x", kind: bytes = tarfile.REGTYPE, link: str = "") -> None:
