@@ -297,8 +297,8 @@ def scale_line(preset: str) -> str:
 
 def scale_table(book: Claims, preset: str) -> pd.DataFrame:
     """The scale in numbers for the first page: per part of the book, the model, its parameters, tokens per
-    run, tokens per parameter, seeds and the GPU-hours its stored runs took (their wall time together;
-    several runs shared one GPU at a time, so GPU time was less)."""
+    run, tokens per parameter, seeds, the GPU-hours its stored runs took (their wall time together;
+    several runs shared one GPU at a time, so GPU time was less) and the GPUs named in their provenance."""
     rows = []
     run = presets.make(preset, "dense")
     n = flops.nanogpt_params(run.model)
@@ -309,17 +309,25 @@ def scale_table(book: Claims, preset: str) -> pd.DataFrame:
         rows.append({"part": part, "model": f"{run.model.n_layer}x{run.model.n_embd}", "parameters": _m(n),
                      "tokens per run": _m(tokens), "tokens / parameter": _per(tokens / n),
                      "seeds": ", ".join(map(str, sorted(set(df["seed"])))), "runs": int(df["run_id"].nunique()),
-                     "wall hours": f"{pd.to_numeric(df['metrics.wall_time_s']).sum() / 3600:.2f}"})
+                     "wall hours": f"{pd.to_numeric(df['metrics.wall_time_s']).sum() / 3600:.2f}",
+                     "devices": _devices(df.get("provenance.device_name"))})
     fair = book.fair[book.fair["done"]]
     for (rung, model), g in fair.groupby(["rung", "model"], sort=False):
         rows.append({"part": f"fair test, {rung}", "model": model, "parameters": _m(float(g["params"].iloc[0])),
                      "tokens per run": _m(float(g["rung_tokens"].iloc[0])),
                      "tokens / parameter": _per(float(g["tokens_per_param"].iloc[0])),
                      "seeds": ", ".join(map(str, sorted(set(g["seed"])))), "runs": int(g["run_id"].nunique()),
-                     "wall hours": f"{g['wall_time_s'].sum() / 3600:.2f}"})
+                     "wall hours": f"{g['wall_time_s'].sum() / 3600:.2f}", "devices": _devices(g["device"])})
     paper = presets.make("paper", "dense")
     pn, pt = flops.nanogpt_params(paper.model), paper.train.max_iters * paper.tokens_per_step()
     rows.append({"part": "the paper (for scale)", "model": "12x768", "parameters": _m(pn), "tokens per run": _m(pt),
-                 "tokens / parameter": _per(pt / pn), "seeds": "not available", "runs": "",
-                 "wall hours": "not available"})
+                 "tokens / parameter": _per(pt / pn), "seeds": "–", "runs": "–",
+                 "wall hours": "–", "devices": "–"})  # not available to us: said once, in the page's text
     return pd.DataFrame(rows).set_index("part")
+
+
+def _devices(names: Any) -> str:
+    """The GPUs that trained a part, from its runs' provenance ("NVIDIA H200"; several, comma-separated)."""
+    if names is None:
+        return ""
+    return ", ".join(sorted({str(n) for n in names if isinstance(n, str) and n}))

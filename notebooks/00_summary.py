@@ -68,7 +68,8 @@ book.table().style.map(lambda v: COLOURS.get(v, ""), subset=["verdict"]).set_pro
 # ## The scale, in numbers
 #
 # What was trained, and how far it is from the paper's run ("wall hours": the runs' wall time together;
-# several runs shared one H200 at a time).
+# several runs shared one GPU at a time; "devices": the GPUs their provenance names). Of the paper's run
+# only the configuration is known: its seeds, time and GPUs are not available to us ("–").
 
 # %% tags=["hide-input"]
 claims.scale_table(book, preset)

@@ -95,3 +95,11 @@ def test_scale_line_is_config_arithmetic():
     line = claims.scale_line("mini")
     assert "6x384 GPT (29.9M parameters)" in line and "65.5M tokens per run (2.2 per parameter)" in line
     assert "393.2M tokens" in line and "294.9B tokens (2,386 per parameter)" in line
+
+
+def test_the_scale_table_names_the_gpus_from_the_runs_provenance(book):
+    t = claims.scale_table(book, "smoke")
+    assert "devices" in t.columns
+    stored = t.drop(index="the paper (for scale)")
+    assert (stored["devices"] == "fake GPU").all()  # every made-up run's provenance says "fake GPU"
+    assert t.loc["the paper (for scale)", "devices"] == "–"  # not available to us, said once in the page's text
