@@ -45,7 +45,8 @@ def test_the_comparison_fails_on_a_changed_missing_or_new_value():
 
 def test_glue_values_are_read_from_the_outputs_papermill_records(tmp_path):
     nb = {"cells": [{"cell_type": "code", "outputs": [
-        {"output_type": "display_data", "metadata": {"scrapbook": {"name": "x", "mime_prefix": "application/papermill.record/"}},
+        {"output_type": "display_data",
+         "metadata": {"scrapbook": {"name": "x", "mime_prefix": "application/papermill.record/"}},
          "data": {"application/papermill.record/text/plain": "42", "application/papermill.record/image/png": "AAAA"}},
         {"output_type": "display_data", "metadata": {}, "data": {"text/plain": "not glued"}}]}]}
     (tmp_path / "01_x.ipynb").write_text(json.dumps(nb))

@@ -58,16 +58,14 @@ def imports_of(module: str, path: Path, modules: dict[str, Path]) -> list[tuple[
                     prefix = ".".join(anchor + ([child.module] if child.module else []))
                 else:
                     prefix = child.module or ""
-                targets = [f"{prefix}.{a.name}" for a in child.names] + [prefix]
+                # each name is a module or lies inside one (the longest known prefix); `*` names the prefix
+                targets = [f"{prefix}.{a.name}" if a.name != "*" else prefix for a in child.names]
             seen = set()
             for t in targets:
                 if not (t == PACKAGE or t.startswith(PACKAGE + ".")):
                     continue
                 r = _resolve(t, modules)
                 if r and r != module and r not in seen:
-                    # `from mstlib import x` names the package only when x is not a module.
-                    if r == PACKAGE and any(_resolve(o, modules) not in (None, PACKAGE) for o in targets if o != t):
-                        continue
                     seen.add(r)
                     found.append((r, child.lineno, in_function))
             visit(child, inner)

@@ -8,13 +8,13 @@ key sets, merged exactly by log-sum-exp:
   the band, or one "sequence" per block of ``stride`` tokens for ``fixed``). The kernel visits only the key
   tiles that the window reaches, so at context 1024 with a 128-token band it does ~42 % of causal
   attention's tiles, and at 4096 ~12 %. The ``"cudnn_split"`` backend is this module with the band through
-  cuDNN's sliding-window kernels instead (:mod:`mstlib._cudnn_band`, ``near_kernel="cudnn"``): the same
+  cuDNN's sliding-window kernels instead (:mod:`mstlib.cudnn_band`, ``near_kernel="cudnn"``): the same
   contract (output and log-sum-exp forward, merged output and log-sum-exp backward); on an H200 its
   forward costs half of FlashAttention 2's per tile, and the whole band (forward and backward) about three
   quarters of FlashAttention's time.
 * **far** (the strided keys ``i - m * stride``, ``m >= m_min``; or ``fixed``'s summary columns) has only
   ``T / stride`` keys per query. For the strided keys on CUDA in half precision, Triton kernels
-  (:mod:`mstlib._far_triton`: one forward, one backward, on tensor cores) read ``q, k, v`` in place, one program per (batch,
+  (:mod:`mstlib.far_triton`: one forward, one backward, on tensor cores) read ``q, k, v`` in place, one program per (batch,
   head, a few residue classes), and fuse the merge with the near part into the forward and the
   accumulation into the near part's gradients into the backward. Elsewhere (``fixed``'s summary columns, CPU, float32) the far part is
   plain tensor algebra on the free view ``[B, T / stride, stride, H, D]`` of the sequence (a residue class
@@ -43,15 +43,15 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .attention import (SPLITS, _check, _check_length, _device_key, _m_min, _masked_attention_lse,
-                        _near_allowed, _no_autocast, _summary_columns)
-from . import _cudnn_band
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..kernels import cudnn_band
+from .common import check_length, device_key, masked_attention_lse, no_autocast
+from .patterns import SPLITS, check_pattern, far_m_min, near_allowed, summary_columns
 
 try:  # the strided far part's kernels; Triton comes with CUDA builds of torch
-    from . import _far_triton
+    from ..kernels import far_triton
 except Exception:  # no Triton (CPU-only installs): the far part runs as torch code
-    _far_triton = None
+    far_triton = None
 
 NEG_INF = float("-inf")
 
@@ -77,8 +77,8 @@ class _Spec:
     summary: int
     m_min: int
     use_flash: bool  # the near part on a GPU kernel (CUDA, half precision): FlashAttention's or cuDNN's
-    triton_far: bool  # the strided far part (and merge) through the Triton kernels of mstlib._far_triton
-    cudnn_band: bool = False  # the band through cuDNN's sliding window (mstlib._cudnn_band; cudnn_split)
+    triton_far: bool  # the strided far part (and merge) through the Triton kernels of mstlib.far_triton
+    cudnn_band: bool = False  # the band through cuDNN's sliding window (mstlib.cudnn_band; cudnn_split)
     compiled: bool = False  # the torch far part and merge through torch.compile (_PIECES[True])
 
 
@@ -123,7 +123,7 @@ def _summary_scores(q, k, stride: int, summary: int, scale: float) -> torch.Tens
     """Scaled scores against ``fixed``'s summary columns, ``[B, T, N, H]``, ``-inf`` unless the column's
     block precedes the query's."""
     T = q.size(1)
-    cols = _summary_columns(T, stride, summary, q.device)
+    cols = summary_columns(T, stride, summary, q.device)
     kc = _acc(k.index_select(1, cols))
     s = (_acc(q)[:, :, None] * kc[:, None]).sum(-1) * scale
     pos = torch.arange(T, device=q.device)
@@ -148,7 +148,7 @@ def _far_forward(q, k, v, spec: _Spec, scale: float) -> tuple[torch.Tensor, torc
         o, lse = _softmax_over_keys(s, _acc(_classes(v, spec.stride)))
         return _unclasses(o, T), _unclasses(lse, T)
     s = _summary_scores(q, k, spec.stride, spec.summary, scale)  # [B, T, N, H]
-    cols = _summary_columns(T, spec.stride, spec.summary, q.device)
+    cols = summary_columns(T, spec.stride, spec.summary, q.device)
     return _softmax_over_keys(s, _acc(v.index_select(1, cols)))
 
 
@@ -167,7 +167,7 @@ def _far_backward(q, k, v, do, lse, delta, spec: _Spec, scale: float):
         dq = (ds[..., None] * _acc(_classes(k, st))[:, None]).sum(2)
         dk = (ds[..., None] * _acc(_classes(q, st))[:, :, None]).sum(1)
         return _unclasses(dq, T), _unclasses(dk, T), _unclasses(dv, T)
-    cols = _summary_columns(T, spec.stride, spec.summary, q.device)
+    cols = summary_columns(T, spec.stride, spec.summary, q.device)
     s = _summary_scores(q, k, spec.stride, spec.summary, scale)  # [B, T, N, H]
     p = torch.exp(s - lse[:, :, None])
     dof, kc, vc = _acc(do), _acc(k.index_select(1, cols)), _acc(v.index_select(1, cols))
@@ -246,12 +246,12 @@ def _flash_window(spec: _Spec) -> int:
 
 def _near_mask(spec: _Spec, T: int, device) -> torch.Tensor:
     pos = torch.arange(T, device=device)
-    return _near_allowed(spec.near, pos[:, None], pos[None, :], spec.window, spec.stride)
+    return near_allowed(spec.near, pos[:, None], pos[None, :], spec.window, spec.stride)
 
 
 def _near_forward_math(q, k, v, spec: _Spec, scale: float):
     """Masked dense math for the near part: ``(out [B, T, H, D] float32, lse [H, B, T])``."""
-    out, lse = _masked_attention_lse(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+    out, lse = masked_attention_lse(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                      _near_mask(spec, q.size(1), q.device), scale)
     return out.transpose(1, 2), lse.permute(1, 0, 2)
 
@@ -273,7 +273,7 @@ def _near_backward_math(q, k, v, o, lse, do, spec: _Spec, scale: float):
 
 class _FlashSplit(torch.autograd.Function):
     """``(q, k, v)`` in ``[B, T, H, D]`` -> attention output ``[B, T, H, D]`` (see the module docstring). Called
-    with autocast off (``attend``, :func:`mstlib.attention._no_autocast`: the parts run in their own
+    with autocast off (``attend``, :func:`mstlib.attention.no_autocast`: the parts run in their own
     precision, kernels in the inputs' dtype and the masked math in float32); the backward turns it off
     itself if the caller's backward runs under it."""
 
@@ -283,7 +283,7 @@ class _FlashSplit(torch.autograd.Function):
         o_near = lse_near = None
         flash_state = None
         if spec.cudnn_band:
-            o_near, lse_near = _cudnn_band.forward(q, k, v, spec.window, scale)
+            o_near, lse_near = cudnn_band.forward(q, k, v, spec.window, scale)
         elif spec.near is not None and spec.use_flash:
             cu, max_len = _near_bounds(spec.near, B, T, spec.stride, q.device)
             o3, lse_near, rng, unused, _ = torch.ops.aten._flash_attention_forward(
@@ -297,7 +297,7 @@ class _FlashSplit(torch.autograd.Function):
         elif spec.near is not None:
             o_near, lse_near = _near_forward_math(q, k, v, spec, scale)
         if spec.triton_far:
-            out, lse = _far_triton.far_forward(q, k, v, o_near, lse_near, spec.stride, spec.m_min, float(scale))
+            out, lse = far_triton.far_forward(q, k, v, o_near, lse_near, spec.stride, spec.m_min, float(scale))
         else:
             out, lse = _PIECES[spec.compiled][0](q, k, v, o_near, lse_near, spec, scale)
         ctx.spec, ctx.scale, ctx.flash_state = spec, scale, flash_state
@@ -310,10 +310,10 @@ class _FlashSplit(torch.autograd.Function):
         spec, scale = ctx.spec, ctx.scale
         B, T, H, D = q.shape
         dq = dk = dv = None
-        with _no_autocast(q.device.type):
+        with no_autocast(q.device.type):
             dout = dout if dout.stride(-1) == 1 else dout.contiguous()  # the Triton kernels take row strides
             if spec.cudnn_band:
-                dq, dk, dv = _cudnn_band.backward(dout, q, k, v, out, lse, spec.window, scale)
+                dq, dk, dv = cudnn_band.backward(dout, q, k, v, out, lse, spec.window, scale)
             elif spec.near is not None and spec.use_flash:
                 cu, max_len, rng, unused = ctx.flash_state
                 dout = dout.reshape(B * T, H, D).contiguous().view(B, T, H, D)  # FlashAttention's backward
@@ -326,7 +326,7 @@ class _FlashSplit(torch.autograd.Function):
             elif spec.near is not None:
                 dq, dk, dv = _near_backward_math(q, k, v, out, lse, dout, spec, scale)
             if spec.triton_far:
-                dq, dk, dv = _far_triton.far_backward(q, k, v, out, lse, dout, dq, dk, dv, spec.stride,
+                dq, dk, dv = far_triton.far_backward(q, k, v, out, lse, dout, dq, dk, dv, spec.stride,
                                                       spec.m_min, scale)
             elif spec.far is not None:
                 dq, dk, dv = _PIECES[spec.compiled][1](q, k, v, out, lse, dout, dq, dk, dv, spec, scale)
@@ -343,39 +343,39 @@ def flash_split_attention(name: str, T: int, window: int, stride: int, device, *
     FlashAttention, masked dense math otherwise. ``far_kernel``: ``"auto"`` (the Triton kernels for the
     strided far part where they apply), ``"torch"`` (always the torch far part; for comparisons).
     ``near_kernel``: ``"flash"`` (FlashAttention) or ``"cudnn"`` (the band through cuDNN's sliding window,
-    :mod:`mstlib._cudnn_band`: the ``"cudnn_split"`` backend; ``local`` and ``local_strided`` only, and it
+    :mod:`mstlib.cudnn_band`: the ``"cudnn_split"`` backend; ``local`` and ``local_strided`` only, and it
     needs ``nvidia-cudnn-frontend`` on a CUDA machine)."""
-    _check(name, window, stride, summary)
+    check_pattern(name, window, stride, summary)
     if far_kernel not in ("auto", "torch"):
         raise ConfigError(f"far_kernel must be 'auto' or 'torch', got {far_kernel!r}")
     if near_kernel not in ("flash", "cudnn"):
         raise ConfigError(f"near_kernel must be 'flash' or 'cudnn', got {near_kernel!r}")
     if name == "dense":
         raise ConfigError("the flash_split backend is for sparse patterns; dense attention needs no split")
-    dev = torch.device(_device_key(device))
+    dev = torch.device(device_key(device))
     near, far = SPLITS[name]
     on_cuda = dev.type == "cuda"
     use_compile = on_cuda if compile is None else compile
     flash_ok = on_cuda and flash_window_available()
     if use_compile:
         _PIECES[True] = _compiled()
-    m_min = _m_min(name, window, stride)
+    m_min = far_m_min(name, window, stride)
     if near_kernel == "cudnn":
         if near != "local":
             raise ConfigError(f"the cuDNN band is for patterns with a band (local, local_strided), not {name!r}")
-        if not (on_cuda and _cudnn_band.available()):
+        if not (on_cuda and cudnn_band.available()):
             raise ConfigError("attention.backend='cudnn_split' needs a CUDA device and the nvidia-cudnn-frontend "
                               "package (pip install nvidia-cudnn-frontend); use 'flash_split' or 'auto'")
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         t = q.size(-2)
-        _check_length(t, T)
+        check_length(t, T)
         use_flash = flash_ok and q.dtype in (torch.float16, torch.bfloat16) and q.size(-1) <= 256
-        triton_far = (far == "strided" and far_kernel == "auto" and _far_triton is not None
-                      and (use_flash or near is None) and _far_triton.supported(q, t, stride))
+        triton_far = (far == "strided" and far_kernel == "auto" and far_triton is not None
+                      and (use_flash or near is None) and far_triton.supported(q, t, stride))
         spec = _Spec(near, far, window, stride, summary, m_min, use_flash, triton_far,
                      use_flash and near_kernel == "cudnn", use_compile)
-        with _no_autocast(q.device.type):
+        with no_autocast(q.device.type):
             y = _FlashSplit.apply(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), spec,
                                   q.size(-1) ** -0.5)
         return y.transpose(1, 2)

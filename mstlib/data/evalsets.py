@@ -53,7 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Optional
 
-from .errors import DataError
+from ..errors import DataError
+from .tokenizer import shared_dir
 
 Source = Literal["local", "hub"]
 
@@ -84,9 +85,7 @@ ENV_VAR = "MST_EVAL_DIR"
 def default_eval_dir() -> Path:
     """``<shared>/data/eval``: ``<shared>`` is ``$MST_SHARED_DIR`` (as for the tokenizer), else
     ``<repo>/../shared`` where ``<repo>`` is the folder holding the ``mstlib`` package."""
-    env = os.environ.get("MST_SHARED_DIR")
-    shared = Path(env).expanduser() if env else Path(__file__).resolve().parent.parent.parent / "shared"
-    return shared / "data" / "eval"
+    return shared_dir() / "data" / "eval"
 
 
 def resolve_eval_dir(eval_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -338,7 +337,7 @@ class PairExample:
 
 
 # ------------------------------------------------------------------------------------- loaders
-def _lines_of(text: str) -> tuple[str, ...]:
+def lines_of(text: str) -> tuple[str, ...]:
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the file's final newline ends the last line; it does not start another
@@ -353,9 +352,9 @@ def load_text(
         raise DataError(f"{name!r} is not a perplexity set; choose one of {list(TEXT_SETS)}")
     rel = _file_for(name, split)
     if source == "hub":
-        return TextSet(name, split, _lines_of(_hub_text(name, split)), f"hub:{name}/{split}")
+        return TextSet(name, split, lines_of(_hub_text(name, split)), f"hub:{name}/{split}")
     path = verify_file(rel, eval_dir)
-    return TextSet(name, split, _lines_of(path.read_text(encoding="utf-8")), str(path))
+    return TextSet(name, split, lines_of(path.read_text(encoding="utf-8")), str(path))
 
 
 def load_lambada(eval_dir: str | os.PathLike[str] | None = None, source: Source = "local") -> list[str]:
@@ -492,57 +491,9 @@ def _download_1bw(url: str = ONEBW_URL, opener: Callable[[str], Any] = urllib.re
     return data
 
 
-# ----------------------------------------------------------------------------------- example sets
-_WORDS = ("the river and a town of old stone stood near high hills where people kept sheep grew wheat and "
-          "wrote long letters about weather trade kings wars songs ships roads bridges schools money").split()
-
-
-def make_example_evalsets(folder: str | os.PathLike[str], *, lines: int = 40, seed: int = 0) -> Path:
-    """Write every file of :data:`FILES` as tiny synthetic text in the real layout, with a ``SOURCES.md``
-    whose table lists their sha256 and word counts, into ``folder`` (for tests and a machine without the
-    real sets: the loaders, checksums and scoring run; the numbers mean nothing). ``lines`` lines, passages
-    or pairs per file. Returns the folder."""
-    import random
-
-    rng = random.Random(seed)
-    root = Path(folder)
-
-    def sentence(lo: int = 4, hi: int = 14) -> str:
-        return " ".join(rng.choice(_WORDS) for _ in range(rng.randint(lo, hi)))
-
-    texts: dict[str, str] = {}
-    for name in TEXT_SETS:
-        for rel in FILES[name].values():
-            body = [" = " + sentence(1, 3) + " = ", " "] + [" " + sentence() + " . " for _ in range(lines - 2)]
-            texts[rel] = "\n".join(body) + "\n"
-    texts[FILES["lambada"]["test"]] = "".join(json.dumps({"text": sentence(12, 40)}) + "\n" for _ in range(lines))
-    for task, (pos, neg) in GLUE_LABELS.items():
-        for split in FILES[task]:
-            for key in (task, "mrpc_msi") if task == "mrpc" else (task,):
-                rows = [(pos if k % 2 else neg, sentence(), sentence()) for k in range(lines)]
-                if task == "rte":
-                    out = ["index\tsentence1\tsentence2\tlabel"] + [f"{k}\t{a}\t{b}\t{lab}" for k, (lab, a, b) in enumerate(rows)]
-                else:
-                    out = ["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"] + [
-                        f"{int(lab == pos)}\t{2 * k}\t{2 * k + 1}\t{a}\t{b}" for k, (lab, a, b) in enumerate(rows)]
-                texts[FILES[key][split]] = "\n".join(out) + "\n"
-    table = ["| dataset | split | file | tokens+eos | sha256 |", "|---|---|---|---|---|"]
-    for name, splits in FILES.items():
-        for split, rel in splits.items():
-            path = root / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(texts[rel], encoding="utf-8")
-            words = (f"{sum(len(ln.split()) + 1 for ln in _lines_of(texts[rel])):,}" if name in TEXT_SETS else "n/a")
-            table.append(f"| {name} (synthetic) | {split} | `{rel}` | {words} | `{sha256_file(path)}` |")
-    (root / "SOURCES.md").write_text("# Example evaluation sets (synthetic, made by mstlib.evalsets."
-                                     "make_example_evalsets)\n\n## Summary\n\n" + "\n".join(table) + "\n",
-                                     encoding="utf-8")
-    return root
-
-
 __all__ = [
-    "DETOK_RULES", "DetokRule", "FILES", "GLUE_LABELS", "GLUE_TASKS", "ONEBW_RULES", "PTB_RULES",
-    "PairExample", "SourceEntry", "TEXT_SETS", "TextSet", "WIKITEXT_RULES", "clear_cache",
-    "default_eval_dir", "detokenize", "make_example_evalsets", "detokenize_line", "load_glue", "load_lambada", "load_text",
-    "parse_sources", "read_sources", "resolve_eval_dir", "sha256_file", "verify_all", "verify_file",
+    "DETOK_RULES", "DetokRule", "FILES", "GLUE_LABELS", "GLUE_TASKS", "ONEBW_RULES", "PTB_RULES", "PairExample",
+    "SourceEntry", "TEXT_SETS", "TextSet", "WIKITEXT_RULES", "clear_cache", "default_eval_dir", "detokenize",
+    "detokenize_line", "load_glue", "load_lambada", "load_text", "parse_sources", "read_sources", "resolve_eval_dir",
+    "sha256_file", "verify_all", "verify_file",
 ]

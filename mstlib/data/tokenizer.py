@@ -34,9 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from mstlib.errors import DataError
+from ..errors import DataError
+from ..provenance import REPO_ROOT  # noqa: F401 (read from here by the data rooms)
 
-if TYPE_CHECKING:  # tiktoken is imported lazily so that `import mstlib.tokenizer` is cheap
+if TYPE_CHECKING:  # tiktoken is imported lazily so that `import mstlib.data.tokenizer` is cheap
     import tiktoken
 
 #: tiktoken's name of the encoding used everywhere in the project (GPT-2's BPE).
@@ -46,7 +47,6 @@ EOT = 50256
 #: Number of distinct token ids of GPT-2's BPE (the model pads its embedding to 50304).
 N_VOCAB = 50257
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)

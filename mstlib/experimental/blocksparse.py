@@ -32,7 +32,7 @@ Backends (same interface, same results up to rounding):
     so that enough thread blocks run (that kernel has one program per block row).
 ``"triton"``
     CUDA only (or Triton's CPU interpreter, ``TRITON_INTERPRET=1``, for the tests): our own Triton kernels,
-    written for these shapes (:mod:`mstlib._blocksparse_triton`). Forward and ``grad_x`` are one kernel: a
+    written for these shapes (:mod:`mstlib.kernels.blocksparse_triton`). Forward and ``grad_x`` are one kernel: a
     program per (tile of ``BM`` tokens, output block) walks the stored tiles of its block row (forward,
     CSR order) or block column (``grad_x``, the pattern's precomputed transposed order, tiles used as
     stored: no re-ordered copy of the values), multiplies the ``[BM, b]`` input slice by the tile and
@@ -60,7 +60,6 @@ in row-major (CSR) order, i.e. the ``values()`` of ``W.to_sparse_bsr(b)``. Weigh
 
 from __future__ import annotations
 
-import math
 import warnings
 from types import ModuleType
 from typing import Callable, NamedTuple
@@ -69,205 +68,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from .blockpattern import (  # noqa: F401 (the patterns' names are read from here too)
+    BlockPattern, block_mask, blocks_to_dense, check_block, check_values, dense_to_blocks, expand,
+)
 
 try:  # the "triton" backend's kernels; Triton comes with CUDA builds of torch
-    from . import _blocksparse_triton
+    from ..kernels import blocksparse_triton as _blocksparse_triton
 except Exception:  # no Triton (CPU-only installs): that backend reports a ConfigError when asked for
     _blocksparse_triton = None
 
+
 #: The backends :func:`block_sparse_linear` accepts.
 BACKENDS = ("gather", "triton_bsr", "triton", "dense_masked")
-
-# ----------------------------------------------------------------------------------------------- patterns
-
-
-def _check_block(out_features: int, in_features: int, block: int) -> None:
-    if not isinstance(block, int) or block < 1:
-        raise ConfigError(f"block size must be a positive integer, got {block!r}")
-    if out_features % block or in_features % block:
-        raise ConfigError(
-            f"block size {block} does not divide the weight shape (out={out_features}, in={in_features}); "
-            f"pick a block that divides both"
-        )
-
-
-def block_mask(
-    out_features: int,
-    in_features: int,
-    block: int,
-    density: float,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """A random block pattern: a bool tensor ``(out_features // block, in_features // block)`` with exactly
-    ``max(1, round(density * nb_out * nb_in))`` True entries, chosen uniformly without replacement.
-
-    ``density`` is the fraction of blocks kept, in (0, 1]. Raises :class:`ConfigError` when ``block`` does
-    not divide the shape or ``density`` is out of range. ``generator`` (a CPU ``torch.Generator``) makes
-    the pattern reproducible."""
-    _check_block(out_features, in_features, block)
-    if not (isinstance(density, (int, float)) and math.isfinite(density) and 0.0 < density <= 1.0):
-        raise ConfigError(f"block density must be in (0, 1], got {density!r}")
-    nb_out, nb_in = out_features // block, in_features // block
-    total = nb_out * nb_in
-    nnzb = max(1, round(density * total))
-    chosen = torch.randperm(total, generator=generator)[:nnzb]
-    mask = torch.zeros(total, dtype=torch.bool)
-    mask[chosen] = True
-    return mask.view(nb_out, nb_in)
-
-
-def expand(block_mask: Tensor, block: int) -> Tensor:
-    """The element mask ``(nb_out * block, nb_in * block)`` of a block mask ``(nb_out, nb_in)``: every
-    entry becomes a ``block x block`` tile of the same value."""
-    if block_mask.dim() != 2:
-        raise ConfigError(f"a block mask is 2-D (nb_out, nb_in), got shape {tuple(block_mask.shape)}")
-    return block_mask.bool().repeat_interleave(block, dim=0).repeat_interleave(block, dim=1)
-
-
-class BlockPattern:
-    """Which ``block x block`` tiles of an ``(out_features, in_features)`` weight are stored, as index
-    tensors on one device (all ``int64``):
-
-    - ``rows``, ``cols`` ``(nnzb,)``: block row / column of each stored tile, in row-major (CSR) order;
-    - ``crow`` ``(nb_out + 1,)``: CSR row pointers (tiles of block row ``r`` are ``crow[r]:crow[r+1]``);
-    - ``t_perm`` ``(nnzb,)``, ``t_crow`` ``(nb_in + 1,)``, ``t_col`` ``(nnzb,)``: the same pattern
-      transposed (an ``(in, out)`` BSR matrix): its ``k``-th tile is ``values[t_perm[k]].T``. Computed once
-      here so that a backward pass never sorts.
-
-    Build one with :meth:`from_block_mask` (or :meth:`from_element_mask`); move it with :meth:`to`.
-    """
-
-    def __init__(
-        self,
-        out_features: int,
-        in_features: int,
-        block: int,
-        rows: Tensor,
-        cols: Tensor,
-        crow: Tensor,
-        t_perm: Tensor,
-        t_crow: Tensor,
-        t_col: Tensor,
-    ) -> None:
-        self.out_features, self.in_features, self.block = out_features, in_features, block
-        self.rows, self.cols, self.crow = rows, cols, crow
-        self.t_perm, self.t_crow, self.t_col = t_perm, t_crow, t_col
-
-    @classmethod
-    def from_block_mask(cls, block_mask: Tensor, block: int) -> BlockPattern:
-        """The pattern of a bool block mask ``(nb_out, nb_in)`` (see :func:`block_mask`), on its device."""
-        if block_mask.dim() != 2:
-            raise ConfigError(f"a block mask is 2-D (nb_out, nb_in), got shape {tuple(block_mask.shape)}")
-        if not isinstance(block, int) or block < 1:
-            raise ConfigError(f"block size must be a positive integer, got {block!r}")
-        bm = block_mask.bool()
-        nb_out, nb_in = bm.shape
-        if not bool(bm.any()):
-            raise ConfigError("a block pattern needs at least one nonzero block")
-        rows, cols = bm.nonzero(as_tuple=True)  # row-major order, i.e. CSR order
-        crow = torch.zeros(nb_out + 1, dtype=torch.long, device=bm.device)
-        crow[1:] = torch.cumsum(bm.sum(1), 0)
-        # transposed pattern: sort the tiles by (column, row); a stable sort keeps rows ascending per column
-        t_perm = torch.argsort(cols * nb_out + rows, stable=True)
-        t_crow = torch.zeros(nb_in + 1, dtype=torch.long, device=bm.device)
-        t_crow[1:] = torch.cumsum(bm.sum(0), 0)
-        return cls(nb_out * block, nb_in * block, block, rows, cols, crow, t_perm, t_crow, rows[t_perm])
-
-    @classmethod
-    def from_element_mask(cls, mask: Tensor, block: int) -> BlockPattern:
-        """The pattern of an element mask ``(out, in)`` that is constant on every ``block x block`` tile
-        (as :func:`expand` makes); raises :class:`ConfigError` when it is not block-structured."""
-        out_features, in_features = mask.shape
-        _check_block(out_features, in_features, block)
-        tiles = mask.bool().view(out_features // block, block, in_features // block, block)
-        bm = tiles.any(dim=3).any(dim=1)
-        if not torch.equal(expand(bm, block), mask.bool()):
-            raise ConfigError(f"the element mask is not constant on {block}x{block} tiles")
-        return cls.from_block_mask(bm, block)
-
-    @property
-    def nb_out(self) -> int:
-        return self.out_features // self.block
-
-    @property
-    def nb_in(self) -> int:
-        return self.in_features // self.block
-
-    @property
-    def nnzb(self) -> int:
-        """Number of stored tiles."""
-        return int(self.rows.numel())
-
-    @property
-    def density(self) -> float:
-        """Fraction of the weight's entries that are stored (= fraction of tiles)."""
-        return self.nnzb / (self.nb_out * self.nb_in)
-
-    @property
-    def device(self) -> torch.device:
-        return self.rows.device
-
-    def block_mask(self) -> Tensor:
-        """The bool block mask ``(nb_out, nb_in)`` (on this pattern's device)."""
-        bm = torch.zeros(self.nb_out, self.nb_in, dtype=torch.bool, device=self.device)
-        bm[self.rows, self.cols] = True
-        return bm
-
-    def to(self, device: torch.device | str) -> BlockPattern:
-        """The same pattern with its index tensors on ``device`` (``self`` when already there)."""
-        device = torch.device(device)
-        if self.device == device or (device.index is None and self.device.type == device.type):
-            return self
-        t = [x.to(device) for x in (self.rows, self.cols, self.crow, self.t_perm, self.t_crow, self.t_col)]
-        return BlockPattern(self.out_features, self.in_features, self.block, *t)
-
-    def __repr__(self) -> str:
-        return (
-            f"BlockPattern(out={self.out_features}, in={self.in_features}, block={self.block}, "
-            f"nnzb={self.nnzb}, density={self.density:.4f}, device={self.device})"
-        )
-
-
-# ------------------------------------------------------------------------------------------- conversion
-
-
-def dense_to_blocks(weight: Tensor, pattern: BlockPattern) -> Tensor:
-    """The stored tiles ``(nnzb, block, block)`` of a dense weight ``(out, in)`` (entries outside the
-    pattern are dropped). Differentiable; returns a new contiguous tensor."""
-    b = pattern.block
-    if tuple(weight.shape) != (pattern.out_features, pattern.in_features):
-        raise ConfigError(
-            f"weight shape {tuple(weight.shape)} does not match the pattern's "
-            f"({pattern.out_features}, {pattern.in_features})"
-        )
-    p = pattern.to(weight.device)
-    tiles = weight.reshape(p.nb_out, b, p.nb_in, b).transpose(1, 2)  # (nb_out, nb_in, b, b), a view
-    return tiles[p.rows, p.cols].contiguous()
-
-
-def blocks_to_dense(values: Tensor, pattern: BlockPattern) -> Tensor:
-    """The dense weight ``(out, in)`` of stored tiles ``(nnzb, block, block)``: the tiles in place, zeros
-    elsewhere (so it equals ``W * expand(mask)``). Differentiable: its gradient w.r.t. ``values`` is the
-    dense gradient restricted to the stored tiles."""
-    _check_values(values, pattern)
-    b = pattern.block
-    p = pattern.to(values.device)
-    tiles = values.new_zeros(p.nb_out, p.nb_in, b, b)
-    tiles = tiles.index_put((p.rows, p.cols), values)  # out of place, so autograd sees it
-    return tiles.transpose(1, 2).reshape(p.out_features, p.in_features)
-
-
-def _check_values(values: Tensor, pattern: BlockPattern) -> None:
-    b = pattern.block
-    if tuple(values.shape) != (pattern.nnzb, b, b):
-        raise ConfigError(
-            f"block values must have shape (nnzb, block, block) = ({pattern.nnzb}, {b}, {b}), "
-            f"got {tuple(values.shape)}"
-        )
-
-
-# ------------------------------------------------------------------------------------------ gather backend
 
 
 class _GatherFn(torch.autograd.Function):
@@ -309,9 +122,6 @@ class _GatherFn(torch.autograd.Function):
             x_tiles = x.reshape(n, pattern.nb_in, b).transpose(0, 1).index_select(0, pattern.cols)
             grad_values = torch.bmm(gy_tiles.transpose(1, 2), x_tiles)  # (nnzb, b_out, b_in)
         return grad_x, grad_values, None
-
-
-# ------------------------------------------------------------------------------------------ triton backend
 
 
 class TritonKernels(NamedTuple):
@@ -430,11 +240,8 @@ def _check_triton_shapes(n: int, pattern: BlockPattern, dtype: torch.dtype) -> N
         raise ConfigError(f"the triton_bsr backend supports float16, bfloat16 and float32, not {dtype}")
 
 
-# ---------------------------------------------------------------------------------- own triton backend
-
-
 def own_triton_kernels(device: torch.device, block: int, dtype: torch.dtype) -> ModuleType:
-    """The module of the ``"triton"`` backend's kernels (:mod:`mstlib._blocksparse_triton`), or
+    """The module of the ``"triton"`` backend's kernels (:mod:`mstlib.kernels.blocksparse_triton`), or
     :class:`ConfigError` saying why they cannot run for this device, block size and dtype.
 
     They run on CUDA, or on CPU when Triton's interpreter was switched on (``TRITON_INTERPRET=1`` set before
@@ -458,7 +265,7 @@ def own_triton_kernels(device: torch.device, block: int, dtype: torch.dtype) -> 
 
 
 class _TritonFn(torch.autograd.Function):
-    """``y = x @ (W*M)^T`` with the kernels of :mod:`mstlib._blocksparse_triton` (see the module docstring):
+    """``y = x @ (W*M)^T`` with the kernels of :mod:`mstlib.kernels.blocksparse_triton` (see the module docstring):
     forward over the pattern's rows, ``grad_x`` over its transposed order, ``grad_values`` an SDDMM split
     over tokens. ``x`` and ``grad_y`` are read in place with their strides; ``values`` must be contiguous."""
 
@@ -489,9 +296,6 @@ class _TritonFn(torch.autograd.Function):
         return grad_x, grad_values, None, None, None
 
 
-# ------------------------------------------------------------------------------------------- entry point
-
-
 def block_sparse_linear(
     x: Tensor,
     values: Tensor,
@@ -506,12 +310,12 @@ def block_sparse_linear(
     Differentiable in ``x`` and ``values``; the gradient of ``values`` has their shape. ``backend`` is one
     of :data:`BACKENDS`. ``split_k``, the number of token chunks of the ``grad_values`` SDDMM: for
     ``"triton_bsr"`` it overrides :func:`choose_split_k` and must divide the tokens; for ``"triton"`` it
-    overrides :func:`mstlib._blocksparse_triton.sddmm_chunk` (any positive number; chunks are rounded up to
+    overrides :func:`mstlib.kernels.blocksparse_triton.sddmm_chunk` (any positive number; chunks are rounded up to
     128 tokens, so fewer may run); other backends ignore it. Under
     ``torch.autocast`` the inputs are cast to the autocast dtype, as ``F.linear`` would be."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown block-sparse backend {backend!r}; expected one of {BACKENDS}")
-    _check_values(values, pattern)
+    check_values(values, pattern)
     if x.shape[-1] != pattern.in_features:
         raise ConfigError(f"input has {x.shape[-1]} features, the weight expects {pattern.in_features}")
     if values.device != x.device:
@@ -544,9 +348,6 @@ def block_sparse_linear(
     return y.reshape(*lead, pattern.out_features)
 
 
-# ------------------------------------------------------------------------------------------------ module
-
-
 class BlockSparseLinear(nn.Module):
     """A bias-free linear layer ``(in_features -> out_features)`` that stores only the nonzero tiles of its
     weight: ``values`` is an ``nn.Parameter`` of shape ``(nnzb, block, block)``.
@@ -567,7 +368,7 @@ class BlockSparseLinear(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        _check_block(out_features, in_features, block)
+        check_block(out_features, in_features, block)
         if tuple(block_mask.shape) != (out_features // block, in_features // block):
             raise ConfigError(
                 f"block mask shape {tuple(block_mask.shape)} does not match "

@@ -1,7 +1,7 @@
-"""Triton kernels of the ``"triton"`` block-sparse backend (see :mod:`mstlib.blocksparse`).
+"""Triton kernels of the ``"triton"`` block-sparse backend (see :mod:`mstlib.experimental.blocksparse`).
 
 Two kernels serve the three products of a training step of ``y = x @ (W*M)^T``, ``W*M`` stored as
-``values`` ``(nnzb, b, b)`` at a :class:`~mstlib.blocksparse.BlockPattern`:
+``values`` ``(nnzb, b, b)`` at a :class:`~mstlib.experimental.blocksparse.BlockPattern`:
 
 * :func:`bsr_mm` -- a dense ``(N, K)`` matrix times a block-sparse one, one program per (token tile of
   ``BM`` rows, output block): it walks the stored tiles of its compressed row (CSR ``crow``/``col``), loads
@@ -27,7 +27,7 @@ dimension is at least 16 (Triton's minimum), hence block sizes 16 to 128 and til
 Half-precision inputs are multiplied on tensor cores with float32 accumulation; float32 inputs use exact
 IEEE products (``input_precision="ieee"``), not TF32, so that they match the ``gather`` reference.
 
-Only imported where Triton is; :mod:`mstlib.blocksparse` works without it.
+Only imported where Triton is; :mod:`mstlib.experimental.blocksparse` works without it.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ of the host time is the frontend binding fresh buffers. A step of the paper mode
 model's shorter steps leave gaps for it: a compiled mini step with the split backends kept the GPU busy
 84% of the time against dense's 92%, results/bench/archive/step_times_mini_session6e_compiled.json).
 
-Contract (the same as FlashAttention's in :mod:`mstlib.flash_split`): ``q, k, v`` are ``[B, T, H, D]``
+Contract (the same as FlashAttention's in :mod:`mstlib.attention.flash_split`): ``q, k, v`` are ``[B, T, H, D]``
 (last dim contiguous, any other strides); the band is ``0 <= i - j < window``; the forward returns the band's
 output ``[B, T, H, D]`` (contiguous) and natural-log log-sum-exp ``[H, B, T]`` (float32, contiguous); the
 backward takes the *merged* output and log-sum-exp (ring-attention style) and returns the band keys'

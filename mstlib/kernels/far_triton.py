@@ -1,4 +1,4 @@
-"""Triton kernels for the strided far part of the ``flash_split`` backend (see :mod:`mstlib.flash_split`).
+"""Triton kernels for the strided far part of the ``flash_split`` backend (see :mod:`mstlib.attention.flash_split`).
 
 The far part of ``local_strided`` / ``strided`` gives query ``t = a * stride + r`` the keys
 ``n * stride + r`` with ``n <= a - m_min``: within residue class ``r``, a causal attention over

@@ -261,7 +261,7 @@ def test_split_through_flex_forward_equals_reference_on_cpu(name, T, w, s):
     q, k, v = (t.float() for t in _qkv(T, seed=4))
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # eager FlexAttention warns that it is slow
-        y = A._split_attend(q, k, v, name, w, s, 1, A._split_masks(name, T, w, s, 1, "cpu"), flex_attention)
+        y = A.split._split_attend(q, k, v, name, w, s, 1, A.split._split_masks(name, T, w, s, 1, "cpu"), flex_attention)
     ref = A.reference_attention(q.double(), k.double(), v.double(), A.pattern_mask(name, T, w, s))
     torch.testing.assert_close(y.double(), ref, atol=1e-5, rtol=1e-5)
 
@@ -293,7 +293,7 @@ def test_split_parts_are_disjoint_and_cover_the_pattern():
     T, w, s = 64, 16, 8
     pos = torch.arange(T)
     i, j = pos[:, None], pos[None, :]
-    near = A._near_allowed("local", i, j, w, s)
+    near = A.patterns.near_allowed("local", i, j, w, s)
     m_min = max(1, -(-w // s))
     far = (i >= j) & ((i - j) % s == 0) & ((i - j) // s >= m_min)
     assert not (near & far).any()
@@ -311,7 +311,7 @@ def test_build_attention_choices():
     assert A.resolve_backend("split", "cpu") == "split"
     # "auto" on CUDA (resolution only; nothing runs): cudnn_split for a band where nvidia-cudnn-frontend is
     # installed, else flash_split, where the far part has kernels
-    from mstlib import _cudnn_band
+    from mstlib.kernels import cudnn_band as _cudnn_band
 
     band = "cudnn_split" if _cudnn_band.available() else "flash_split"
     assert A.resolve_backend("auto", "cuda", "local_strided") == band == A.resolve_backend("auto", "cuda", "local")

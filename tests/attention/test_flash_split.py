@@ -1,4 +1,4 @@
-"""The ``flash_split`` attention backend (:mod:`mstlib.flash_split`): the pattern's exact function, forward
+"""The ``flash_split`` attention backend (:mod:`mstlib.attention.flash_split`): the pattern's exact function, forward
 and backward, with a custom backward that uses the merged output and log-sum-exp (ring-attention style).
 
 On CPU the near part runs as masked dense math through the same autograd function, so the construction
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mstlib import attention as A
-from mstlib import flash_split as FS
+from mstlib.attention import flash_split as FS
 from mstlib.config import AttentionConfig
 from mstlib.errors import ConfigError
 
@@ -66,7 +66,7 @@ def test_flash_split_far_part_keeps_no_pair_twice():
     """The far part's keys start beyond the band (``m_min``): with the near part removed, the far part alone
     (through the same function) must equal the pattern minus the band."""
     T, w, s = 48, 12, 8
-    spec = FS._Spec(None, "strided", w, s, 1, A._m_min("local_strided", w, s), False, False)
+    spec = FS._Spec(None, "strided", w, s, 1, A.patterns.far_m_min("local_strided", w, s), False, False)
     q, k, v = (t.transpose(1, 2) for t in _qkv(T, seed=7))
     out, lse = FS._far_forward(q, k, v, spec, q.size(-1) ** -0.5)
     pos = torch.arange(T)
@@ -111,7 +111,7 @@ def test_cudnn_split_needs_a_band_and_the_frontend():
                                                                                     1024)
     with pytest.raises(ConfigError, match="band"):
         FS.flash_split_attention("strided", 64, 8, 8, "cpu", near_kernel="cudnn")
-    if not FS._cudnn_band.available():
+    if not FS.cudnn_band.available():
         with pytest.raises(ConfigError, match="nvidia-cudnn-frontend"):
             A.build_attention(AttentionConfig(pattern="local_strided", window=8, stride=8, backend="cudnn_split"),
                               32, "cpu")
@@ -121,7 +121,7 @@ def test_cudnn_stats_layout_found_once_with_fallback(monkeypatch):
     """The cuDNN band tries its statistics in the far kernel's [H, B, T] layout once per process and
     direction; a cuDNN that rejects those strides gets the packed layout from then on (the other direction
     is asked on its own), and a failure of both layouts is raised."""
-    CB = FS._cudnn_band
+    CB = FS.cudnn_band
     calls = []
 
     def picky(hbt):
@@ -168,7 +168,7 @@ def test_flash_window_is_in_this_torch():
 
 _CASES = [("local_strided", 1024, 128), ("local_strided", 1000, 128), ("local_strided", 512, 96),
           ("local", 1024, 128), ("strided", 1024, 128), ("fixed", 1024, 128), ("fixed", 1000, 128)]
-needs_cudnn = pytest.mark.skipif(not FS._cudnn_band.available(),
+needs_cudnn = pytest.mark.skipif(not FS.cudnn_band.available(),
                                  reason="needs a CUDA device and nvidia-cudnn-frontend")
 _CUDNN = [pytest.param(*case, "cudnn_split", marks=needs_cudnn) for case in _CASES
           if case[0] in ("local", "local_strided")]
@@ -212,11 +212,11 @@ def test_cudnn_band_is_deterministic_when_asked_cuda(w):
     repeated calls (its graph is built with cuDNN's deterministic algorithm)."""
     torch.manual_seed(0)
     q, k, v, do = (torch.randn(2, 512, 4, 64, device="cuda", dtype=torch.bfloat16) for _ in range(4))
-    out, lse = FS._cudnn_band.forward(q, k, v, w, 0.125)
+    out, lse = FS.cudnn_band.forward(q, k, v, w, 0.125)
     prev = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        first, second = (FS._cudnn_band.backward(do, q, k, v, out, lse, w, 0.125) for _ in range(2))
+        first, second = (FS.cudnn_band.backward(do, q, k, v, out, lse, w, 0.125) for _ in range(2))
     finally:
         torch.use_deterministic_algorithms(prev)
     for a, b in zip(first, second):
@@ -231,14 +231,14 @@ def test_cudnn_band_stats_layouts_agree_cuda(monkeypatch):
     qkv = torch.randn(2, 512, 3 * 4 * 64, device="cuda", dtype=torch.bfloat16)
     q, k, v = (t.view(2, 512, 4, 64) for t in qkv.split(4 * 64, dim=2))
     do = torch.randn_like(q)
-    FS._cudnn_band.backward(do, q, k, v, *FS._cudnn_band.forward(q, k, v, 64, 0.125), 64, 0.125)
-    found = dict(FS._cudnn_band._stats_hbt)
+    FS.cudnn_band.backward(do, q, k, v, *FS.cudnn_band.forward(q, k, v, 64, 0.125), 64, 0.125)
+    found = dict(FS.cudnn_band._stats_hbt)
     assert None not in found.values()
     res = {}
     for hbt in (True, False):
-        monkeypatch.setattr(FS._cudnn_band, "_stats_hbt", {"fwd": hbt and found["fwd"], "bwd": hbt and found["bwd"]})
-        out, lse = FS._cudnn_band.forward(q, k, v, 96, 0.125)
-        res[hbt] = (out, lse, *FS._cudnn_band.backward(do, q, k, v, out, lse, 96, 0.125))
+        monkeypatch.setattr(FS.cudnn_band, "_stats_hbt", {"fwd": hbt and found["fwd"], "bwd": hbt and found["bwd"]})
+        out, lse = FS.cudnn_band.forward(q, k, v, 96, 0.125)
+        res[hbt] = (out, lse, *FS.cudnn_band.backward(do, q, k, v, out, lse, 96, 0.125))
     for a, b in zip(res[True], res[False]):
         torch.testing.assert_close(a, b)  # the same math; the backward's atomics may order sums differently
 
@@ -355,7 +355,8 @@ def test_split_backends_trace_as_one_graph_cuda(backend):
 _INTERPRET_CHECK = r"""
 import os, sys, torch
 os.environ["TRITON_INTERPRET"] = "1"
-from mstlib import _far_triton as FT, flash_split as FS
+from mstlib.attention import flash_split as FS
+from mstlib.kernels import far_triton as FT
 torch.manual_seed(0)
 worst = 0.0
 for B, T, H, D, stride, m_min, near in [(2, 64, 3, 16, 8, 1, True), (2, 61, 3, 16, 8, 1, True),

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mstlib import corpus
-from mstlib.corpus import PrepareOptions, make_example_source, open_tokens, prepare
+from mstlib import data as corpus
+from mstlib.data import PrepareOptions, make_example_source, open_tokens, prepare
+import mstlib.data.commands  # noqa: F401  (corpus.commands: the command line)
 from mstlib.errors import DataError
-from mstlib.tokenizer import EOT, get_encoding
+from mstlib.data.tokenizer import EOT, get_encoding
 
 from conftest import needs_shared
 
@@ -93,7 +94,7 @@ def test_a_failed_run_leaves_the_old_corpus_intact(source, tmp_path, monkeypatch
     def boom(*a, **k):
         raise RuntimeError("simulated crash after the token files were written")
 
-    monkeypatch.setattr(corpus, "_write_json", boom)
+    monkeypatch.setattr(corpus.preparation, "write_json", boom)
     with pytest.raises(RuntimeError, match="simulated"):
         prepare(opts(source, tmp_path, force=True, max_docs=1))
     after = {p.name: p.read_bytes() for p in (tmp_path / "offline").iterdir()}
@@ -164,7 +165,7 @@ def test_open_tokens_reads_each_file_once_per_process(source, tmp_path, monkeypa
     import types
 
     reads = []  # one sha256 per read of the file
-    monkeypatch.setattr(corpus, "hashlib", types.SimpleNamespace(sha256=lambda: reads.append(1) or hashlib.sha256()))
+    monkeypatch.setattr(corpus.tokens, "hashlib", types.SimpleNamespace(sha256=lambda: reads.append(1) or hashlib.sha256()))
     for _ in range(3):
         open_tokens(tmp_path, "offline", "train")
     assert len(reads) == 1
@@ -218,7 +219,7 @@ def test_pack_carries_the_tokenizer(source, tmp_path, monkeypatch):
     assert {e["kind"] for e in man["files"]} == {"corpus", "tokenizer"}
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "cache"))
     corpus.unpack_corpus(tmp_path / "gpu" / "offline", tmp_path / "b", progress=False)
-    from mstlib.tokenizer import missing_files
+    from mstlib.data.tokenizer import missing_files
 
     assert missing_files(tmp_path / "cache") == []
 
@@ -298,17 +299,17 @@ def test_openwebtext_without_datasets_or_network_is_a_clear_error(tmp_path, monk
 
 
 def test_parse_count():
-    assert corpus.parse_count("40M") == 40_000_000
-    assert corpus.parse_count("1.5e6") == 1_500_000
-    assert corpus.parse_count("200k") == 200_000
+    assert corpus.commands.parse_count("40M") == 40_000_000
+    assert corpus.commands.parse_count("1.5e6") == 1_500_000
+    assert corpus.commands.parse_count("200k") == 200_000
     with pytest.raises(argparse.ArgumentTypeError):
-        corpus.parse_count("lots")
+        corpus.commands.parse_count("lots")
 
 
 def test_cli_prepare_describe_verify(source, tmp_path, capsys, with_shared_data):
     p = argparse.ArgumentParser()
-    corpus.add_arguments(p)
-    run = lambda *a: corpus.main(p.parse_args(list(a)))  # noqa: E731
+    corpus.commands.add_arguments(p)
+    run = lambda *a: corpus.commands.main(p.parse_args(list(a)))  # noqa: E731
     assert run("prepare", "--data-dir", str(tmp_path), "--source-dir", str(source), "--max-docs", "2",
                "--name", "tiny", "--quiet", "--workers", "1") == 0
     assert run("describe", "--data-dir", str(tmp_path), "--corpus", "tiny") == 0
@@ -378,7 +379,7 @@ def test_a_corrupt_or_truncated_pack_is_a_data_error(source, tmp_path):
 
 
 def _disk_full_on_write(monkeypatch):
-    """Every file corpus.py opens for writing fails as a full disk does (ENOSPC) on its first write."""
+    """Every file mstlib.data opens for writing fails as a full disk does (ENOSPC) on its first write."""
     import builtins
     import errno
 
@@ -402,7 +403,8 @@ def _disk_full_on_write(monkeypatch):
         f = builtins.open(file, mode, *a, **k)
         return Full(f) if any(c in mode for c in "wa+") else f
 
-    monkeypatch.setattr(corpus, "open", full_open, raising=False)
+    for room in (corpus.catalogue, corpus.tokens, corpus.files, corpus.preparation, corpus.pack, corpus.openwebtext):
+        monkeypatch.setattr(room, "open", full_open, raising=False)
 
 
 def test_a_full_disk_while_preparing_packing_or_unpacking_says_so(source, tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""Tests of mstlib.evalsets: checksums against SOURCES.md, loaders, word counts, detokenizers, hub paths."""
+"""Tests of mstlib.data.evalsets: checksums against SOURCES.md, loaders, word counts, detokenizers, hub paths."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mstlib import evalsets as E
+from mstlib.data import evalsets as E
+from mstlib.data.examples import make_example_evalsets
 from mstlib.errors import DataError
 
 from conftest import needs_shared
@@ -109,7 +110,7 @@ def test_eval_dir_resolution(tmp_path, monkeypatch, eval_dir):
 
 
 def test_example_sets_load_and_verify(tmp_path):
-    root = E.make_example_evalsets(tmp_path, lines=6)
+    root = make_example_evalsets(tmp_path, lines=6)
     assert set(E.verify_all(root)) == {rel for splits in E.FILES.values() for rel in splits.values()}
     entries = E.read_sources(root)
     for name in E.TEXT_SETS:

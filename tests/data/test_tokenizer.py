@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mstlib import tokenizer
+from mstlib.data import tokenizer
 from mstlib.errors import DataError
 
 SHARED_TOK = tokenizer.shared_dir() / "data" / "tokenizer"
@@ -171,3 +171,19 @@ def test_no_files_no_network_no_registry_says_how_to_fix(tmp_path, monkeypatch):
     msg = str(e.value)
     assert "MST_SHARED_DIR" in msg and tokenizer.FETCH_COMMAND in msg and "no network" in msg
     assert "`npm` is not installed" in msg and "openai-whisper==20250625" in msg
+
+
+def test_default_places_are_the_repository_s_and_the_shared_folder_beside_it(monkeypatch, tmp_path):
+    """The data rooms sit one folder deeper than mstlib's own modules: their defaults still name the repo."""
+    from mstlib import provenance
+    from mstlib.data import catalogue, evalsets
+
+    monkeypatch.delenv("MST_SHARED_DIR", raising=False)
+    monkeypatch.delenv("MST_EVAL_DIR", raising=False)
+    root = provenance.REPO_ROOT
+    assert (root / "mstlib" / "__init__.py").is_file()
+    assert tokenizer.shared_dir() == root.parent / "shared"
+    assert evalsets.default_eval_dir() == root.parent / "shared" / "data" / "eval"
+    monkeypatch.delenv("MST_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)  # no data/ here: the repository's is meant
+    assert catalogue.resolve_data_dir(None) == root / "data"

@@ -1,4 +1,4 @@
-"""Tests of mstlib.blocksparse: block patterns, dense <-> compact conversion, and the block-sparse linear
+"""Tests of mstlib.experimental.blocksparse: block patterns, dense <-> compact conversion, and the block-sparse linear
 backends against a dense reference (float64 on CPU; the Triton backends against gather on CUDA, and the
 own Triton kernels also on CPU through Triton's interpreter)."""
 
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mstlib import blocksparse as bs
+from mstlib.experimental import blocksparse as bs
 from mstlib.errors import ConfigError
 
 CUDA = torch.cuda.is_available()
@@ -271,7 +271,7 @@ def test_triton_backend_on_cpu_is_a_clear_config_error(backend) -> None:
 _INTERPRET_CHECK = r"""
 import os, sys, torch
 os.environ["TRITON_INTERPRET"] = "1"
-from mstlib import blocksparse as bs
+from mstlib.experimental import blocksparse as bs
 from mstlib.errors import ConfigError
 
 def run(backend, x, values, p, gy, **kw):
