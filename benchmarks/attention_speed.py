@@ -62,7 +62,7 @@ def attention_fn(variant: str, T: int, window: int, stride: int, device: torch.d
         return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)
     backend, pattern = variant.split(":")
     if backend == "flash_split@torch":  # the far part as compiled torch code instead of the Triton kernels
-        from mstlib.flash_split import flash_split_attention
+        from mstlib.attention.flash_split import flash_split_attention
 
         return flash_split_attention(pattern, T, window, stride, device, far_kernel="torch")
     if backend not in BACKENDS + ("flash_split@torch",) or pattern not in PATTERNS:

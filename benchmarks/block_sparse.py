@@ -1,6 +1,6 @@
 """Time one block-sparse linear layer, forward and backward, against the dense matmul.
 
-Question: does storing only the nonzero ``block x block`` tiles of a weight (``mstlib.blocksparse``) make a
+Question: does storing only the nonzero ``block x block`` tiles of a weight (``mstlib.experimental.blocksparse``) make a
 training step of one linear layer faster than the dense matmul, and by how much compared with the
 ``1 / density`` a pure FLOP count predicts?
 
@@ -14,7 +14,7 @@ to ``None`` before each step, so no accumulation is timed.
 Backends: ``dense`` (plain ``F.linear`` with a dense weight: the reference timing), ``dense_masked`` (the
 project's current way: tiles scattered into a dense masked weight, then ``F.linear``), ``gather`` (pure
 torch on the tiles), ``triton_bsr`` (PyTorch's Triton BSR kernels) and ``triton`` (the project's own Triton
-kernels, autotuned per shape during the warm-up steps); see ``mstlib/blocksparse.py``. The Triton backends
+kernels, autotuned per shape during the warm-up steps); see ``mstlib/experimental/blocksparse.py``. The Triton backends
 run on CUDA only; elsewhere their rows record the ConfigError. A step whose kernels take less GPU time than
 its host code (Python, launches, the autograd engine) is timed at the host's pace: CUDA events cannot tell
 the two apart, so a small ratio for a fast sparse kernel can mean a host-bound step.
@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere in the checkout
 
-from mstlib import blocksparse as bs  # noqa: E402
+from mstlib.experimental import blocksparse as bs  # noqa: E402
 from mstlib.benchmark import kernel_profile  # noqa: E402
 from mstlib import provenance  # noqa: E402
 from mstlib.results import atomic_write_json  # noqa: E402

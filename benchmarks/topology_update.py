@@ -30,7 +30,7 @@ from mstlib import provenance  # noqa: E402
 from mstlib.config import MODEL_SIZES  # noqa: E402
 from mstlib.presets import make  # noqa: E402
 from mstlib.results import atomic_write_json  # noqa: E402
-from mstlib.train import autocast_dtype, build_model, build_optimizer, resolve_device  # noqa: E402
+from mstlib.training import autocast_dtype, build_model, build_optimizer, resolve_device  # noqa: E402
 
 
 def time_updates(model_size: str, device: torch.device, repeats: int, profile: bool, batch: int) -> list[dict[str, Any]]:

@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from nanogpt_loop import plain_loop, synthetic_tokens  # noqa: E402
 
-from mstlib import corpus, provenance  # noqa: E402
+from mstlib import data as corpus  # noqa: E402
+from mstlib import provenance  # noqa: E402
 from mstlib.config import parse_override  # noqa: E402
 from mstlib.presets import make  # noqa: E402
 from mstlib.results import RunStore, atomic_write_json  # noqa: E402

@@ -19,8 +19,8 @@ Variants:
   ``hsa_sdpa:<pattern>``: dense weights with the attention pattern through one FlexAttention block mask
   (skips empty tiles), the ``flash_split`` backend (FlashAttention's sliding window for the band, the
   strided keys through Triton kernels, the summary columns as compiled tensor algebra, one custom backward:
-  :mod:`mstlib.flash_split`), the ``cudnn_split`` backend (the same with cuDNN's sliding window for the band:
-  :mod:`mstlib._cudnn_band`), the ``split`` backend (a
+  :mod:`mstlib.attention.flash_split`), the ``cudnn_split`` backend (the same with cuDNN's sliding window for the band:
+  :mod:`mstlib.kernels.cudnn_band`), the ``split`` backend (a
   FlexAttention band plus the far part through FlexAttention, see :mod:`mstlib.attention`) or the official
   code's dense boolean mask passed to SDPA.
 
@@ -45,7 +45,6 @@ Step files written before this rule gave ``hsa_sdpa`` FlexAttention's tiles (a p
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import time
@@ -54,8 +53,17 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from . import provenance
+from . import schedule as sched
+from .attention.backends import build_attention, flex_pattern_attention, resolve_backend
+from .attention.patterns import FLEX_BLOCK, pattern_density, tile_fraction
 from .config import MODEL_SIZES, RunConfig
 from .errors import ConfigError
+from .flops import nanogpt_params
+from .presets import make
+from .results import atomic_write_json
+from .topology import Sparsifier
+from .training import autocast_dtype, build_model, build_optimizer, resolve_device
 
 #: Every variant :func:`time_variant` knows; ``hsa_flex@64``/``@32`` (FlexAttention with smaller tiles)
 #: failed to compile on the H200 with torch 2.11 (``NoValidChoicesError``), so they are not in the default.
@@ -116,8 +124,6 @@ def kernel_profile(step: Callable[[], None], n: int) -> tuple[float | None, list
 
 
 def _run_config(model: str, context: int, batch: int, compile_: bool) -> RunConfig:
-    from .presets import make
-
     base = make(model if model in ("smoke", "mini", "paper") else "mini", "mst")
     mc = MODEL_SIZES[model]
     return base.replace(**{
@@ -129,16 +135,12 @@ def _run_config(model: str, context: int, batch: int, compile_: bool) -> RunConf
 
 
 def _phase_sparsity(run: RunConfig, phase: str) -> float:
-    from . import schedule as sched
-
     ph = {p.name: p for p in sched.phases(run.schedule)}[phase]
     return sched.target_sparsity((ph.start + ph.end) / 2, run.schedule)
 
 
 def attention_share(run: RunConfig) -> float:
     """Share of attention products (12*L*d*T) in nanoGPT's dense FLOPs per token (6N + 12*L*d*T)."""
-    from .flops import nanogpt_params
-
     m = run.model
     attn = 12 * m.n_layer * m.n_embd * m.block_size
     return attn / (6 * nanogpt_params(m) + attn)
@@ -156,17 +158,15 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
     also the profiler's kernel time of a step, ``gpu_ms``, its ratio to the event time, ``gpu_busy``
     (near 1: the GPU is the bound; well below: the host is), and the longest kernels, ``kernels``.
     ``compile_mode``: :data:`COMPILE_MODES`, when ``run.train.compile``."""
-    from .attention import FLEX_BLOCK, build_attention
-    from .train import autocast_dtype, build_model, build_optimizer
 
     if device.type == "cuda":
         # every variant compiles its own FlexAttention graph; past dynamo's recompile limit (8) it would
         # silently fall back to eager FlexAttention (10x slower), so start each variant from a clean cache
-        from . import attention, flash_split
+        from .attention import common, flash_split, split
 
         torch._dynamo.reset()
-        attention._compiled_flex.cache_clear()
-        attention._compiled_merge2.cache_clear()
+        common.compiled_flex.cache_clear()
+        split._compiled_merge2.cache_clear()
         flash_split._compiled.cache_clear()
     kind, _, pattern = variant.partition(":")
     kind, _, tile = kind.partition("@")  # "hsa_flex@64": FlexAttention with 64-token tiles
@@ -177,8 +177,6 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
     density = 1.0
     attn_cfg = None
     if kind.startswith("mst_"):
-        from .topology import Sparsifier
-
         # "mst_ultra_flash" / "_cudnn" / "_flex": the ultra phase with HSA through that backend, not "auto"
         phase = kind.removeprefix("mst_").partition("_")[0]
         sparsifier = Sparsifier(model, run, opt)
@@ -191,8 +189,6 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
                                               "backend": KIND_BACKENDS[kind]})
     if attn_cfg is not None:
         if block is not None:
-            from .attention import flex_pattern_attention
-
             fn = flex_pattern_attention(attn_cfg.pattern, run.model.block_size, attn_cfg.window, attn_cfg.stride,
                                         device, block=block)
         else:
@@ -254,8 +250,6 @@ def time_variant(run: RunConfig, variant: str, device: torch.device, repeats: in
         row.update(gpu_ms=gpu_ms, gpu_busy=gpu_ms / statistics.median(times),
                    kernels=[{**k, "name": k["name"][:100]} for k in kernels[:12]])
     if attn_cfg is not None:
-        from .attention import resolve_backend, tile_fraction
-
         # tiles computed relative to causal attention (masked SDPA computes every score: 1.0)
         resolved = resolve_backend(attn_cfg.backend, device, attn_cfg.pattern)
         row["attn_backend"] = resolved
@@ -304,9 +298,6 @@ def run_benchmark(models: Sequence[str] = ("mini", "paper"), contexts: Sequence[
     # the text bar: tqdm.auto warns in a kernel without ipywidgets, and that warning lands in a page
     from tqdm import tqdm
 
-    from . import provenance
-    from .results import atomic_write_json
-    from .train import resolve_device
 
     dev = resolve_device(device)
     for v in variants:
@@ -416,8 +407,6 @@ def _combine_rounds(per_round: list[dict[str, Any]], dense_ms: list[float]) -> d
 def _step_flops(run: RunConfig, row: dict[str, Any]) -> float:
     """Training FLOPs the variant *counts* per step: nanoGPT's 6N per token at the variant's weight density
     (embeddings and LayerNorms left as nanoGPT counts them) plus the attention term at its pattern density."""
-    from .attention import pattern_density
-    from .flops import nanogpt_params
 
     m = run.model
     n = nanogpt_params(m)
@@ -430,38 +419,6 @@ def _step_flops(run: RunConfig, row: dict[str, Any]) -> float:
     elif variant.startswith("mst_ultra") and run.attention.pattern != "dense":
         ad = pattern_density(run.attention.pattern, m.block_size, run.attention.window, run.attention.stride)
     return (6 * n * row["density"] + attn * ad) * row["tokens_per_step"]
-
-
-def load_benchmarks(results_dir: str | Path = "results", folder: str = "bench") -> "pd.DataFrame":
-    """Every stored step-time row (``<results_dir>/<folder>/*.json`` files that hold a list of rows of
-    :func:`run_benchmark`) as one table; other benchmark files there (``train_speed_*.json``,
-    ``ddp_compare_*.json``) have their own readers, :func:`load_json_results`. The book finds its files
-    through the manifest instead (:mod:`mstlib.benchstore`); ``folder="bench/archive"`` reads earlier calls."""
-    import pandas as pd
-
-    from .results import resolve_root
-
-    rows = []
-    for f in sorted((resolve_root(results_dir) / folder).glob("*.json")):
-        data = json.loads(f.read_text())
-        if not (isinstance(data, list) and data and isinstance(data[0], dict) and "variant" in data[0]):
-            continue
-        for r in data:
-            r["file"] = f.name
-            rows.append(r)
-    return pd.DataFrame(rows)
-
-
-def load_json_results(results_dir: str | Path, pattern: str) -> list[dict[str, Any]]:
-    """The stored benchmark files ``<results_dir>/bench/<pattern>`` (JSON objects), each with ``file``."""
-    from .results import resolve_root
-
-    out = []
-    for f in sorted((resolve_root(results_dir) / "bench").glob(pattern)):
-        d = json.loads(f.read_text())
-        d["file"] = f.name
-        out.append(d)
-    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

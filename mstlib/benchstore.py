@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import MstError
+from .results import resolve_root
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MANIFEST = "manifest.json"
 STATUSES = ("current", "archived", "superseded")
@@ -23,8 +27,6 @@ CALL_FIELDS = ("call", "commit", "script", "started_utc", "machine")
 
 
 def bench_dir(results_dir: str | Path = "results") -> Path:
-    from .results import resolve_root
-
     return resolve_root(results_dir) / "bench"
 
 
@@ -73,3 +75,31 @@ def step_rows(records: list[dict[str, Any]]) -> "Any":
 def describe(record: dict[str, Any]) -> str:
     """Where a file's numbers are stored and which call wrote them, for a table's caption."""
     return f"results/bench/{record['path']}, written by {record['call']}"
+
+
+def load_benchmarks(results_dir: str | Path = "results", folder: str = "bench") -> "pd.DataFrame":
+    """Every stored step-time row (``<results_dir>/<folder>/*.json`` files that hold a list of rows of
+    :func:`mstlib.benchmark.run_benchmark`) as one table; other benchmark files there (``train_speed_*.json``,
+    ``ddp_compare_*.json``) have their own readers, :func:`load_json_results`. The book finds its files
+    through the manifest instead (:func:`files`); ``folder="bench/archive"`` reads earlier calls."""
+    import pandas as pd
+
+    rows = []
+    for f in sorted((resolve_root(results_dir) / folder).glob("*.json")):
+        data = json.loads(f.read_text())
+        if not (isinstance(data, list) and data and isinstance(data[0], dict) and "variant" in data[0]):
+            continue
+        for r in data:
+            r["file"] = f.name
+            rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def load_json_results(results_dir: str | Path, pattern: str) -> list[dict[str, Any]]:
+    """The stored benchmark files ``<results_dir>/bench/<pattern>`` (JSON objects), each with ``file``."""
+    out = []
+    for f in sorted((resolve_root(results_dir) / "bench").glob(pattern)):
+        d = json.loads(f.read_text())
+        d["file"] = f.name
+        out.append(d)
+    return out

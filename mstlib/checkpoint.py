@@ -15,14 +15,26 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import warnings
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
 import torch
 
+from .config import ModelConfig, RunConfig
 from .errors import CheckpointError
-from .results import atomic_file
+from .model import GPT, load_state_dict_checked
+from .results import (
+    CHECKPOINT,
+    CONFIG,
+    RunResult,
+    RunStore,
+    atomic_file,
+    read_json,
+    retrain_command,
+)
 
 #: 2: the file carries its sha256 (module docstring); 1: written before that
 VERSION = 2
@@ -123,3 +135,80 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu",
         warnings.warn(f"checkpoint {path} predates checksums (version {state.get('version', 1)}); it cannot be "
                       "verified", stacklevel=2)
     return state
+
+
+# ------------------------------------------------------------------------- RNG state, runs' models
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG stream (the loop itself draws from none of them; they are saved so that any code
+    that does, a library included, continues exactly after a resume)."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # this process's GPU only: get_rng_state_all() would create a context on every visible GPU
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    if torch.is_tensor(state.get("cuda")) and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"].cpu())
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write a checkpoint atomically, with its sha256 (:func:`save`)."""
+    save(path, state)
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu",
+                    advice: str = "") -> dict[str, Any]:
+    """A checkpoint's state after checking its sha256 (:func:`mstlib.checkpoint.load`); ``advice`` ends the
+    message of a CheckpointError (by default: how to train the checkpoint's run again)."""
+    return load(path, map_location, advice or "train its run again from scratch with --no-resume")
+
+
+def retrain_advice(store: RunStore, run_dir: Path) -> str:
+    """What to do about a checkpoint of ``run_dir`` that cannot be used: the command that trains it again."""
+    return f"train the run again from scratch: {retrain_command(run_dir, store.checkpoints_option())}"
+
+
+def load_model(source: str | os.PathLike[str] | RunResult, map_location: str | torch.device = "cpu",
+               store: RunStore | None = None) -> GPT:
+    """The trained GPT of a run, in eval mode: ``source`` is a checkpoint file, a run folder
+    (``results/<preset>/<method>/<run_id>``; its checkpoint is looked up in ``store`` or, by default, in
+    ``checkpoints/<results root's name>/`` beside the results root) or a :class:`RunResult`. Raises CheckpointError when the
+    checkpoint is missing or belongs to another config."""
+    expected: RunConfig | None = None
+    if isinstance(source, RunResult):
+        run_dir = source.path
+    else:
+        run_dir = Path(source)
+    if run_dir.is_dir():
+        if not (run_dir / CONFIG).is_file():
+            raise CheckpointError(f"{run_dir} is neither a checkpoint file nor a run folder (no {CONFIG})")
+        expected = RunConfig.from_dict(read_json(run_dir / CONFIG))
+        if store is None:  # run folders are <root>/<preset>/<method>/<run_id>
+            store = RunStore(run_dir.parents[2])
+        path = store.checkpoints / run_dir.name / CHECKPOINT
+        advice = retrain_advice(store, run_dir)
+    else:
+        path = run_dir
+        advice = ""
+    ckpt = load_checkpoint(path, map_location, advice)
+    if expected is not None and ckpt.get("config") != expected.to_dict():
+        raise CheckpointError(
+            f"checkpoint {path} was written for a different config than {run_dir / CONFIG}; {advice}"
+        )
+    try:
+        model = GPT(ModelConfig(**ckpt["model_config"]))
+        load_state_dict_checked(model, ckpt["model"], str(path))
+    except KeyError as e:
+        raise CheckpointError(f"checkpoint {path} lacks {e}; is it an mstlib checkpoint?") from None
+    return model.to(map_location).eval()

@@ -15,15 +15,22 @@ from .errors import MstError
 
 #: command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("mstlib.corpus", "prepare, describe, verify and pack pretraining corpora"),
-    "flops": ("mstlib.flops", "training FLOPs of a run, per phase and against dense"),
-    "masks": ("mstlib.masks", "per-matrix shapes, nonzeros and densities at a sparsity"),
+    "data": ("mstlib.data.commands", "prepare, describe, verify and pack pretraining corpora"),
+    "flops": ("mstlib.describe:flops", "training FLOPs of a run, per phase and against dense"),
+    "masks": ("mstlib.describe:masks", "per-matrix shapes, nonzeros and densities at a sparsity"),
     "config": ("mstlib.presets", "print the full config of a preset and method"),
-    "train": ("mstlib.train", "train one run into the run store"),
-    "sweep": ("mstlib.sweep", "train a list of runs, one process per visible GPU, skipping done ones"),
+    "train": ("mstlib.commands:train", "train one run into the run store"),
+    "sweep": ("mstlib.commands:sweep", "train a list of runs, one process per visible GPU, skipping done ones"),
     "eval": ("mstlib.evaluate", "zero-shot and few-shot evaluation of a trained run"),
+    "gpu": ("mstlib.gpu", "run a GPU call's plan file: stage, run per GPU, pack results and logs into $OUT"),
     "bench": ("mstlib.benchmark", "time dense, MST and attention variants side by side"),
 }
+
+
+def _entry(target: str, name: str):
+    """``module`` gives ``module.name``; ``module:prefix`` gives ``module.prefix_name`` (one module, two commands)."""
+    module, _, prefix = target.partition(":")
+    return getattr(importlib.import_module(module), f"{prefix}_{name}" if prefix else name)
 
 
 def build_parser(load: str | None = None) -> argparse.ArgumentParser:
@@ -35,7 +42,7 @@ def build_parser(load: str | None = None) -> argparse.ArgumentParser:
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         if name == load:
-            importlib.import_module(module).add_arguments(p)
+            _entry(module, "add_arguments")(p)
     return parser
 
 
@@ -47,9 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    module = importlib.import_module(COMMANDS[args.command][0])
+    run = _entry(COMMANDS[args.command][0], "main")
     try:
-        return int(module.main(args) or 0)
+        return int(run(args) or 0)
     except MstError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

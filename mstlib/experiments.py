@@ -24,6 +24,7 @@ from . import ladder
 from .config import RunConfig
 from .errors import ConfigError
 from .presets import make, run_flops, solve_for_flops
+from .results import RunStore
 
 MAIN_METHODS = ("dense", "mst", "rigl", "ss", "tiny")
 
@@ -160,8 +161,6 @@ def variants_for(name: str, preset: str, seeds: list[int] | None = None, store: 
         if seeds is not None:
             raise ConfigError(f"experiment {name!r} has declared seeds (mstlib.ladder); do not pass seeds")
         if store is None:
-            from .results import RunStore
-
             store = RunStore()
         return [Variant(name, f"{r.rung} {r.method}", r.run) for r in FAIR_TEST[name](preset, store)]
     seeds = [0] if seeds is None else list(seeds)

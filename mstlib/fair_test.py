@@ -27,6 +27,7 @@ import pandas as pd
 from . import ladder
 from .errors import ConfigError
 from .flops import nanogpt_params
+from .pipeline import GPU_PRESETS, train_and_evaluate
 from .presets import run_flops
 from .stats import fit_line, holm, mean_ci, paired_ci, paired_p
 
@@ -296,8 +297,6 @@ def train_missing(preset: str, store: Any, device: str = "auto", progress: bool 
     this machine may: always at ``smoke``; at a GPU preset only with CUDA (else nothing, and
     :func:`missing` says what is left). Returns the number of runs trained."""
     import torch
-
-    from .pipeline import GPU_PRESETS, train_and_evaluate
 
     if preset in GPU_PRESETS and not torch.cuda.is_available():
         return 0

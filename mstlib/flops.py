@@ -41,20 +41,19 @@ CLI: ``python -m mstlib flops --preset paper --method mst [--json] [--all-method
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import functools
 import json
 import math
-from fractions import Fraction
-import sys
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from fractions import Fraction
+from typing import Any
 
 from . import schedule as sched
-from .attention import pattern_density
-from .config import ModelConfig, RunConfig, parse_override
+from .attention.patterns import pattern_density
+from .config import ModelConfig, RunConfig
 from .errors import ConfigError
+from .masks import sparse_shapes
 
 __all__ = [
     "FlopReport",
@@ -62,8 +61,6 @@ __all__ = [
     "nanogpt_params",
     "flops_per_token_dense",
     "training_flops",
-    "add_arguments",
-    "main",
 ]
 
 
@@ -208,19 +205,6 @@ def _segments(a: int, z: int, updates: list[int], dense_grad: bool) -> list[tupl
     return [(x, y, dense_grad and x in upd and y == x + 1) for x, y in zip(pts_sorted[:-1], pts_sorted[1:])]
 
 
-def dense_reference_model(run: RunConfig) -> ModelConfig:
-    """The model of the dense run ``run`` is compared with: its own, except for ``tiny``, whose point is
-    to be a *smaller* model, so it is compared with its preset's full-size dense model (same context)."""
-    if run.method == "tiny":
-        from .presets import PRESETS, make
-
-        if run.preset in PRESETS:
-            full = make(run.preset, "dense").model
-            return ModelConfig(n_layer=full.n_layer, n_head=full.n_head, n_embd=full.n_embd,
-                               block_size=run.model.block_size, vocab_size=run.model.vocab_size)
-    return run.model
-
-
 def attention_layer_equivalents(run: RunConfig) -> float:
     """While the run's attention pattern is on: the attention cost in units of one dense causal layer,
     ``k * rho + (n_layer - k)`` for a pattern of density ``rho`` in ``k`` layers (``n_layer`` when the
@@ -241,11 +225,10 @@ def training_flops(
     ``world_size`` is accepted for the API's sake and changes nothing: ``train.grad_accum`` already counts
     the micro-batches of all processes. ``series=False`` skips the per-segment series (faster, for
     bisection). ``dense_model``: the model of the dense run that ``ratio_to_dense`` divides by, trained on
-    the same tokens (default :func:`dense_reference_model`: the run's own, the full-size one for tiny)."""
+    the same tokens (default: the run's own; a ``tiny`` run must be given one, see
+    :func:`mstlib.presets.dense_reference_model`): the yardstick is data, so this module needs no presets."""
     if world_size < 1:
         raise ConfigError(f"world_size must be >= 1, got {world_size}")
-    from .masks import sparse_shapes
-
     m = run.model
     M = run.train.max_iters
     tps = run.tokens_per_step()
@@ -304,7 +287,12 @@ def training_flops(
                 cols["phase"].append(phase)
 
     tokens_all = M * tps
-    ref = dense_model if dense_model is not None else dense_reference_model(run)
+    if dense_model is None and run.method == "tiny":
+        raise ConfigError(
+            "a tiny run is compared with a larger dense model: pass dense_model= "
+            "(mstlib.presets.dense_reference_model(run) gives its preset's full-size one)"
+        )
+    ref = dense_model if dense_model is not None else run.model
     per_ref = flops_per_token_dense(ref)
     dense_total = float(per_ref) * tokens_all
     phases_out = {}
@@ -342,73 +330,3 @@ def training_flops(
         breakdown=parts,
         series=cols if series else {},
     )
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``python -m mstlib flops``: training FLOPs of a preset/method, per phase and against dense."""
-    parser.add_argument("--preset", default="paper", help="smoke, mini or paper (default paper)")
-    parser.add_argument("--method", default="mst", help="dense, mst, rigl, ss, tiny or set (default mst)")
-    parser.add_argument("--all-methods", action="store_true", help="one table row per method")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, repeatable (e.g. --set schedule.s_max=0.95)")
-    parser.add_argument("--json", action="store_true", help="print JSON (one object, or a list with --all-methods)")
-    parser.add_argument("--series", action="store_true", help="include the per-interval density series in JSON")
-
-
-def _row(r: FlopReport, run: RunConfig) -> dict[str, Any]:
-    shape = f"{run.model.n_layer}x{run.model.n_embd}"
-    if run.schedule.kind == "constant":
-        sp = f"{run.schedule.sparsity:.4f}"
-    elif run.schedule.kind == "mst":
-        sp = f"{run.schedule.s_max:.2f}->{run.schedule.s_end:.2f}"
-    else:
-        sp = "0"
-    return {"method": r.method, "model": shape, "sparsity": sp, "total_flops": r.total_flops,
-            "ratio_to_dense": r.ratio_to_dense, "reduction": 1.0 / r.ratio_to_dense}
-
-
-def _print_table(reports: Iterable[tuple[FlopReport, RunConfig]]) -> None:
-    reports = list(reports)
-    r0 = reports[0][0]
-    print(f"preset {r0.preset}: {r0.steps:,} steps x {r0.tokens_per_step:,} tokens = {r0.tokens:,} tokens; "
-          f"dense {r0.flops_per_token_dense:,} FLOPs/token (6N + 12LdT)")
-    print(f"{'method':<7} {'model':>8} {'sparsity':>12} {'total FLOPs':>12} {'/ dense':>8} {'reduction':>9}")
-    for r, run in reports:
-        row = _row(r, run)
-        print(f"{row['method']:<7} {row['model']:>8} {row['sparsity']:>12} {row['total_flops']:>12.4e} "
-              f"{row['ratio_to_dense']:>8.4f} {row['reduction']:>8.2f}x")
-    if len(reports) == 1 and len(r0.phases) > 1:
-        print()
-        print(f"{'phase':<12} {'steps':>17} {'FLOPs':>12} {'/ dense':>8} {'weight dens.':>12} {'attn dens.':>10}")
-        for ph in r0.phases.values():
-            print(f"{ph.name:<12} {f'{ph.start_step:,}-{ph.end_step:,}':>17} {ph.flops:>12.4e} "
-                  f"{ph.ratio_to_dense:>8.4f} {ph.mean_weight_density:>12.4f} {ph.mean_attention_density:>10.4f}")
-
-
-def main(args: argparse.Namespace) -> int:
-    from .presets import METHODS, make
-
-    overrides = dict(parse_override(o) for o in args.overrides)
-    methods = list(METHODS) if args.all_methods else [args.method]
-    out = []
-    for method in methods:
-        run = make(args.preset, method, seed=args.seed, overrides=overrides or None)
-        # tiny is compared with the full-size dense model under the same overrides
-        ref = make(args.preset, "dense", seed=args.seed, overrides=overrides or None).model
-        out.append((training_flops(run, series=args.series, dense_model=ref), run))
-    if args.json:
-        objs = []
-        for r, run in out:
-            d = json.loads(r.to_json(series=args.series))
-            d["model"] = {"n_layer": run.model.n_layer, "n_head": run.model.n_head, "n_embd": run.model.n_embd}
-            d["schedule"] = run.to_dict()["schedule"]
-            objs.append(d)
-        json.dump(objs if args.all_methods else objs[0], sys.stdout, indent=1)
-        sys.stdout.write("\n")
-        return 0
-    _print_table(out)
-    return 0

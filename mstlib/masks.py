@@ -21,18 +21,22 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import itertools
-import json
-import sys
 from fractions import Fraction
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
-from .config import Distribution, MaskInit, ModelConfig, RunConfig, SparseSet, SparsityConfig
+from .config import (
+    Distribution,
+    MaskInit,
+    ModelConfig,
+    RunConfig,
+    SparseSet,
+    SparsityConfig,
+)
 from .errors import CheckpointError, ConfigError
 
 __all__ = [
@@ -44,8 +48,6 @@ __all__ = [
     "make_generator",
     "unwrap_model",
     "MaskSet",
-    "add_arguments",
-    "main",
 ]
 
 #: Linear weights of one block, in module order (qkv, attention projection, MLP up, MLP down).
@@ -396,63 +398,3 @@ class MaskSet:
                 raise CheckpointError(f"mask {n} has shape {tuple(m.shape)}, the model's is {self.shapes[n]}")
             self.set_mask(n, m)
         self.apply_()
-
-
-# -------------------------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``python -m mstlib masks``: per-matrix shapes, nonzeros and densities at a sparsity."""
-    parser.add_argument("--preset", default="paper", help="model size / preset: smoke, mini or paper")
-    parser.add_argument("--method", default="mst", help="method whose sparsity config to use (default mst)")
-    parser.add_argument("--sparsity", type=float, required=True, help="global sparsity over the sparse set, [0, 1)")
-    parser.add_argument("--distribution", choices=["er", "uniform"], default=None, help="override the preset's")
-    parser.add_argument("--sparse-set", choices=["all", "blocks"], default=None, help="override the preset's")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-
-def _preset_configs(preset: str, method: str) -> tuple[ModelConfig, SparsityConfig]:
-    try:
-        from . import presets  # written by another helper; fall back to the named sizes until it exists
-    except ImportError:
-        presets = None  # type: ignore[assignment]
-    if presets is not None and hasattr(presets, "make"):
-        run = presets.make(preset, method)
-        return run.model, run.sparsity
-    from .config import model_size
-
-    return model_size(preset), SparsityConfig()
-
-
-def main(args: argparse.Namespace) -> int:
-    model_cfg, sparse_cfg = _preset_configs(args.preset, args.method)
-    sparse_cfg = SparsityConfig(
-        sparse_set=args.sparse_set or sparse_cfg.sparse_set,
-        distribution=args.distribution or sparse_cfg.distribution,
-        init=sparse_cfg.init,
-    )
-    rows = layer_table(model_cfg, args.sparsity, sparse_cfg)
-    total = sum(r["shape"][0] * r["shape"][1] for r in rows)
-    nnz = sum(r["nnz"] for r in rows)
-    report = {
-        "preset": args.preset,
-        "sparsity": args.sparsity,
-        "sparse_set": sparse_cfg.sparse_set,
-        "distribution": sparse_cfg.distribution,
-        "total": total,
-        "nnz": nnz,
-        "density": nnz / total,
-        "matrices": rows,
-    }
-    if args.json:
-        json.dump(report, sys.stdout, indent=1)
-        sys.stdout.write("\n")
-        return 0
-    width = max(len(r["name"]) for r in rows)
-    print(f"{'matrix':<{width}}  {'shape':>14}  {'nonzeros':>12}  density")
-    for r in rows:
-        shape = "x".join(map(str, r["shape"]))
-        print(f"{r['name']:<{width}}  {shape:>14}  {r['nnz']:>12,}  {r['density']:.4f}")
-    print(f"{'total':<{width}}  {'':>14}  {nnz:>12,}  {nnz / total:.4f}  (of {total:,} weights)")
-    return 0
-

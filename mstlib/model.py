@@ -23,6 +23,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from .config import ModelConfig
+from .errors import CheckpointError
 
 #: ``(q, k, v) -> y`` with q, k, v, y of shape (batch, heads, tokens, head_dim).
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -165,8 +166,6 @@ class GPT(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "GPT":
         """Load the model stored by :mod:`mstlib.train` (its ``model_config`` and ``model`` entries)."""
-        from .errors import CheckpointError
-
         try:
             ckpt = torch.load(path, map_location=map_location, weights_only=False)
         except FileNotFoundError:
@@ -186,8 +185,6 @@ class GPT(nn.Module):
 def load_state_dict_checked(model: GPT, state: dict, source: str) -> None:
     """``load_state_dict`` with a CheckpointError naming every mismatch (compiled models prefix keys with
     ``_orig_mod.``, which is stripped)."""
-    from .errors import CheckpointError
-
     state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
     own = model.state_dict()
     missing = sorted(set(own) - set(state))

@@ -12,9 +12,18 @@ from __future__ import annotations
 
 import ast
 import difflib
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
+from dataclasses import dataclass
+
+from . import experiments, pipeline
+from .claims import scale_line
+from .config import RunConfig
 from .errors import ConfigError
+from .presets import PRESETS, make
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SMOKE_NOTE = (
     "> **Smoke preset: these numbers mean nothing.** The `smoke` preset trains 2-layer GPTs of width 32 for a "
@@ -79,8 +88,6 @@ def check_parameters(preset: Any, seeds: Any, device: Any = "auto", results_dir:
                      **flags: Any) -> list[int]:
     """Check the parameters every notebook shares; ``flags`` are named booleans (e.g. ``evaluate=False``).
     Returns the seeds as a list."""
-    from .presets import PRESETS
-
     if preset not in PRESETS:
         raise ConfigError(f"preset={preset!r} is not one of {list(PRESETS)}")
     out = check_seeds(seeds)
@@ -105,9 +112,47 @@ def start_page(preset: str, seeds: Sequence[int] = (), note: str = SMOKE_NOTE, s
     glue("preset", preset, display=False)
     glue("n_seeds", len(seeds), display=False)
     if scale:
-        from .claims import scale_line
-
         glue("scale_line", scale_line(preset), display=False)
         display(Markdown(scale_line(preset)))
     if preset == "smoke":
         display(Markdown(note))
+
+
+# ------------------------------------------------------------------------------- the ablation chapters
+
+
+def ablation_variants(experiment: str, preset: Any, seeds: Any, device: Any = "auto", results_dir: Any = "results",
+                      evaluate: Any = False) -> tuple[list[int], list[experiments.Variant]]:
+    """The opening of an ablation chapter (05, 06, 07), after :func:`check_parameter_names`: the shared
+    parameters checked, and the variants of ``experiment`` (``"sv"``, ``"te"``, ``"hsa"``). Returns
+    ``(seeds, variants)``; a bad preset or seed is a ConfigError here, before anything runs."""
+    seeds = check_parameters(preset, seeds, device, results_dir, evaluate=evaluate)
+    return seeds, experiments.variants_for(experiment, preset, list(seeds))
+
+
+@dataclass
+class Ablation:
+    """An ablation chapter's runs: one row per variant and seed (``results``), their logs, the variants in
+    the experiment's order, and the preset's full MST run (the reference every variant is compared with)."""
+
+    results: "pd.DataFrame"
+    logs: "pd.DataFrame"
+    order: list[str]
+    mst: RunConfig
+
+
+def collect_ablation(experiment: str, variants: Sequence[experiments.Variant], preset: str, device: str = "auto",
+                     results_dir: str = "results", evaluate: bool = False, allow_missing: bool = False) -> Ablation:
+    """The chapter's runs read from the store (trained where the preset allows it here). With
+    ``allow_missing`` a GPU preset read without all its runs shows which are not stored yet and the sweep
+    that makes them, and goes on with the rest."""
+    from IPython.display import Markdown, display  # the notebooks' display; not a dependency of the library
+
+    results = pipeline.collect(variants, preset=preset, device=device, results_dir=results_dir, evaluate=evaluate,
+                               allow_missing=allow_missing)
+    if results.attrs.get("missing"):
+        display(Markdown("> **Not stored yet:** " + "; ".join(f"{v} (seed {s}, run {i})" for v, s, i in
+                                                           results.attrs["missing"])
+                         + f". Train them with `python -m mstlib sweep --experiment {experiment} --preset {preset}`."))
+    return Ablation(results, pipeline.logs(results, results_dir=results_dir),
+                    list(dict.fromkeys(v.variant for v in variants)), make(preset, "mst"))

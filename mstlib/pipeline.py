@@ -15,11 +15,16 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
 
+from . import data as corpus
+from . import train as trainer  # as a module: tests replace trainer.train
+from .checkpoint import load_model
 from .config import RunConfig
-from .corpus import SUBSETS
+from .data.catalogue import SUBSETS
 from .errors import MstError
+from .evaluate import EvalSettings, evaluate_model
 from .experiments import Variant
 from .results import RunResult, RunStore, flatten
+from .stats import mean_ci
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,8 +42,6 @@ EVAL_SETTINGS: dict[str, dict[str, Any]] = {
 
 def eval_settings(preset: str, **overrides: Any):
     """The :class:`~mstlib.evaluate.EvalSettings` of a preset (custom presets get the full protocol)."""
-    from .evaluate import EvalSettings
-
     return EvalSettings(**{**EVAL_SETTINGS.get(preset, {}), **overrides})
 
 
@@ -48,11 +51,9 @@ SMOKE_CORPUS = SUBSETS["offline-smoke"]
 
 def ensure_smoke_corpus(run: RunConfig, progress: bool = False) -> None:
     """Prepare the smoke preset's tiny corpus from ``<shared>/data/corpus`` unless an identical one is there,
-    so a CPU check needs no manual step. Asking :func:`mstlib.corpus.prepare` every time costs about 50 ms and
+    so a CPU check needs no manual step. Asking :func:`mstlib.data.prepare` every time costs about 50 ms and
     also remakes a corrupt copy, or one made from other sources (the recipe holds the sources' sha256).
     Other presets' corpora are never prepared implicitly: a missing one is a DataError that says how to make it."""
-    from . import corpus
-
     if run.preset != "smoke" or run.data.corpus != "offline-smoke":
         return
     if not (corpus.default_source_dir() / "SOURCES.md").is_file() and \
@@ -69,16 +70,13 @@ def train_and_evaluate(
     """Train ``run`` unless stored, then evaluate it unless its ``eval.json`` exists. Returns the stored
     result. The model is read back from the run's final checkpoint, so evaluation also works in a later
     process (as long as ``checkpoints/`` is still there)."""
-    from .train import load_model, resolve_device, train
 
     if not store.is_done(run):
         ensure_smoke_corpus(run)
-        train(run, store, device=device, progress=progress)
+        trainer.train(run, store, device=device, progress=progress)
     result = store.load(run)
     if evaluate and result.eval is None:
-        from .evaluate import evaluate_model
-
-        dev = resolve_device(device)
+        dev = trainer.resolve_device(device)
         model = load_model(result, map_location=dev).to(dev)
         res = evaluate_model(model, tasks, eval_settings(run.preset, progress=progress))
         store.write_eval(run, res)
@@ -168,8 +166,6 @@ def summary(df: "pd.DataFrame", metrics: Sequence[str], by: str | Sequence[str] 
     """Mean and ``level`` t-interval per group for each metric: columns ``<metric>``, ``<metric>_lo``,
     ``<metric>_hi``, ``<metric>_fmt`` ("mean ± half-width") and ``n`` (seeds). Group order is kept."""
     import pandas as pd
-
-    from .stats import mean_ci
 
     by = [by] if isinstance(by, str) else list(by)
     rows = []

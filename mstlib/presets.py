@@ -85,8 +85,9 @@ from .config import (
     parse_override,
 )
 from .errors import ConfigError
+from .flops import training_flops
 
-__all__ = ["PRESETS", "METHODS", "make", "matched_sparsity", "tiny_model", "run_flops", "solve_for_flops",
+__all__ = ["PRESETS", "METHODS", "make", "dense_reference_model", "matched_sparsity", "tiny_model", "run_flops", "solve_for_flops",
            "tiny_for_flops", "add_arguments", "main"]
 
 PRESETS: tuple[str, ...] = ("smoke", "mini", "paper")
@@ -186,11 +187,20 @@ def _freeze(overrides: Mapping[str, Any]) -> str:
     return json.dumps(dict(overrides), sort_keys=True)
 
 
+def dense_reference_model(run: RunConfig) -> ModelConfig:
+    """The model of the dense run ``run`` is compared with: its own, except for ``tiny``, whose point is
+    to be a *smaller* model, so it is compared with its preset's full-size dense model (same context)."""
+    if run.method == "tiny":
+        if run.preset in PRESETS:
+            full = make(run.preset, "dense").model
+            return ModelConfig(n_layer=full.n_layer, n_head=full.n_head, n_embd=full.n_embd,
+                               block_size=run.model.block_size, vocab_size=run.model.vocab_size)
+    return run.model
+
+
 def run_flops(run: RunConfig) -> float:
     """Total training FLOPs of ``run`` (:func:`mstlib.flops.training_flops`, no series)."""
-    from .flops import training_flops
-
-    return training_flops(run, series=False).total_flops
+    return training_flops(run, series=False, dense_model=dense_reference_model(run)).total_flops
 
 
 def solve_for_flops(base: RunConfig, key: str, lo: float, hi: float, target: float,

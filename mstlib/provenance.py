@@ -23,6 +23,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+#: mstlib's version (``mstlib.__version__``; pyproject.toml says the same)
+MSTLIB_VERSION = "0.1.0"
+
 #: The repository root (the folder above the ``mstlib`` package).
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

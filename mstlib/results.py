@@ -40,7 +40,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator
 
 from .config import RunConfig
 from .errors import CorruptRunError, CorruptRunWarning, MstError
@@ -339,23 +339,6 @@ class RunStore:
     def checkpoints_option(self) -> Path | None:
         """The ``--checkpoints`` a command line on this store needs: None where it is ``root``'s default."""
         return None if self.checkpoints == RunStore(self.root).checkpoints else self.checkpoints
-
-    # -- training what is missing ----------------------------------------------------------------
-    def ensure(
-        self, runs: Sequence[RunConfig], device: str = "auto", progress: bool = True, **train_kwargs: Any
-    ) -> list[RunResult]:
-        """Results of ``runs`` in order: stored ones are reused, missing ones trained here, one after the
-        other, in this process (meant for the smoke preset in notebooks; use ``python -m mstlib sweep`` for
-        real runs on GPUs)."""
-        from .train import train
-
-        out = []
-        for run in runs:
-            if self.is_done(run):
-                out.append(self.load(run))
-            else:
-                out.append(train(run, self, device=device, progress=progress, **train_kwargs))
-        return out
 
 
 def load_run_dir(d: str | os.PathLike[str], checkpoints: str | os.PathLike[str] | None = None) -> RunResult:

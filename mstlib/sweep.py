@@ -31,7 +31,6 @@ Examples::
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import io
@@ -51,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator, Sequence
 
-from .config import RunConfig, parse_override
+from .config import RunConfig
 from .errors import ConfigError, CorruptRunError, MstError, RunLockedError
 from .provenance import REPO_ROOT, git_state, utc_now
 from .results import (CONFIG, DONE, EVAL, LOG_GZ, RunStore, atomic_write_bytes, atomic_write_json, same_files,
@@ -199,7 +198,7 @@ def run_sweep(
 
     for r in runs:
         if complete(r):
-            problem = _corruption(r, store)
+            problem = corruption(r, store)
             outcomes[r.run_id()] = Outcome(r, "corrupt", tail=problem) if problem else Outcome(r, "skipped")
         else:
             queue.append(r)
@@ -293,7 +292,7 @@ def _ignoring(signals: Sequence[int]) -> Iterator[None]:
             signal.signal(s, handler)
 
 
-def _corruption(run: RunConfig, store: RunStore) -> str:
+def corruption(run: RunConfig, store: RunStore) -> str:
     """Why the stored run cannot be read, with what to do about it ("" when it can)."""
     try:
         store.load(run)
@@ -387,7 +386,7 @@ def pack(runs: Sequence[RunConfig], store: RunStore, out: str | os.PathLike[str]
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for run in unique(runs):
             d = store.run_dir(run)
-            problem = _corruption(run, store) if (d / CONFIG).is_file() else ""
+            problem = corruption(run, store) if (d / CONFIG).is_file() else ""
             files = [] if problem else [d / n for n in PACKABLE if (d / n).is_file()]
             entry = {"run_id": run.run_id(), "path": f"{run.preset}/{run.method}/{run.run_id()}",
                      "done": (d / DONE).is_file() and not problem, "files": [f.name for f in files]}
@@ -496,110 +495,3 @@ def _unpack_run(store: RunStore, preset: str, method: str, run_id: str, files: d
     else:
         os.replace(stage, dest)
         result["added"].append(run_id)
-
-
-# ----------------------------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``python -m mstlib sweep``."""
-    src = parser.add_mutually_exclusive_group()
-    src.add_argument("--runs", metavar="FILE", help="a JSON list of run configs")
-    src.add_argument("--experiment", metavar="NAME",
-                     help="the runs of a notebook (mstlib.experiments), 'all', or a fair-test experiment "
-                          "('schedules', 'ladder', 'ladder-<rung>', 'gap')")
-    src.add_argument("--methods", nargs="+", metavar="METHOD", help="these methods of --preset, every seed")
-    parser.add_argument("--preset", default="mini", help="preset for --experiment/--methods (default: mini)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=None,
-                        help="seeds (default: 0; the fair test's experiments have their own)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a field of every run (for --methods, before FLOP matching)")
-    parser.add_argument("--device", default="auto", help="auto (GPUs if any, else CPU) | cuda | cpu")
-    parser.add_argument("--gpus", type=int, default=None, help="use the first N visible GPUs (default: all)")
-    parser.add_argument("--per-gpu", type=int, default=1, help="concurrent runs per GPU (default: 1)")
-    parser.add_argument("--workers", type=int, default=1, help="parallel CPU runs when there is no GPU (default: 1)")
-    parser.add_argument("--results", default="results", help="run store root (default: results)")
-    parser.add_argument("--checkpoints", default=None, help="checkpoint root (default: checkpoints/<results folder name> beside it)")
-    parser.add_argument("--pack", metavar="OUT.tar.gz", help="pack the runs' results into one archive at the end")
-    parser.add_argument("--pack-only", action="store_true", help="pack what is stored; train nothing")
-    parser.add_argument("--unpack", metavar="ARCHIVE", help="merge a pack into --results (no training)")
-    parser.add_argument("--overwrite", action="store_true", help="with --unpack: replace runs done here")
-    parser.add_argument("--evaluate", action="store_true",
-                        help="also evaluate every run (eval.json); runs without it are not done")
-    parser.add_argument("--dry-run", action="store_true", help="list the runs and whether they are done")
-    parser.add_argument("--write-runs", metavar="FILE", help="write the run list as JSON (for --runs) and stop")
-
-
-def runs_from_args(args: argparse.Namespace, store: RunStore | None = None) -> list[RunConfig]:
-    overrides = dict(parse_override(s) for s in args.set)
-    if args.runs:
-        runs = load_runs_file(args.runs)
-    elif args.experiment:
-        try:
-            from .experiments import runs_for
-        except ImportError as e:
-            raise ConfigError(f"--experiment needs mstlib.experiments ({e}); use --runs FILE") from e
-        runs = runs_for(args.experiment, args.preset, args.seeds, store)
-    elif args.methods:
-        from .presets import make
-
-        return unique([make(args.preset, m, seed=s, overrides=overrides or None)
-                       for m in args.methods for s in (args.seeds or [0])])
-    else:
-        raise ConfigError("say which runs: --runs FILE, --experiment NAME or --methods M [M ...]")
-    return unique([r.replace(**overrides) for r in runs] if overrides else runs)
-
-
-def main(args: argparse.Namespace) -> int:
-    store = RunStore(args.results, args.checkpoints)
-    if args.unpack:
-        res = unpack(args.unpack, store, overwrite=args.overwrite)
-        for k, v in res.items():
-            print(f"{k:>9}: {len(v)}" + (f"  {' '.join(v[:8])}{' ...' if len(v) > 8 else ''}" if v else ""))
-        if res["conflict"]:
-            print("conflicts were kept as they are here; --overwrite replaces them", file=sys.stderr)
-        if res["busy"]:
-            print("busy runs are being trained here (their lock is held) and were left alone: unpack again once "
-                  "their trainers have stopped", file=sys.stderr)
-        return 1 if res["rejected"] else 0
-    runs = runs_from_args(args, store)
-    if args.write_runs:
-        write_runs_file(runs, args.write_runs)
-        print(f"{len(runs)} runs written to {args.write_runs}")
-        return 0
-    if args.dry_run:
-        for r in runs:
-            state = ("corrupt" if _corruption(r, store) else "done") if store.is_done(r) else "todo"
-            print(f"{state:<7} {r.preset}/{r.method}/seed{r.seed} {r.run_id()}")
-        return 0
-    outcomes: list[Outcome] = []
-    if not args.pack_only:
-        t0 = time.perf_counter()
-        try:
-            outcomes = run_sweep(runs, store, device=args.device, gpus=args.gpus, workers=args.workers,
-                                 evaluate=args.evaluate, per_gpu=args.per_gpu)
-        except SweepStopped as e:
-            print(f"sweep stopped by {e.name}; its trainers were stopped and keep their last checkpoints: run "
-                  "the same command again to continue", file=sys.stderr)
-            return 128 + e.signum
-        print(report(outcomes, store))
-        print(f"sweep wall time {(time.perf_counter() - t0) / 60:.1f} min")
-    corrupt: list[str] = []
-    if args.pack:
-        man = pack(runs, store, args.pack, outcomes)
-        n_done = sum(r["done"] for r in man["runs"])
-        corrupt = [r["run_id"] for r in man["runs"] if "corrupt" in r]
-        if args.pack_only:  # no report above to say what is wrong with them
-            for r in man["runs"]:
-                if "corrupt" in r:
-                    print(f"--- {r['run_id']} is corrupt, left out: {r['corrupt']}", file=sys.stderr)
-        print(f"packed {len(man['runs'])} runs ({n_done} done) into {args.pack}"
-              + (f"; {len(corrupt)} corrupt run(s) left out: {' '.join(corrupt)}" if corrupt else ""))
-    failed = [o for o in outcomes if o.status == "failed"]
-    corrupt = sorted(set(corrupt) | {o.run.run_id() for o in outcomes if o.status == "corrupt"})
-    if failed:
-        print(f"{len(failed)} run(s) failed: {' '.join(o.run.run_id() for o in failed)}", file=sys.stderr)
-    if corrupt:
-        print(f"{len(corrupt)} stored run(s) are corrupt and were skipped: {' '.join(corrupt)} (above: how to "
-              "repair each)", file=sys.stderr)
-    return 1 if failed or corrupt else 0

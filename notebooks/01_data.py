@@ -45,7 +45,7 @@ results_dir = "results"  # unused here
 import tempfile
 from pathlib import Path
 
-from mstlib import corpus as corpora
+from mstlib import data as corpora
 from mstlib import notebook
 from mstlib.errors import ConfigError
 

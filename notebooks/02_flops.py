@@ -71,7 +71,7 @@ from mstlib import flops, masks, schedule, tables
 sns.set_theme(style="whitegrid", context="notebook")
 METHOD_NAMES = {"dense": "Dense", "mst": "MST", "rigl": "RigL", "ss": "SS", "tiny": "Tiny", "set": "SET"}
 
-reports = {key: flops.training_flops(run) for key, run in runs.items()}
+reports = {key: flops.training_flops(run, dense_model=presets.dense_reference_model(run)) for key, run in runs.items()}
 
 
 def sparsity_text(run) -> str:

@@ -43,11 +43,10 @@ evaluate = False  # also run the zero-shot/few-shot evaluation on missing ablati
 
 # %% tags=["remove-input"]
 # Check the parameters first, so a typo stops here with a message that says what to use.
-from mstlib import experiments, notebook, presets
+from mstlib import notebook, presets
 
 notebook.check_parameter_names()
-seeds = notebook.check_parameters(preset, seeds, device, results_dir, evaluate=evaluate)
-variants = experiments.variants_for("sv", preset, list(seeds))  # ConfigError on a bad preset/seed
+seeds, variants = notebook.ablation_variants("sv", preset, seeds, device, results_dir, evaluate)
 
 # %% tags=["hide-input"]
 import matplotlib.pyplot as plt
@@ -62,16 +61,10 @@ notebook.start_page(preset, seeds)
 
 # %% tags=["hide-input"]
 # The runs of experiment "sv"; full MST is shared with the main table (same config, same stored run).
-results = pipeline.collect(variants, preset=preset, device=device, results_dir=results_dir, evaluate=evaluate,
-                           allow_missing=True)
-logs = pipeline.logs(results, results_dir=results_dir)
-if results.attrs["missing"]:  # a GPU preset read on a machine without the runs: say what is not there
-    display(Markdown("> **Not stored yet:** " + "; ".join(f"{v} (seed {s}, run {i})" for v, s, i in
-                                                       results.attrs["missing"])
-                     + f". Train them with `python -m mstlib sweep --experiment sv --preset {preset}`."))
-ORDER = list(dict.fromkeys(v.variant for v in variants))
+# A GPU preset read on a machine without all the runs says which are not stored yet, and goes on.
+ablation = notebook.collect_ablation("sv", variants, preset, device, results_dir, evaluate, allow_missing=True)
+results, logs, ORDER, mst = ablation.results, ablation.logs, ablation.order, ablation.mst
 FULL = "full MST"
-mst = presets.make(preset, "mst")
 described = {
     v.variant: (f"{v.run.schedule.kind}, s={v.run.schedule.sparsity:.4f}" if v.run.schedule.kind == "constant"
                 else f"mst: 0 -> {v.run.schedule.s_max:.2f} by {v.run.schedule.warmup_end:.2f}, "

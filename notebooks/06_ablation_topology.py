@@ -41,11 +41,10 @@ evaluate = False  # also run the zero-shot/few-shot evaluation on missing ablati
 
 # %% tags=["remove-input"]
 # Check the parameters first, so a typo stops here with a message that says what to use.
-from mstlib import experiments, notebook, presets
+from mstlib import notebook, presets
 
 notebook.check_parameter_names()
-seeds = notebook.check_parameters(preset, seeds, device, results_dir, evaluate=evaluate)
-variants = experiments.variants_for("te", preset, list(seeds))  # ConfigError on a bad preset/seed
+seeds, variants = notebook.ablation_variants("te", preset, seeds, device, results_dir, evaluate)
 
 # %% tags=["remove-input"]
 import matplotlib.pyplot as plt
@@ -60,11 +59,9 @@ notebook.start_page(preset, seeds)
 
 # %% tags=["remove-input"]
 # The runs of experiment "te"; "mixed (MG)" is full MST, shared with the main table.
-results = pipeline.collect(variants, preset=preset, device=device, results_dir=results_dir, evaluate=evaluate)
-logs = pipeline.logs(results, results_dir=results_dir)
-ORDER = list(dict.fromkeys(v.variant for v in variants))
+ablation = notebook.collect_ablation("te", variants, preset, device, results_dir, evaluate)
+results, logs, ORDER, mst = ablation.results, ablation.logs, ablation.order, ablation.mst
 FULL = "mixed (MG)"
-mst = presets.make(preset, "mst")
 def describe(topo) -> str:
     if topo.growth == "none":  # the drop fraction is 0: the mask changes only with the sparsity target
         return "no growth; mask changes only with the sparsity target"

@@ -41,11 +41,10 @@ evaluate = False  # also run the zero-shot/few-shot evaluation on missing ablati
 
 # %% tags=["remove-input"]
 # Check the parameters first, so a typo stops here with a message that says what to use.
-from mstlib import experiments, notebook, presets
+from mstlib import notebook, presets
 
 notebook.check_parameter_names()
-seeds = notebook.check_parameters(preset, seeds, device, results_dir, evaluate=evaluate)
-variants = experiments.variants_for("hsa", preset, list(seeds))  # ConfigError on a bad preset/seed
+seeds, variants = notebook.ablation_variants("hsa", preset, seeds, device, results_dir, evaluate)
 
 # %% tags=["remove-input"]
 import matplotlib.pyplot as plt
@@ -61,10 +60,8 @@ notebook.start_page(preset, seeds)
 
 # %% tags=["remove-input"]
 # The runs of experiment "hsa"; full MST (its own pattern in the ultra phase) is shared with the main table.
-results = pipeline.collect(variants, preset=preset, device=device, results_dir=results_dir, evaluate=evaluate)
-logs = pipeline.logs(results, results_dir=results_dir)
-ORDER = list(dict.fromkeys(v.variant for v in variants))
-mst = presets.make(preset, "mst")
+ablation = notebook.collect_ablation("hsa", variants, preset, device, results_dir, evaluate)
+results, logs, ORDER, mst = ablation.results, ablation.logs, ablation.order, ablation.mst
 mst_ids = {presets.make(preset, "mst", seed=s).run_id() for s in seeds}
 FULL = results.loc[results["run_id"].isin(mst_ids), "variant"].iloc[0]  # the variant that is full MST
 DENSE_ATTN = "dense attention"

@@ -280,7 +280,7 @@ if gpu:
 # ## Block-sparse weights: a saving that reaches the clock
 #
 # Masks save nothing, so we tried the structure that can: block sparsity, where a weight keeps whole square
-# tiles and only those are stored and multiplied (`mstlib.blocksparse`: the forward,
+# tiles and only those are stored and multiplied (`mstlib.experimental.blocksparse`: the forward,
 # the input gradient and the tile gradients all skip the missing tiles). `benchmarks/block_sparse.py` times
 # forward plus backward of one GPT-2 small matrix against the dense product: PyTorch's block-sparse kernels
 # (`triton_bsr`), ours (`triton`), and the dense product of a masked weight (`dense_masked`, what MST

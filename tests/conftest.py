@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Test files import their neighbours' helpers by module name (``from test_tokenizer import fake_clients``);
+# the folders that mirror mstlib's sub-packages are on the path as tests/ itself is.
+for _folder in sorted(p for p in Path(__file__).resolve().parent.iterdir() if p.is_dir() and p.name[0] not in "._"):
+    if _folder.name != "fixtures":
+        sys.path.insert(0, str(_folder))
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +58,8 @@ HOW_TO_PROVIDE = {
 
 def shared_folder(what: str) -> Path:
     """``<shared>/data/eval`` or ``<shared>/data/corpus`` as the library resolves them."""
-    from mstlib import corpus, evalsets
+    from mstlib import data as corpus
+    from mstlib.data import evalsets
 
     return evalsets.default_eval_dir() if what == "eval" else corpus.default_source_dir()
 
@@ -77,14 +85,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def shared_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder to use as MST_SHARED_DIR holding ``data/eval`` and ``data/corpus``: the real shared folder's
     where present, else synthetic ones in the real layout (``make_example_evalsets``, ``make_example_source``)."""
-    from mstlib import corpus, evalsets, tokenizer
+    from mstlib import data as corpus
+    from mstlib.data import evalsets, tokenizer
 
     root = tmp_path_factory.mktemp("shared")
     bpe = tokenizer.shared_dir() / "data" / "tokenizer"
     if bpe.is_dir():  # so that a first get_encoding under this MST_SHARED_DIR still fills the cache offline
         (root / "data").mkdir()
         (root / "data" / "tokenizer").symlink_to(bpe, target_is_directory=True)
-    for what, make in (("eval", evalsets.make_example_evalsets), ("corpus", corpus.make_example_source)):
+    for what, make in (("eval", corpus.make_example_evalsets), ("corpus", corpus.make_example_source)):
         dest = root / "data" / what
         dest.parent.mkdir(parents=True, exist_ok=True)
         if has_shared(what):
@@ -97,7 +106,7 @@ def shared_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def with_shared_data(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """MST_SHARED_DIR set to `shared_data` for one test; returns it."""
-    from mstlib import evalsets
+    from mstlib.data import evalsets
 
     monkeypatch.setenv("MST_SHARED_DIR", str(shared_data))
     monkeypatch.delenv(evalsets.ENV_VAR, raising=False)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from mstlib import benchmark
+from mstlib import benchmark, benchstore
 from mstlib.errors import ConfigError
 
 
@@ -65,13 +65,13 @@ def test_unknown_variant_and_loading(tmp_path):
     bench.mkdir()
     (bench / "steps.json").write_text(json.dumps([{"variant": "dense", "model": "mini", "ms_per_step_median": 1.0}]))
     (bench / "train_speed_mini.json").write_text(json.dumps({"rows": [], "device_name": "X"}))
-    df = benchmark.load_benchmarks(tmp_path)
+    df = benchstore.load_benchmarks(tmp_path)
     assert list(df["variant"]) == ["dense"] and list(df["file"]) == ["steps.json"]
     (bench / "history").mkdir()
     (bench / "history" / "old.json").write_text(json.dumps([{"variant": "mst_ultra", "model": "mini"}]))
-    assert list(benchmark.load_benchmarks(tmp_path)["file"]) == ["steps.json"]  # history is not mixed in
-    assert list(benchmark.load_benchmarks(tmp_path, "bench/history")["variant"]) == ["mst_ultra"]
-    assert [d["file"] for d in benchmark.load_json_results(tmp_path, "train_speed_*.json")] == ["train_speed_mini.json"]
+    assert list(benchstore.load_benchmarks(tmp_path)["file"]) == ["steps.json"]  # history is not mixed in
+    assert list(benchstore.load_benchmarks(tmp_path, "bench/history")["variant"]) == ["mst_ultra"]
+    assert [d["file"] for d in benchstore.load_json_results(tmp_path, "train_speed_*.json")] == ["train_speed_mini.json"]
 
 
 def test_compile_modes_and_profile_options():

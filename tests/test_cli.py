@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from mstlib import cli, corpus, pipeline, tokenizer
+from mstlib import cli, pipeline
+from mstlib import data as corpus
+from mstlib.data import tokenizer
 from mstlib.errors import DataError, MstError
 from mstlib.results import RunStore
 
@@ -53,7 +55,7 @@ def _not_advice(tree: ast.AST) -> set[int]:
 def suggested_commands() -> dict[str, list[str]]:
     """Every ``python -m mstlib ...`` and ``make <target>`` in mstlib's messages: first words -> files."""
     found: dict[str, list[str]] = {}
-    for path in sorted((ROOT / "mstlib").glob("*.py")):
+    for path in sorted((ROOT / "mstlib").rglob("*.py")):
         tree = ast.parse(path.read_text())
         skip = _not_advice(tree)
         for node in ast.walk(tree):
@@ -61,7 +63,7 @@ def suggested_commands() -> dict[str, list[str]]:
                 hits = [m.group(0) for m in FAMILY.finditer(node.value)]
                 hits += [f"make {t}" for t in re.findall(r"\bmake ([a-z][a-z-]*)", node.value) if t in MAKE_TARGETS]
                 for h in hits:
-                    found.setdefault(h, []).append(path.name)
+                    found.setdefault(h, []).append(path.relative_to(ROOT / "mstlib").as_posix())
     return found
 
 

@@ -95,10 +95,12 @@ def test_stored_runs_keep_their_run_ids():
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", CorruptRunWarning)  # a stored run that cannot be read fails here too
-        runs = RunStore(Path(__file__).resolve().parent.parent / "results").find(done_only=False)
+        store = RunStore(Path(__file__).resolve().parent.parent / "results")
+        runs = store.find(done_only=False)
     assert runs, "no stored runs in results/"
     for r in runs:
         assert r.run.run_id() == r.run_id, r.path
+        assert store.run_dir(r.run) == r.path, r.path  # found by its id where it is stored
 
 
 def test_model_sizes():

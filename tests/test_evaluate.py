@@ -13,13 +13,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mstlib import evalsets
+from mstlib.data import evalsets
 from mstlib import evaluate as ev
 from mstlib.config import ModelConfig
 from mstlib.errors import CheckpointError, ConfigError, MstError
-from mstlib.evalsets import PairExample
+from mstlib.data.evalsets import PairExample
 from mstlib.model import GPT
-from mstlib.tokenizer import get_encoding
+from mstlib.data.tokenizer import get_encoding
 
 ENC = get_encoding()
 N_VOCAB = ENC.n_vocab  # 50257
@@ -309,7 +309,7 @@ def _stored_run(tmp_path: Path, seed: int = 0, ckpt_seed: int | None = None, don
     it); ``ckpt_seed`` writes the checkpoint of another config under this run's id."""
     from mstlib import presets
     from mstlib.results import RunStore, atomic_write_json
-    from mstlib.train import save_checkpoint
+    from mstlib.checkpoint import save_checkpoint
 
     run = presets.make("smoke", "dense", seed=seed)
     other = presets.make("smoke", "dense", seed=seed if ckpt_seed is None else ckpt_seed)

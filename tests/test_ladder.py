@@ -146,7 +146,7 @@ def test_the_four_gpu_rung_smoke_on_a_cpu(tmp_path):
     """The gpt2-600m rung's MST run, one step at the true depth and width (12 x 768, the chosen schedule's
     structure) with the context and batch cut to CPU size: the config builds, trains and stays finite."""
     from mstlib import train as T
-    from mstlib.corpus import make_example_source, prepare, PrepareOptions
+    from mstlib.data import make_example_source, prepare, PrepareOptions
     from mstlib.results import RunStore
 
     src = make_example_source(tmp_path / "src")

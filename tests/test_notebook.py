@@ -78,3 +78,24 @@ def test_a_correct_papermill_parameter_still_runs(tmp_path, kernel_env):
     nb = _run(NOTEBOOKS / "08_hyperparameters.ipynb", tmp_path / "out.ipynb", preset="smoke")
     assert nb.metadata.papermill.parameters == {"preset": "smoke"}
     assert not any(o.output_type == "error" for c in nb.cells for o in c.get("outputs", []))
+
+
+def test_the_ablation_chapters_open_through_one_helper():
+    """Notebooks 05, 06 and 07 open with notebook.ablation_variants and notebook.collect_ablation."""
+    from pathlib import Path
+
+    from mstlib import notebook as nbk
+
+    root = Path(__file__).resolve().parent.parent
+    for name, experiment in (("05_ablation_sparsity_variation", "sv"), ("06_ablation_topology", "te"),
+                             ("07_ablation_attention", "hsa")):
+        src = (root / "notebooks" / f"{name}.py").read_text()
+        assert f'notebook.ablation_variants("{experiment}"' in src and f'notebook.collect_ablation("{experiment}"' in src
+    seeds, variants = nbk.ablation_variants("te", "mini", [0, 1])
+    assert seeds == [0, 1] and {v.run.seed for v in variants} == {0, 1}
+    with pytest.raises(ConfigError, match="preset"):
+        nbk.ablation_variants("te", "huge", [0])
+    ab = nbk.collect_ablation("te", variants, "mini", device="cpu", results_dir=str(root / "results"),
+                              allow_missing=True)
+    assert ab.order == list(dict.fromkeys(v.variant for v in variants)) and ab.mst.method == "mst"
+    assert set(ab.results["variant"]) <= set(ab.order) and len(ab.logs)

@@ -16,7 +16,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from mstlib import tokenizer
+from mstlib.data import tokenizer
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -61,7 +61,7 @@ def test_allow_missing_reports_what_is_not_stored(tmp_path, monkeypatch):
 
 
 def test_smoke_corpus_is_remade_when_its_sources_change_or_it_is_corrupt(tmp_path, monkeypatch):
-    from mstlib import corpus
+    from mstlib import data as corpus
 
     data = tmp_path / "data"
     run = presets.make("smoke", "dense", overrides={"data.data_dir": str(data)})

@@ -79,11 +79,20 @@ def test_baselines_match_mst_flops(preset):
 def test_tiny_matches_mst_flops(preset):
     mst = training_flops(P.make(preset, "mst"), series=False)
     run = P.make(preset, "tiny")
-    tiny = training_flops(run, series=False)
+    tiny = training_flops(run, series=False, dense_model=P.dense_reference_model(run))
     assert run.model.n_embd // run.model.n_head == 64
     assert run.model.n_layer <= P.make(preset, "dense").model.n_layer
     assert abs(tiny.total_flops / mst.total_flops - 1) < TINY_TOLERANCE
     assert tiny.ratio_to_dense == pytest.approx(mst.ratio_to_dense, rel=TINY_TOLERANCE)
+
+
+def test_tiny_needs_its_dense_yardstick_given():
+    """flops knows no presets: a tiny run's dense model is data the caller supplies, never a silent default."""
+    run = P.make("mini", "tiny")
+    with pytest.raises(ConfigError, match="dense_model"):
+        training_flops(run, series=False)
+    assert P.dense_reference_model(run).n_layer == P.make("mini", "dense").model.n_layer
+    assert P.run_flops(run) == training_flops(run, series=False, dense_model=P.dense_reference_model(run)).total_flops
 
 
 def test_overrides_apply_and_rematch():

@@ -101,7 +101,7 @@ def test_run_id_changes_when_any_single_leaf_changes():
     ids = {run.run_id()}
     for path, value in leaves.items():
         value = list(value) if isinstance(value, tuple) else value
-        changed = C._from_dict(RunConfig, _set(base, path, _perturbed(value, _leaf_type(path))), "")
+        changed = C.from_dict(RunConfig, _set(base, path, _perturbed(value, _leaf_type(path))), "")
         rid = changed.run_id()
         assert rid not in ids, f"changing {path} did not change the run id"
         ids.add(rid)
@@ -218,10 +218,10 @@ def test_ensure_trains_missing_runs_and_reuses_stored_ones(tmp_path, monkeypatch
     store = RunStore(tmp_path / "results")
     runs = [presets.make("smoke", "dense", seed=s) for s in (0, 1, 2)]
     _fake_train(runs[1], store)
-    out = store.ensure(runs, device="cpu")
+    out = mstlib.train.ensure(store, runs, device="cpu")
     assert calls == [runs[0].run_id(), runs[2].run_id()]
     assert [r.run for r in out] == runs and all(r.done for r in out)
-    store.ensure(runs, device="cpu")
+    mstlib.train.ensure(store, runs, device="cpu")
     assert len(calls) == 2  # nothing retrained
 
 

@@ -22,7 +22,8 @@ import pandas as pd
 import pytest
 import torch
 
-from mstlib import corpus, presets
+from mstlib import data as corpus
+from mstlib import commands, presets
 from mstlib.errors import CheckpointError, ConfigError, TrainingError
 from mstlib.results import RunStore
 from mstlib import train as T
@@ -213,7 +214,7 @@ def test_nan_loss_stops_before_the_step_and_keeps_last_good_checkpoint(data_dir,
     run = tiny_run(data_dir, "mst", **{"train.checkpoint_interval": 3})
     store = RunStore(tmp_path / "r")
     # step 7's first micro-step (2 micro-steps per step): checkpoints were written after steps 3 and 6
-    monkeypatch.setattr(T, "build_model", _poisoning_builder(at_forward=2 * 7 + 1))
+    monkeypatch.setattr(T.steps, "build_model", _poisoning_builder(at_forward=2 * 7 + 1))
     with pytest.raises(TrainingError) as err:
         T.train(run, store, device="cpu", progress=False)
     msg = str(err.value)
@@ -235,8 +236,8 @@ def test_nan_checked_per_log_window_keeps_last_good_checkpoint(data_dir, tmp_pat
     still the last good one and the message says the weights in memory are spoiled."""
     run = tiny_run(data_dir, "mst", **{"train.checkpoint_interval": 3, "train.log_interval": 3})
     store = RunStore(tmp_path / "r")
-    monkeypatch.setattr(T, "_check_every_step", lambda device: False)
-    monkeypatch.setattr(T, "build_model", _poisoning_builder(at_forward=2 * 7 + 1))
+    monkeypatch.setattr(T.steps, "check_every_step", lambda device: False)
+    monkeypatch.setattr(T.steps, "build_model", _poisoning_builder(at_forward=2 * 7 + 1))
     with pytest.raises(TrainingError) as err:
         T.train(run, store, device="cpu", progress=False)
     msg = str(err.value)
@@ -248,7 +249,7 @@ def test_nan_checked_per_log_window_keeps_last_good_checkpoint(data_dir, tmp_pat
 
 def test_nan_without_checkpoint_says_so(data_dir, tmp_path, monkeypatch):
     run = tiny_run(data_dir, "dense", **{"train.max_iters": 4})
-    monkeypatch.setattr(T, "build_model", _poisoning_builder(at_forward=3))
+    monkeypatch.setattr(T.steps, "build_model", _poisoning_builder(at_forward=3))
     with pytest.raises(TrainingError, match="step 1.*no checkpoint was written"):
         T.train(run, RunStore(tmp_path / "r"), device="cpu", progress=False)
 
@@ -387,7 +388,7 @@ def _cli(*argv: str):
     import argparse
 
     parser = argparse.ArgumentParser()
-    T.add_arguments(parser)
+    commands.train_add_arguments(parser)
     return parser.parse_args(list(argv))
 
 
@@ -397,9 +398,9 @@ def test_train_smoke_prepares_its_corpus_on_first_use(tmp_path, with_shared_data
     args = _cli("--preset", "smoke", "--method", "dense", "--device", "cpu", "--no-progress",
                 "--results", str(tmp_path / "results"), "--set", f"data.data_dir={data}",
                 "--set", "train.max_iters=2", "--set", "train.eval_interval=2", "--set", "train.eval_iters=1")
-    assert T.main(args) == 0
+    assert commands.train_main(args) == 0
     assert corpus.verify_corpus(data, "offline-smoke")["recipe"]["max_docs"] == 40
-    assert RunStore(tmp_path / "results").load(T.config_from_args(args)).done
+    assert RunStore(tmp_path / "results").load(commands.config_from_args(args)).done
 
 
 def _corrupt_copy(data_dir: Path, tmp_path: Path, ids: np.ndarray | None = None) -> Path:
@@ -650,9 +651,9 @@ def test_nan_weights_are_never_checkpointed(data_dir, tmp_path, monkeypatch, per
     run = tiny_run(data_dir, "dense", **{"train.checkpoint_interval": 3, "train.eval_interval": 0,
                                          "train.log_interval": 6})
     store = RunStore(tmp_path / "r")
-    monkeypatch.setattr(T, "build_optimizer", _poisoning_optimizer(at_step_call=6))  # step 5, the last before the checkpoint
+    monkeypatch.setattr(T.steps, "build_optimizer", _poisoning_optimizer(at_step_call=6))  # step 5, the last before the checkpoint
     if per_window:
-        monkeypatch.setattr(T, "_check_every_step", lambda device: False)
+        monkeypatch.setattr(T.steps, "check_every_step", lambda device: False)
     with pytest.raises(TrainingError, match=r"the state after the optimizer step is not finite in model\.transformer") as err:
         T.train(run, store, device="cpu", progress=False)
     assert str(store.checkpoint_path(run)) in str(err.value)
@@ -667,7 +668,7 @@ def test_a_nan_validation_loss_is_never_stored_as_done(data_dir, tmp_path, monke
     weights."""
     run = tiny_run(data_dir, "dense", **{"train.checkpoint_interval": 6})
     store = RunStore(tmp_path / "r")
-    monkeypatch.setattr(T, "build_optimizer", _poisoning_optimizer(at_step_call=12))
+    monkeypatch.setattr(T.steps, "build_optimizer", _poisoning_optimizer(at_step_call=12))
     with pytest.raises(TrainingError, match="the validation loss is nan at step 11"):
         T.train(run, store, device="cpu", progress=False)
     assert not store.is_done(run) and not (store.run_dir(run) / "metrics.json").exists()
@@ -678,7 +679,7 @@ def test_the_nan_message_advises_a_new_run_and_that_advice_works(data_dir, tmp_p
     """The message used to say to resume "with another setting": another setting is another run id, so no
     checkpoint of this run is ever resumed with it. It now names settings that make a valid new run."""
     run = tiny_run(data_dir, "dense", **{"train.max_iters": 4})
-    monkeypatch.setattr(T, "build_model", _poisoning_builder(at_forward=3))
+    monkeypatch.setattr(T.steps, "build_model", _poisoning_builder(at_forward=3))
     with pytest.raises(TrainingError) as err:
         T.train(run, RunStore(tmp_path / "r"), device="cpu", progress=False)
     monkeypatch.undo()

@@ -4,7 +4,8 @@
 commands, what it measured, and its files (current ones read by the chapter, archived, superseded).
 
 The manifest is the record; this page only lays it out, so ``--check`` (a test) fails when the page and
-the manifest disagree. Usage: python tools/bench_archive.py [--check]
+the manifest disagree. It also writes each call as a plan file (``results/bench/archive/plans/``, the format of
+``tools/gpu/call.sh``). Usage: python tools/bench_archive.py [--check]
 """
 
 from __future__ import annotations
@@ -53,18 +54,66 @@ def page(manifest: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+PLANS = ROOT / "results/bench/archive/plans"
+
+
+def plan_name(call: dict) -> str:
+    """A call's plan file: named by when it started and the code it ran (a call has no other stable name)."""
+    when = (call.get("started_utc") or call["stored_in"]["date"])[:16].replace(":", "")
+    return f"{when}-{call['commit'][:7] if call.get('commit') else call['stored_in']['commit'][:7]}.plan"
+
+
+def plans(manifest: dict) -> dict[str, str]:
+    """Every call of the manifest as a plan file (tools/gpu/call.sh's format): what it was, the commands it ran
+    on which GPU (``CUDA_VISIBLE_DEVICES=N`` as the lane) and the files it stored, as written at the time.
+    Shell variables of the old scripts (``$T``) stay as they were: a plan of a past call is a record."""
+    out = {}
+    for c in manifest["calls"]:
+        lines = [f"# call: {c['call']}", f"# machine: {c.get('machine') or '?'}", f"# commit: {c.get('commit') or '?'}",
+                 f"# stored in: {c['stored_in']['commit']} ({c['stored_in']['subject']})"]
+        if c.get("script"):
+            lines.append(f"# script as it ran: results/bench/{c['script']}")
+        what = " ".join((c.get("what") or "").split())
+        while what:
+            cut = what[:110].rfind(" ") if len(what) > 110 else len(what)
+            lines.append(f"# what: {what[:cut]}" if len(lines) < 6 or not lines[-1].startswith("# ") else f"#   {what[:cut]}")
+            what = what[cut:].strip()
+        for cmd in c.get("commands") or []:
+            gpu = "all"
+            m = cmd.split(" ", 1)
+            if m[0].startswith("CUDA_VISIBLE_DEVICES=") and len(m) == 2 and "," not in m[0]:
+                gpu, cmd = m[0].split("=", 1)[1], m[1]
+            lines.append(f"run gpu={gpu} {cmd.replace('${', '$${')}")  # the shell's ${X}, not the plan's
+        for f in c.get("files") or []:
+            lines.append(f"collect {f.get('written_as') or 'results/bench/' + f['path']}")
+        name, n = plan_name(c), 2
+        while name in out:  # two calls from one start and commit (one per model): the second gets a suffix
+            name, n = plan_name(c).replace(".plan", f"-{n}.plan"), n + 1
+        out[name] = "\n".join(lines) + "\n"
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="fail if the page is not what the manifest gives")
     args = parser.parse_args(argv)
-    text = page(json.loads(MANIFEST.read_text()))
+    manifest = json.loads(MANIFEST.read_text())
+    text = page(manifest)
+    want = plans(manifest)
     if args.check:
-        if not PAGE.is_file() or PAGE.read_text() != text:
-            print(f"{PAGE.relative_to(ROOT)} is out of date: run python tools/bench_archive.py", file=sys.stderr)
+        stale = [] if PAGE.is_file() and PAGE.read_text() == text else [PAGE]
+        stale += [PLANS / n for n, t in want.items() if not (PLANS / n).is_file() or (PLANS / n).read_text() != t]
+        stale += [p for p in PLANS.glob("*.plan") if p.name not in want]
+        if stale:
+            print(f"out of date: {', '.join(str(p.relative_to(ROOT)) for p in stale)}: run python tools/bench_archive.py",
+                  file=sys.stderr)
             return 1
         return 0
     PAGE.write_text(text)
-    print(f"wrote {PAGE.relative_to(ROOT)}")
+    PLANS.mkdir(parents=True, exist_ok=True)
+    for n, t in want.items():
+        (PLANS / n).write_text(t)
+    print(f"wrote {PAGE.relative_to(ROOT)} and {len(want)} plans in {PLANS.relative_to(ROOT)}")
     return 0
 
 
