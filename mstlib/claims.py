@@ -155,20 +155,7 @@ def evaluate(preset: str, seeds: list[int], ablation_seeds: list[int], results_d
     parts: dict[str, list[Verdict]] = {}
 
     # 1. FLOPs: exact arithmetic everywhere, so no interval, and said where it holds by construction
-    paper = presets.make("paper", "mst")
-    paper_factor = (flops.training_flops(presets.make("paper", "dense"), series=False).total_flops
-                    / flops.training_flops(paper, series=False).total_flops)
-    fl = [at_least([paper_factor], m.flops_target, tolerance=m.flops_tolerance, exact=True,
-                   claim="at paper scale, our schedule defaults (chosen for about 4x: holds by construction)",
-                   quantity="dense FLOPs / MST FLOPs", scope="paper scale: GPT-2 124M, 600k steps, computed")]
-    main_ratio = (flops.training_flops(presets.make(preset, "dense"), series=False).total_flops
-                  / flops.training_flops(mst, series=False).total_flops)
-    fl.append(at_least([main_ratio], m.flops_target, tolerance=m.flops_tolerance, exact=True,
-                       claim="the main table's MST runs", quantity="dense FLOPs / MST FLOPs", scope=main_scope))
-    fl.append(at_least([1.0 / ladder.budget(scale)], m.flops_target, tolerance=m.flops_tolerance, exact=True,
-                       claim="the fair test's MST runs (the budget is 1/4: holds by construction)",
-                       quantity="dense FLOPs / MST FLOPs", scope=fair_scope))
-    parts["4x fewer training FLOPs than dense"] = fl
+    parts["4x fewer training FLOPs than dense"] = _flop_verdicts(preset, scale, mst, m, main_scope, fair_scope)
 
     # 2. No loss against dense: the primary comparison first
     rule_nw = no_worse_than([0.0, 0.0], [0.0, 0.0], m.loss_margin, claim="", metric=VAL).rule
@@ -211,6 +198,45 @@ def evaluate(preset: str, seeds: list[int], ablation_seeds: list[int], results_d
     parts["Better than dense trained for the same FLOPs (the frontier)"] = frontier
 
     # 5.-7. The ablations (their variants are labelled; full MST is the preset's MST)
+    parts.update(_ablation_verdicts(abl, preset, mst, m, abl_scope))
+
+    # 8. The trend of the equal-token gap, per model
+    parts["The gap to dense shrinks as training grows (our question)"] = _trend_verdicts(fair, scale, chosen)
+
+    # Holm over every comparison but the primary one (exact and unstored ones are outside by themselves)
+    flat = [(k, i, v) for k, vs in parts.items() for i, v in enumerate(vs) if v.claim != PRIMARY]
+    corrected = holm([v for _, _, v in flat], alpha=m.alpha)
+    for (k, i, _), v in zip(flat, corrected):
+        parts[k][i] = v
+    claims = [combine(name, vs) for name, vs in parts.items()]
+    return Claims(parts, claims, main, abl, fair, chosen,
+                  {"main": main_scope, "ablations": abl_scope, "fair": fair_scope})
+
+
+def _flop_verdicts(preset: str, scale: str, mst: Any, m: Margins, main_scope: str, fair_scope: str) -> list[Verdict]:
+    """The 4x claim: exact FLOP factors at paper scale, of the main table's MST and of the fair test's budget."""
+    paper = presets.make("paper", "mst")
+    paper_factor = (flops.training_flops(presets.make("paper", "dense"), series=False).total_flops
+                    / flops.training_flops(paper, series=False).total_flops)
+    fl = [at_least([paper_factor], m.flops_target, tolerance=m.flops_tolerance, exact=True,
+                   claim="at paper scale, our schedule defaults (chosen for about 4x: holds by construction)",
+                   quantity="dense FLOPs / MST FLOPs", scope="paper scale: GPT-2 124M, 600k steps, computed")]
+    main_ratio = (flops.training_flops(presets.make(preset, "dense"), series=False).total_flops
+                  / flops.training_flops(mst, series=False).total_flops)
+    fl.append(at_least([main_ratio], m.flops_target, tolerance=m.flops_tolerance, exact=True,
+                       claim="the main table's MST runs", quantity="dense FLOPs / MST FLOPs", scope=main_scope))
+    fl.append(at_least([1.0 / ladder.budget(scale)], m.flops_target, tolerance=m.flops_tolerance, exact=True,
+                       claim="the fair test's MST runs (the budget is 1/4: holds by construction)",
+                       quantity="dense FLOPs / MST FLOPs", scope=fair_scope))
+    return fl
+
+
+def _ablation_verdicts(abl: dict[str, pd.DataFrame], preset: str, mst: Any, m: Margins,
+                       abl_scope: str) -> dict[str, list[Verdict]]:
+    """The claims of the three ablations (SV, TE by MG, HSA), full MST against each variant."""
+    rule_nw = no_worse_than([0.0, 0.0], [0.0, 0.0], m.loss_margin, claim="", metric=VAL).rule
+    rule_bt = better_than([0.0, 0.0], [0.0, 0.0], claim="", metric=VAL, min_gain=m.min_gain).rule
+
     def abl_part(name: str, full_label: str, others: list[str]) -> list[Verdict]:
         df = abl[name]
         out = []
@@ -221,6 +247,7 @@ def evaluate(preset: str, seeds: list[int], ablation_seeds: list[int], results_d
                        else not_stored(claim, VAL, rule_bt, abl_scope))
         return out
 
+    parts: dict[str, list[Verdict]] = {}
     parts["Sparsity variation (SV) helps"] = abl_part("sv", "full MST", ["constant sparsity"])
     parts["Topology evolution by MG helps"] = abl_part("te", "mixed (MG)", ["gradient (RigL)", "random (SET)",
                                                                              "none (static)"])
@@ -239,8 +266,11 @@ def evaluate(preset: str, seeds: list[int], ablation_seeds: list[int], results_d
     else:
         h.append(not_stored("HSA vs dense attention", VAL, rule_nw, abl_scope))
     parts["Hybrid sparse attention (HSA) helps"] = h
+    return parts
 
-    # 8. The trend of the equal-token gap, per model
+
+def _trend_verdicts(fair: pd.DataFrame, scale: str, chosen: str | None) -> list[Verdict]:
+    """Our question: does the equal-token gap to dense shrink per doubling of tokens, per model."""
     trend = []
     for model in dict.fromkeys(r.model for r in ladder.rungs(scale)):
         t = fair_test.trend(fair, model) if chosen else None
@@ -250,16 +280,7 @@ def evaluate(preset: str, seeds: list[int], ablation_seeds: list[int], results_d
                                    quantity="change of (MST - dense) per doubling of tokens", scope=scope,
                                    missing=("fewer than two rungs stored: no trend yet" if t or chosen else
                                             "the schedule search is not complete")))
-    parts["The gap to dense shrinks as training grows (our question)"] = trend
-
-    # Holm over every comparison but the primary one (exact and unstored ones are outside by themselves)
-    flat = [(k, i, v) for k, vs in parts.items() for i, v in enumerate(vs) if v.claim != PRIMARY]
-    corrected = holm([v for _, _, v in flat], alpha=m.alpha)
-    for (k, i, _), v in zip(flat, corrected):
-        parts[k][i] = v
-    claims = [combine(name, vs) for name, vs in parts.items()]
-    return Claims(parts, claims, main, abl, fair, chosen,
-                  {"main": main_scope, "ablations": abl_scope, "fair": fair_scope})
+    return trend
 
 
 def _m(x: float) -> str:
