@@ -15,7 +15,6 @@ Differences, each on purpose:
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -162,24 +161,6 @@ class GPT(nn.Module):
         if non_embedding:
             n -= self.transformer.wpe.weight.numel()
         return n
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "GPT":
-        """Load the model stored by :mod:`mstlib.train` (its ``model_config`` and ``model`` entries)."""
-        try:
-            ckpt = torch.load(path, map_location=map_location, weights_only=False)
-        except FileNotFoundError:
-            raise CheckpointError(f"checkpoint {path} does not exist") from None
-        except Exception as e:  # a truncated or foreign file
-            raise CheckpointError(f"checkpoint {path} cannot be read ({e}); is it an mstlib checkpoint?") from e
-        try:
-            config = ModelConfig(**ckpt["model_config"])
-            state = ckpt["model"]
-        except (KeyError, TypeError) as e:
-            raise CheckpointError(f"checkpoint {path} lacks the model config or weights ({e})") from e
-        model = cls(config)
-        load_state_dict_checked(model, state, str(path))
-        return model
 
 
 def load_state_dict_checked(model: GPT, state: dict, source: str) -> None:

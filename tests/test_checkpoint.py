@@ -71,3 +71,21 @@ def test_missing_and_foreign_files(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot be read"):
         C.load(tmp_path / "bad.pt")
+
+
+def test_load_model_from_a_file_verifies_it_and_restores_the_weights(tmp_path):
+    from mstlib.config import ModelConfig
+    from mstlib.model import GPT
+
+    cfg = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=97)
+    torch.manual_seed(0)
+    m = GPT(cfg)
+    path = tmp_path / "ckpt.pt"
+    C.save(path, {"model_config": cfg.__dict__, "model": m.state_dict()})
+    got = C.load_model(path)
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), got.state_dict().values()))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # the only way to load a model checks the checksum
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        C.load_model(path)

@@ -80,21 +80,12 @@ def test_matches_huggingface_gpt2_logits():
     assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-5), (ours - theirs).abs().max()
 
 
-def test_checkpoint_roundtrip_and_mismatch(tmp_path):
+def test_state_dict_mismatch_names_it():
     torch.manual_seed(0)
     m = GPT(TINY)
-    path = tmp_path / "ckpt.pt"
-    torch.save({"model_config": TINY.__dict__, "model": m.state_dict()}, path)
-    m2 = GPT.from_checkpoint(path)
-    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
     other = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=16, block_size=16, vocab_size=101))
     with pytest.raises(CheckpointError, match="does not match"):
         load_state_dict_checked(other, m.state_dict(), "test")
-    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot be read"):
-        GPT.from_checkpoint(tmp_path / "bad.pt")
-    with pytest.raises(CheckpointError, match="does not exist"):
-        GPT.from_checkpoint(tmp_path / "missing.pt")
 
 
 def test_invalid_model_config():
