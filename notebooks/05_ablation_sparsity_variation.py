@@ -98,7 +98,8 @@ table = pd.DataFrame({
     "Δ val loss vs full MST (paired) [95% CI]": [delta.loc[v, "text"] if v in stored else "" for v in ORDER],
     "final density": [f"{summary.loc[v, 'metrics.final_density']:.3f}" if v in stored else "" for v in ORDER],
 }, index=ORDER)
-table
+# a loss and its interval on one line each; the schedule's description wraps instead
+table.style.set_properties(subset=["val loss"], **{"white-space": "nowrap"})
 
 # %% tags=["remove-input"]
 # Numbers for the prose.
